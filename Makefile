@@ -1,0 +1,41 @@
+# backprop-bench: the two commands that matter on a fresh machine are
+#   make run    set up (venv + pinned install) and run the default study (dvc repro)
+#   make test   set up and run the whole test suite
+# Everything else is a convenience.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-fast bench mlflow-ui clean
+
+# Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
+# this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
+# pyproject.toml keeps open ranges for users elsewhere.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/dvc repro
+	$(PY) -m backprop_bench.compare --print-only
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(PY) -m backprop_bench.bench
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean:
+	rm -rf runs reports multirun outputs mlruns mlflow.db

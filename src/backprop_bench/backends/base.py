@@ -1,0 +1,92 @@
+"""The one small protocol every framework implements.
+
+A backend owns the math and its device, nothing else: the trainer owns seeding, the
+batch order, epochs, timing and logging. Backends never see Hydra or MLflow.
+
+Shared contract (every backend, both strategies):
+
+- ``load(x, y)`` moves the train set to the device once. x is (N, in) float; y is (N,)
+  int labels (one-hot encoded to the output width) or (N, out) float targets.
+- ``train_epoch(order, batch_size)`` walks ``order`` (a permutation of range(N), made by
+  the trainer) in consecutive slices of ``batch_size``; the last batch may be short.
+  Each slice is one optimizer step. It returns the sample-weighted mean of the batch
+  losses, each measured before that batch's update, read back from the device once.
+  With ``record_steps=True`` the per-step losses are kept in ``step_losses`` (a float64
+  NumPy array, one entry per step of the last epoch); this is for tests and costs a
+  device read per step, so it is off by default.
+- Strategies (see DESIGN.md):
+    parallel:   all gradients from the pre-step weights, then every layer is updated.
+    sequential: from the output layer back, update layer l as soon as its gradient is
+                known, then send the error to layer l-1 through the *updated* W[l].
+                Activations are those of the step's single forward pass.
+- The optimizer rule is OptimizerSpec's docstring, exactly.
+- ``device``: "cpu", "cuda" or "auto". "cuda" with no GPU raises DeviceUnavailable,
+  never a silent CPU run.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from backprop_bench.model import MLPSpec, OptimizerSpec, Params
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device cannot be used by this backend here. The trainer skips the run."""
+
+
+class Backend(Protocol):
+    framework: str  # "numpy", "torch", "tensorflow", "keras"
+    device: str  # the resolved device: "cpu" or "cuda"
+
+    def __init__(
+        self,
+        spec: MLPSpec,
+        init: Params,
+        optimizer: OptimizerSpec,
+        *,
+        strategy: str = "parallel",
+        device: str = "cpu",
+        dtype: str = "float32",
+        compile: bool = False,
+        steps_per_execution: int = 1,
+        record_steps: bool = False,
+    ) -> None: ...
+
+    step_losses: np.ndarray | None
+
+    def load(self, x: np.ndarray, y: np.ndarray) -> None: ...
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> float: ...
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) over x, y; no update."""
+        ...
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, out) output activations (class probabilities for softmax), as NumPy."""
+        ...
+
+    def params(self) -> Params:
+        """Current (W, b) of every layer, copied back to NumPy."""
+        ...
+
+    def synchronize(self) -> None:
+        """Block until queued device work is done, so a clock read after it is honest."""
+        ...
+
+    def info(self) -> dict[str, str]:
+        """Versions and hardware for tags: framework_version, device_name, blas, ..."""
+        ...
+
+
+def check_compile_options(framework: str, compile: bool, steps_per_execution: int) -> None:
+    """Reject options a backend does not have, instead of ignoring them."""
+    if steps_per_execution != 1 and framework != "keras":
+        raise ValueError(
+            f"steps_per_execution={steps_per_execution} is a Keras option; framework={framework} takes 1"
+        )
+    if steps_per_execution < 1:
+        raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")

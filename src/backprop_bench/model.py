@@ -1,0 +1,197 @@
+"""The MLP every backend implements, and the single source of its initial weights.
+
+Shapes follow one convention everywhere in the project:
+
+    x       (N, in)            a batch of N samples, one row each
+    W[l]    (in_l, out_l)      so that z = a @ W + b
+    b[l]    (out_l,)
+
+Initial weights are made here, once, in NumPy, from the seed, and handed to every
+backend: a difference between frameworks can then never come from initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+HIDDEN_ACTIVATIONS = ("relu", "sigmoid", "tanh")
+OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "identity")
+# cross_entropy: -mean_n sum_k t_nk log p_nk        (needs a softmax output)
+# mse:           mean_n mean_k (p_nk - t_nk)^2
+# half_sse:      mean_n 1/2 sum_k (p_nk - t_nk)^2   (the worked example's E_total)
+LOSSES = ("cross_entropy", "mse", "half_sse")
+INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "explicit")
+DTYPES = ("float32", "float64")
+
+# One layer's parameters: W (in, out) and b (out,).
+Layer = tuple[np.ndarray, np.ndarray]
+Params = list[Layer]
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """Architecture and loss of the network: what all four backends must agree on."""
+
+    sizes: tuple[int, ...]  # (in, hidden..., out): at least (in, out)
+    hidden_activation: str = "relu"  # applied after every layer but the last
+    output_activation: str = "softmax"  # applied after the last layer
+    loss: str = "cross_entropy"
+    train_biases: bool = True  # False: biases stay at their initial value (worked example)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        if len(self.sizes) < 2 or any(s < 1 for s in self.sizes):
+            raise ValueError(f"model.sizes must list at least 2 positive layer sizes, got {list(self.sizes)}")
+        _check_choice("model.hidden_activation", self.hidden_activation, HIDDEN_ACTIVATIONS)
+        _check_choice("model.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        _check_choice("model.loss", self.loss, LOSSES)
+        if self.loss == "cross_entropy" and self.output_activation != "softmax":
+            raise ValueError(
+                f"model.loss=cross_entropy needs model.output_activation=softmax, got {self.output_activation!r}"
+            )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every weight matrix, first layer first."""
+        return list(zip(self.sizes[:-1], self.sizes[1:]))
+
+    def n_params(self) -> int:
+        return sum(i * o + o for i, o in self.shapes())
+
+    def needed_flops(self, n_samples: int) -> float:
+        """Matmul FLOPs one training epoch needs (multiply-add = 2 FLOPs).
+
+        forward 2·N·Σ in·out, weight gradients the same, input gradients for every
+        layer but the first (nobody needs dL/dx).
+        """
+        mac = [i * o for i, o in self.shapes()]
+        return 2.0 * n_samples * (2 * sum(mac) + sum(mac[1:]))
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How the initial weights are made: a scheme and a seed, or explicit values."""
+
+    scheme: str = "he_uniform"
+    seed: int = 0
+    bias: float = 0.0  # constant initial bias for the random schemes
+    # scheme == "explicit": one nested list per layer, W as (in, out) rows, b as (out,)
+    weights: Sequence | None = None
+    biases: Sequence | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model.init.scheme", self.scheme, INITS)
+
+
+def init_params(spec: MLPSpec, init: InitSpec, dtype: str = "float64") -> Params:
+    """Make the initial (W, b) of every layer, in NumPy, deterministically from the seed."""
+    _check_choice("train.dtype", dtype, DTYPES)
+    if init.scheme == "explicit":
+        params = _explicit_params(spec, init)
+    else:
+        rng = np.random.default_rng(init.seed)
+        params = [(_random_weight(rng, init.scheme, i, o), np.full(o, init.bias)) for i, o in spec.shapes()]
+    return [(w.astype(dtype), b.astype(dtype)) for w, b in params]
+
+
+def _random_weight(rng: np.random.Generator, scheme: str, fan_in: int, fan_out: int) -> np.ndarray:
+    # Variances as in Keras/PyTorch: he = 2/fan_in, glorot = 2/(fan_in+fan_out).
+    var = 2.0 / fan_in if scheme.startswith("he") else 2.0 / (fan_in + fan_out)
+    if scheme.endswith("uniform"):
+        limit = np.sqrt(3.0 * var)  # U(-a, a) has variance a^2/3
+        return rng.uniform(-limit, limit, size=(fan_in, fan_out))
+    return rng.normal(0.0, np.sqrt(var), size=(fan_in, fan_out))
+
+
+def _explicit_params(spec: MLPSpec, init: InitSpec) -> Params:
+    if init.weights is None or init.biases is None:
+        raise ValueError("model.init.scheme=explicit needs both model.init.weights and model.init.biases")
+    if len(init.weights) != spec.n_layers or len(init.biases) != spec.n_layers:
+        raise ValueError(
+            f"model.init.weights/biases need {spec.n_layers} layers for sizes {list(spec.sizes)}, "
+            f"got {len(init.weights)} weights and {len(init.biases)} biases"
+        )
+    params = []
+    for layer, ((i, o), w, b) in enumerate(zip(spec.shapes(), init.weights, init.biases)):
+        w = np.asarray(w, dtype=np.float64)
+        b = np.broadcast_to(np.asarray(b, dtype=np.float64), (o,)).copy()
+        if w.shape != (i, o):
+            raise ValueError(f"model.init.weights[{layer}] must have shape ({i}, {o}), got {w.shape}")
+        params.append((w, b))
+    return params
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The update rule, written once; every backend implements exactly this.
+
+    For a parameter p with gradient g at global step t = 1, 2, ...:
+
+        sgd:       p -= lr * g
+        momentum:  v = momentum * v + g;  p -= lr * v                (PyTorch's form)
+        adam:      m = beta1 * m + (1 - beta1) * g
+                   v = beta2 * v + (1 - beta2) * g^2
+                   p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    Under the sequential strategy a layer is updated by the same rule, at the same t,
+    only earlier in the step.
+    """
+
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer.name", self.name, ("sgd", "momentum", "adam"))
+        if not self.lr > 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+
+
+STRATEGIES = ("parallel", "sequential")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{option}={value!r} is not one of {', '.join(allowed)}")
+
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype: str = "float64") -> np.ndarray:
+    """(N,) int labels -> (N, n_classes) targets."""
+    out = np.zeros((labels.shape[0], n_classes), dtype=dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def as_targets(y: np.ndarray, n_out: int, dtype: str) -> np.ndarray:
+    """Labels (N,) become one-hot (N, n_out); float targets (N, n_out) pass through."""
+    if y.ndim == 1:
+        return one_hot(y.astype(np.int64), n_out, dtype)
+    if y.shape[1] != n_out:
+        raise ValueError(f"targets have {y.shape[1]} columns, the model has {n_out} outputs")
+    return y.astype(dtype)
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Share of samples whose predicted class is the true one.
+
+    One output (a sigmoid unit): the class is output > 0.5. Several: the argmax.
+    y is labels (N,) or targets (N, n_out), then compared the same way.
+    """
+    probs = np.asarray(probs)
+    if probs.shape[1] == 1:
+        pred = probs[:, 0] > 0.5
+        true = (y if y.ndim == 1 else y[:, 0]) > 0.5
+    else:
+        pred = probs.argmax(axis=1)
+        true = y if y.ndim == 1 else y.argmax(axis=1)
+    return float(np.mean(pred == true))
