@@ -1,0 +1,158 @@
+"""Stage `preprocess`: validate the raw CSVs, scale, subset, split off validation, and write
+`data/processed/mnist.npz` and `data/processed/stats.json`.
+
+    python -m backprop_bench.data.preprocess                  # reads params.yaml `data:`
+    python -m backprop_bench.data.preprocess --params my.yaml
+
+params.yaml `data:` keys read here (and listed for this stage in dvc.yaml):
+  subset        null, or an int: a stratified subset of that many train rows
+  val_fraction  share of the (subset) train rows held out for validation, stratified
+  seed          seeds the subset and validation draws
+
+mnist.npz (docs/architecture.md): x_train/x_val/x_test (N, 784) float32 in [0, 1],
+y_train/y_val/y_test (N,) int64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from backprop_bench.data import formats
+from backprop_bench.data.formats import ConfigError, DataError
+from backprop_bench.data.split import stratified_split
+
+SPLITS = ("train", "val", "test")
+
+
+def scale(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels 0-255 -> float32 in [0, 1]."""
+    return x.astype(np.float32) / np.float32(255.0)
+
+
+def check_options(n_train: int, subset: int | None, val_fraction: float, seed: int) -> None:
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or not 0 < subset <= n_train):
+        raise ConfigError(f"data.subset={subset!r}: expected null or an integer 1..{n_train} (the train rows)")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise ConfigError(f"data.val_fraction={val_fraction!r}: expected a number in [0, 1)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"data.seed={seed!r}: expected a non-negative integer")
+    n = subset if subset is not None else n_train
+    if n - round(val_fraction * n) < 1:
+        raise ConfigError(f"data.val_fraction={val_fraction}: leaves no train rows out of {n}")
+
+
+def preprocess(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    subset: int | None,
+    val_fraction: float,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Subset, split and scale. x_*: (N, 784) uint8, y_*: (N,) ints.
+
+    Returns the arrays of mnist.npz. One rng (from seed) draws the subset, then the
+    validation rows, so the same seed always gives the same rows.
+    """
+    check_options(len(y_train), subset, val_fraction, seed)
+    rng = np.random.default_rng(seed)
+    if subset is not None:
+        keep, _ = stratified_split(y_train, subset, rng)
+        x_train, y_train = x_train[keep], y_train[keep]
+    val, train = stratified_split(y_train, round(val_fraction * len(y_train)), rng)
+    return {
+        "x_train": scale(x_train[train]),
+        "y_train": y_train[train].astype(np.int64),
+        "x_val": scale(x_train[val]),
+        "y_val": y_train[val].astype(np.int64),
+        "x_test": scale(x_test),
+        "y_test": y_test.astype(np.int64),
+    }
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz (as np.load reads it) with fixed zip timestamps: the same arrays give the
+    same bytes, so DVC sees an unchanged output and does not rerun what depends on it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def make_stats(arrays: dict[str, np.ndarray], inputs: dict[str, str | Path], options: dict) -> dict:
+    """Row and per-class counts per split, plus the sha256 of each input file."""
+    ys = {s: arrays[f"y_{s}"] for s in SPLITS}
+    return {
+        "rows": {s: int(len(y)) for s, y in ys.items()},
+        "class_counts": {s: np.bincount(y, minlength=formats.N_CLASSES).tolist() for s, y in ys.items()},
+        "inputs": {name: {"path": str(p), "sha256": _sha256(Path(p))} for name, p in inputs.items()},
+        "options": options,
+        "pixels": "x / 255 as float32, in [0, 1]",
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(train_csv: Path, test_csv: Path, out_npz: Path, out_stats: Path, subset, val_fraction, seed) -> dict:
+    """Read, validate and write. Nothing is written unless everything before succeeded,
+    so a bad input leaves the previous outputs as they were."""
+    x_train, y_train = formats.read_csv(train_csv)
+    x_test, y_test = formats.read_csv(test_csv)
+    arrays = preprocess(x_train, y_train, x_test, y_test, subset, val_fraction, seed)
+    payload = npz_bytes(arrays)
+    stats = make_stats(
+        arrays,
+        {"train": train_csv, "test": test_csv},
+        {"subset": subset, "val_fraction": val_fraction, "seed": seed},
+    )
+    stats["outputs"] = {out_npz.name: hashlib.sha256(payload).hexdigest()}
+    stats_text = json.dumps(stats, indent=2) + "\n"
+    formats.atomic_write_bytes(out_npz, payload)
+    formats.atomic_write_bytes(out_stats, stats_text.encode())
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="YAML with a data: section")
+    parser.add_argument("--raw-dir", default="data/raw", help="holds train.csv and test.csv")
+    parser.add_argument("--out-dir", default="data/processed", help="where mnist.npz and stats.json go")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    raw, out = Path(args.raw_dir), Path(args.out_dir)
+    try:
+        data = formats.read_data_params(args.params)
+        stats = run(
+            raw / "train.csv",
+            raw / "test.csv",
+            out / "mnist.npz",
+            out / "stats.json",
+            subset=data.get("subset"),
+            val_fraction=data.get("val_fraction", 0.1),
+            seed=data.get("seed", 0),
+        )
+    except (DataError, ConfigError) as err:
+        print(f"preprocess: error: {err}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{s} {n}" for s, n in stats["rows"].items())
+    print(f"preprocess: {out / 'mnist.npz'}: {rows} rows in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The download stage against a local HTTP server on 127.0.0.1 (no network): good files,
+a wrong checksum, a 404, a server that drops the connection mid-body, a failing first
+mirror, transient 503s; plus the embedded and file sources and the stage's main()."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from backprop_bench.data import download, formats
+from backprop_bench.data.download import DownloadError
+from backprop_bench.data.formats import ConfigError, N_PIXELS
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Server:
+    """Serves `files` (path -> bytes). `drop` paths send half the body and hang up;
+    `fail_first[path] = k` answers 503 to the first k requests. `log` records every path asked."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.drop: set[str] = set()
+        self.fail_first: dict[str, int] = {}
+        self.log: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                server.log.append(self.path)
+                if server.fail_first.get(self.path, 0) > 0:
+                    server.fail_first[self.path] -= 1
+                    self.send_error(503, "busy")
+                    return
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path in server.drop:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True  # hang up with the rest promised
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # never route the test through a proxy
+    with Server() as s:
+        yield s
+
+
+@pytest.fixture
+def sleeps():
+    """A stand-in for time.sleep that records the backoff instead of waiting."""
+    waited: list[float] = []
+    return waited
+
+
+def fetch(server, sleeps, tmp_path, name="f.bin", mirrors=("/m1",), sha256=None, attempts=3):
+    return download.fetch(
+        [server.url + m for m in mirrors],
+        name,
+        tmp_path / "dl" / name,
+        sha256 or sha(server.files.get(f"{mirrors[-1]}/{name}", b"")),
+        attempts=attempts,
+        backoff_s=0.5,
+        timeout_s=5,
+        progress=False,
+        sleep=sleeps.append,
+    )
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+def test_fetch_streams_checks_and_renames(server, sleeps, tmp_path):
+    body = bytes(range(256)) * 1000
+    server.files["/m1/f.bin"] = body
+    dest = fetch(server, sleeps, tmp_path)
+    assert dest.read_bytes() == body
+    assert leftovers(dest.parent) == ["f.bin"]  # the temp file was renamed, not copied
+    # A good file already in place is kept: no second request.
+    fetch(server, sleeps, tmp_path)
+    assert server.log == ["/m1/f.bin"] and sleeps == []
+
+
+def test_wrong_checksum_names_url_and_expected_hash_and_leaves_nothing(server, sleeps, tmp_path):
+    server.files["/m1/f.bin"] = b"not what was published"
+    expected = "ab" * 32
+    with pytest.raises(DownloadError) as info:
+        fetch(server, sleeps, tmp_path, sha256=expected)
+    message = str(info.value)
+    assert f"could not download f.bin (expected sha256 {expected})" in message
+    assert f"{server.url}/m1/f.bin: sha256 {sha(b'not what was published')} (22 bytes), expected {expected}" in message
+    assert leftovers(tmp_path / "dl") == []
+    assert server.log == ["/m1/f.bin"]  # the same bytes again would not help: no retry
+
+
+def test_404_names_url_and_is_not_retried(server, sleeps, tmp_path):
+    with pytest.raises(DownloadError, match=r"/m1/f.bin: HTTP 404 Not Found \(try 1/3\)") as info:
+        fetch(server, sleeps, tmp_path, sha256="cd" * 32)
+    assert f"{server.url}/m1/f.bin" in str(info.value)
+    assert server.log == ["/m1/f.bin"] and sleeps == []
+    assert leftovers(tmp_path / "dl") == []
+
+
+def test_connection_dropped_mid_body_is_retried_with_backoff_then_fails(server, sleeps, tmp_path):
+    body = b"x" * 100_000
+    server.files["/m1/f.bin"] = body
+    server.drop.add("/m1/f.bin")
+    with pytest.raises(DownloadError) as info:
+        fetch(server, sleeps, tmp_path)
+    message = str(info.value)
+    assert f"expected sha256 {sha(body)}" in message
+    assert f"{server.url}/m1/f.bin: connection dropped mid-body: 50000 of 100000 bytes received (try 3/3)" in message
+    assert server.log == ["/m1/f.bin"] * 3
+    assert sleeps == [0.5, 1.0]  # exponential backoff between the three tries
+    assert leftovers(tmp_path / "dl") == []  # no partial file
+
+
+def test_first_mirror_failing_then_second_succeeding(server, sleeps, tmp_path):
+    body = b"payload" * 999
+    server.files["/m2/f.bin"] = body  # /m1 has nothing: 404
+    dest = fetch(server, sleeps, tmp_path, mirrors=("/m1", "/m2"))
+    assert dest.read_bytes() == body
+    assert server.log == ["/m1/f.bin", "/m2/f.bin"]
+
+
+def test_transient_503_is_retried_on_the_same_mirror(server, sleeps, tmp_path):
+    body = b"eventually" * 50
+    server.files["/m1/f.bin"] = body
+    server.fail_first["/m1/f.bin"] = 2
+    dest = fetch(server, sleeps, tmp_path)
+    assert dest.read_bytes() == body
+    assert server.log == ["/m1/f.bin"] * 3 and sleeps == [0.5, 1.0]
+
+
+def test_unreachable_mirror_is_reported(sleeps, tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with Server() as s:
+        dead = s.url  # a port that nothing listens on once the server is closed
+    with pytest.raises(DownloadError, match=r"cannot connect: .*\(try 2/2\)"):
+        download.fetch([dead], "f.bin", tmp_path / "f.bin", "0" * 64, attempts=2, backoff_s=0, progress=False,
+                       sleep=sleeps.append)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def make_split(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, N_PIXELS)).astype(np.uint8), np.arange(n) % 10
+
+
+def idx_catalog(server, tmp_path, train, test) -> dict:
+    """Serve an IDX quartet from /mnist/ and return its catalog entry (names + sha256)."""
+    files = {}
+    for role, array in (
+        ("train_images", train[0].reshape(-1, 28, 28)),
+        ("train_labels", train[1]),
+        ("test_images", test[0].reshape(-1, 28, 28)),
+        ("test_labels", test[1]),
+    ):
+        name = f"{role}.gz"
+        formats.write_idx(tmp_path / name, array)
+        body = (tmp_path / name).read_bytes()
+        server.files[f"/mnist/{name}"] = body
+        files[role] = {"name": name, "sha256": sha(body)}
+    return {"url": {"format": "idx", "mirrors": [server.url + "/nowhere/", server.url + "/mnist/"], "files": files}}
+
+
+def url_params(catalog: dict) -> dict:
+    return {
+        "dataset": "mnist",
+        "source": "url",
+        "url": {"attempts": 1, "backoff_s": 0, "timeout_s": 5},
+        "catalog": {"mnist": catalog},
+    }
+
+
+def test_url_source_idx_quartet(server, tmp_path):
+    train, test = make_split(30, 1), make_split(10, 2)
+    params = url_params(idx_catalog(server, tmp_path, train, test))
+    (x_tr, y_tr), (x_te, y_te) = download.load_source(params, tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(x_tr, train[0])
+    np.testing.assert_array_equal(y_te, test[1])
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(
+        f"{r}.gz" for r in download.IDX_ROLES
+    )
+
+
+def test_url_source_csv(server, tmp_path):
+    train, test = make_split(12, 3), make_split(5, 4)
+    files = {}
+    for role, (x, y) in (("train", train), ("test", test)):
+        formats.write_csv(tmp_path / f"{role}.csv", x, y)
+        body = (tmp_path / f"{role}.csv").read_bytes()
+        server.files[f"/csv/{role}.csv"] = body
+        files[role] = {"name": f"{role}.csv", "sha256": sha(body)}
+    params = url_params({"url": {"format": "csv", "mirrors": [server.url + "/csv"], "files": files}})
+    (x_tr, y_tr), (x_te, y_te) = download.load_source(params, tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(x_tr, train[0])
+    np.testing.assert_array_equal(y_te, test[1])
+
+
+def test_embedded_source_is_a_fixed_stratified_split_of_real_digits():
+    (x_tr, y_tr), (x_te, y_te) = download.load_embedded(test_size=1000, seed=0)
+    assert x_tr.shape == (4000, N_PIXELS) and x_te.shape == (1000, N_PIXELS)
+    assert np.bincount(y_tr).tolist() == [400] * 10 and np.bincount(y_te).tolist() == [100] * 10
+    assert x_tr.dtype == np.uint8 and 200 < x_tr.max() <= 255  # real digits use the full range
+    # No image is in both splits.
+    seen = {row.tobytes() for row in x_tr}
+    assert not any(row.tobytes() in seen for row in x_te)
+    (x_again, _), _ = download.load_embedded(test_size=1000, seed=0)
+    np.testing.assert_array_equal(x_tr, x_again)
+
+
+def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
+    train, test = make_split(8, 5), make_split(4, 6)
+    kaggle_header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
+    for name, (x, y) in (("mnist_train.csv", train), ("mnist_test.csv", test)):
+        rows = [",".join(map(str, [label, *row])) for row, label in zip(x.tolist(), y.tolist())]
+        (tmp_path / name).write_text("\n".join([kaggle_header, *rows]) + "\n")
+    params = {
+        "dataset": "mnist",
+        "source": "file",
+        "file": {"format": "csv", "train_csv": str(tmp_path / "mnist_train.csv"), "test_csv": str(tmp_path / "mnist_test.csv")},
+    }
+    (x_tr, _), (_, y_te) = download.load_source(params, tmp_path / "cache")
+    np.testing.assert_array_equal(x_tr, train[0])
+    np.testing.assert_array_equal(y_te, test[1])
+
+    folder = tmp_path / "fashion"
+    names = {}
+    for role, array in (("train_images", train[0].reshape(-1, 28, 28)), ("train_labels", train[1]),
+                        ("test_images", test[0].reshape(-1, 28, 28)), ("test_labels", test[1])):
+        names[role] = {"name": f"{role}-ubyte.gz", "sha256": "unchecked for local files"}
+        formats.write_idx(folder / names[role]["name"], array)
+    params = {
+        "dataset": "fashion_mnist",
+        "source": "file",
+        "file": {"format": "idx", "dir": None},
+        "catalog": {"fashion_mnist": {"url": {"format": "idx", "files": names}, "local_dir": str(folder)}},
+    }
+    (x_tr, _), (_, y_te) = download.load_source(params, tmp_path / "cache")
+    np.testing.assert_array_equal(x_tr, train[0])
+    np.testing.assert_array_equal(y_te, test[1])
+
+
+@pytest.mark.parametrize(
+    "params, pattern",
+    [
+        ({"source": "ftp"}, r"data.source='ftp': expected one of embedded, url, file"),
+        ({"source": "embedded", "dataset": "fashion_mnist"}, r"data.source=embedded holds MNIST digits only"),
+        ({"source": "embedded", "embedded": {"test_size": 5000}}, r"data.embedded.test_size=5000: expected 0 < test_size < 5000"),
+        ({"source": "embedded", "embedded": {"seed": "zero"}}, r"data.embedded.seed='zero': expected an integer >= 0"),
+        ({"source": "url", "url": {"attempts": 0}, "catalog": {"mnist": {"url": {"format": "idx", "files": {
+            r: {"name": r, "sha256": "0" * 64} for r in download.IDX_ROLES}}}}},
+         r"data.url.attempts=0: expected an integer >= 1"),
+        ({"source": "url", "catalog": {"mnist": {"url": {"format": "zip"}}}}, r"data.catalog.mnist.url.format='zip': expected csv or idx"),
+        ({"source": "url", "dataset": "kmnist", "catalog": {"mnist": {}}}, r"data.dataset='kmnist': no data.catalog.kmnist in params; available: mnist"),
+        ({"source": "url", "catalog": {"mnist": {"url": {"format": "idx", "files": {}}}}},
+         r"data.catalog.mnist.url.files: needs name and sha256 for train_images, train_labels, test_images, test_labels"),
+        ({"source": "file", "catalog": {"mnist": {}}, "file": {"format": "csv"}}, r"needs data.file.train_csv and data.file.test_csv"),
+        ({"source": "file", "catalog": {"mnist": {}}, "file": {"format": "tsv"}}, r"data.file.format='tsv': expected csv or idx"),
+        ({"source": "file", "catalog": {"mnist": {"local_dir": None}}, "file": {"format": "idx"}}, r"set data.file.dir \(no data.catalog.mnist.local_dir\)"),
+    ],
+)
+def test_config_errors_name_the_option(params, pattern, tmp_path):
+    with pytest.raises(ConfigError, match=pattern):
+        download.load_source(params, tmp_path)
+
+
+def test_the_repo_params_catalog_is_complete():
+    """params.yaml's catalogs carry a name and a 64-hex sha256 for all four IDX files."""
+    data = formats.read_data_params(Path(__file__).parents[1] / "params.yaml")
+    for dataset in ("mnist", "fashion_mnist"):
+        files = download._files_of(data["catalog"][dataset], "idx", dataset)
+        assert all(len(f["sha256"]) == 64 and int(f["sha256"], 16) >= 0 for f in files.values())
+        assert data["catalog"][dataset]["url"]["mirrors"]
+
+
+# ----------------------------------------------------------------------------- main()
+
+
+def write_params(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump({"data": data}))
+    return path
+
+
+def test_main_writes_canonical_csvs_and_a_failure_keeps_them(server, tmp_path, capsys):
+    train, test = make_split(20, 7), make_split(10, 8)
+    catalog = idx_catalog(server, tmp_path, train, test)
+    params = write_params(tmp_path / "params.yaml", url_params(catalog))
+    out = tmp_path / "raw"
+    argv = ["--params", str(params), "--out-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert download.main(argv) == 0
+    assert "20 rows, per class [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]" in capsys.readouterr().out
+    assert (out / "train.csv").read_text().startswith("label,p0,p1,")
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    x, y = formats.read_csv(out / "test.csv")
+    np.testing.assert_array_equal(x, test[0])
+
+    # Now the published checksum of one file no longer matches: exit 1, a clear message,
+    # and the previous outputs untouched.
+    catalog["url"]["files"]["test_labels"]["sha256"] = "0" * 64
+    write_params(params, url_params(catalog))
+    assert download.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("download: error: could not download test_labels.gz (expected sha256 0000")
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good

@@ -1,0 +1,315 @@
+"""CSV and IDX readers: round trips, the accepted variants, and one test per validation
+error, each asserting that the message names the file, the row/column (or the byte
+offset) and what was expected."""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+
+from backprop_bench.data import formats
+from backprop_bench.data.formats import CANONICAL_HEADER, DataError, N_PIXELS
+
+
+def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n random images (sparse, like digits) with every class present: x (n, 784) uint8, y (n,)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, N_PIXELS)).astype(np.uint8) * (rng.random((n, N_PIXELS)) < 0.3)
+    y = np.arange(n) % 10
+    return x.astype(np.uint8), y
+
+
+@pytest.fixture
+def canonical(tmp_path):
+    """A valid canonical CSV of 6 rows; returns (path, x, y, lines)."""
+    x, y = make_images(6)
+    path = tmp_path / "train.csv"
+    formats.write_csv(path, x, y)
+    return path, x, y, path.read_text().splitlines()
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def set_cell(line: str, column: int, value: str) -> str:
+    """Replace the cell at a 1-based column of a CSV line."""
+    cells = line.split(",")
+    cells[column - 1] = value
+    return ",".join(cells)
+
+
+# ----------------------------------------------------------------------------- valid input
+
+
+def test_write_then_read_round_trips(canonical):
+    path, x, y, lines = canonical
+    assert lines[0] == ",".join(CANONICAL_HEADER)
+    assert lines[0].startswith("label,p0,p1,") and lines[0].endswith(",p783")
+    x2, y2 = formats.read_csv(path)
+    assert x2.dtype == np.uint8 and x2.shape == (6, N_PIXELS)
+    assert y2.dtype == np.int64
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+
+
+def test_reads_headerless_kaggle_label_last_crlf_and_gzip(canonical, tmp_path):
+    path, x, y, lines = canonical
+    headerless = write_lines(tmp_path / "headerless.csv", lines[1:])
+    kaggle_header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
+    kaggle = write_lines(tmp_path / "kaggle.csv", [kaggle_header] + lines[1:])
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    gz = tmp_path / "train.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    last = tmp_path / "label_last.csv"
+    last.write_text("".join(",".join(map(str, [*row, label])) + "\n" for row, label in zip(x, y)))
+    for p, label_column in ((headerless, "first"), (kaggle, "first"), (crlf, "first"), (gz, "first"), (last, "last")):
+        x2, y2 = formats.read_csv(p, label_column=label_column)
+        np.testing.assert_array_equal(x2, x, err_msg=str(p))
+        np.testing.assert_array_equal(y2, y, err_msg=str(p))
+
+
+def test_odd_but_valid_cells_parse_through_the_slow_path(canonical, tmp_path):
+    path, x, y, lines = canonical
+    lines[2] = set_cell(set_cell(lines[2], 3, "007"), 4, " 12 ")
+    lines[3] = set_cell(lines[3], 5, "5.0")
+    x2, _ = formats.read_csv(write_lines(tmp_path / "odd.csv", lines))
+    assert (x2[1, 1], x2[1, 2], x2[2, 3]) == (7, 12, 5)
+    np.testing.assert_array_equal(np.delete(x2, 1, 0)[[0, 2, 3, 4]], np.delete(x, 1, 0)[[0, 2, 3, 4]])
+
+
+def test_errors_in_a_later_block_name_the_right_row(canonical, tmp_path, monkeypatch):
+    """Blocks are parsed separately for memory: row numbers must still count from line 1."""
+    monkeypatch.setattr(formats, "_ROWS_PER_BLOCK", 2)
+    path, _, _, lines = canonical
+    lines[5] = set_cell(lines[5], 9, "300")  # editor line 6
+    with pytest.raises(DataError, match=r"row 6, column 9 \(p7\): pixel 300 out of range"):
+        formats.read_csv(write_lines(tmp_path / "bad.csv", lines))
+
+
+# ----------------------------------------------------------------------------- CSV errors
+
+# (what to do to the canonical file's lines, expected message pattern). Line numbers are
+# editor lines: the header is line 1, so lines[i] is row i + 1.
+CSV_ERRORS = {
+    "wrong column count": (
+        lambda lines: lines.__setitem__(3, lines[3].rsplit(",", 1)[0]),
+        r"row 4: 784 columns, expected 785 columns \(label \+ 784 pixels\)",
+    ),
+    "extra column": (
+        lambda lines: lines.__setitem__(2, lines[2] + ",0"),
+        r"row 3: 786 columns, expected 785",
+    ),
+    "non-numeric cell": (
+        lambda lines: lines.__setitem__(2, set_cell(lines[2], 12, "abc")),
+        r"row 3, column 12 \(p10\): non-numeric 'abc', expected a pixel, an integer 0-255",
+    ),
+    "empty cell": (
+        lambda lines: lines.__setitem__(5, set_cell(lines[5], 785, "")),
+        r"row 6, column 785 \(p783\): empty cell, expected a pixel, an integer 0-255",
+    ),
+    "NaN cell": (
+        lambda lines: lines.__setitem__(4, set_cell(lines[4], 2, "NaN")),
+        r"row 5, column 2 \(p0\): NaN, expected a pixel, an integer 0-255",
+    ),
+    "label above 9": (
+        lambda lines: lines.__setitem__(1, set_cell(lines[1], 1, "10")),
+        r"row 2, column 1 \(label\): label 10 out of range, expected a label, an integer 0-9",
+    ),
+    "negative label": (
+        lambda lines: lines.__setitem__(2, set_cell(lines[2], 1, "-1")),
+        r"row 3, column 1 \(label\): label -1 out of range, expected a label, an integer 0-9",
+    ),
+    "pixel above 255": (
+        lambda lines: lines.__setitem__(3, set_cell(lines[3], 100, "256")),
+        r"row 4, column 100 \(p98\): pixel 256 out of range, expected a pixel, an integer 0-255",
+    ),
+    "fractional pixel": (
+        lambda lines: lines.__setitem__(3, set_cell(lines[3], 7, "1.5")),
+        r"row 4, column 7 \(p5\): '1.5' is not an integer, expected a pixel, an integer 0-255",
+    ),
+    "header repeated mid-file": (
+        lambda lines: lines.insert(3, lines[0]),
+        r"row 4: the header repeated mid-file, expected a data row",
+    ),
+    "empty line mid-file": (
+        lambda lines: lines.insert(2, ""),
+        r"row 3: an empty line, expected 785 columns",
+    ),
+    "header with a wrong column count": (
+        lambda lines: lines.__setitem__(0, lines[0].rsplit(",", 1)[0]),
+        r"row 1 \(header\): 784 columns, expected 785",
+    ),
+    "header without a label column": (
+        lambda lines: lines.__setitem__(0, set_cell(lines[0], 1, "digit")),
+        r"row 1 \(header\), column 1: 'digit', expected 'label'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CSV_ERRORS)
+def test_csv_error_names_file_row_column_and_rule(case, canonical, tmp_path):
+    _, _, _, lines = canonical
+    mutate, pattern = CSV_ERRORS[case]
+    mutate(lines)
+    bad = write_lines(tmp_path / "bad.csv", lines)
+    with pytest.raises(DataError) as info:
+        formats.read_csv(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: "), message
+    assert re.search(pattern, message), message
+
+
+def test_headerless_file_counts_rows_from_line_1(canonical, tmp_path):
+    _, _, _, lines = canonical
+    body = lines[1:]
+    body[1] = set_cell(body[1], 3, "x")  # editor line 2 of a file with no header
+    with pytest.raises(DataError, match=r"headerless.csv: row 2, column 3 \(p1\): non-numeric 'x'"):
+        formats.read_csv(write_lines(tmp_path / "headerless.csv", body))
+
+
+def test_empty_file_and_header_only_file(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(empty))}: empty file: expected a CSV of 785 columns"):
+        formats.read_csv(empty)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n  \n")
+    with pytest.raises(DataError, match=r"blank.csv: empty file"):
+        formats.read_csv(blank)
+    header_only = write_lines(tmp_path / "header_only.csv", [",".join(CANONICAL_HEADER)])
+    with pytest.raises(DataError, match=r"header_only.csv: empty file: a header and no data rows"):
+        formats.read_csv(header_only)
+
+
+def test_truncated_gzip(canonical, tmp_path):
+    path, _, _, _ = canonical
+    packed = gzip.compress(path.read_bytes())
+    bad = tmp_path / "train.csv.gz"
+    bad.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}: truncated gzip \(\d+ bytes read\)"):
+        formats.read_csv(bad)
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match=r"nope.csv: cannot read"):
+        formats.read_csv(tmp_path / "nope.csv")
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+@pytest.fixture
+def idx_pair(tmp_path):
+    x, y = make_images(5)
+    images, labels = tmp_path / "images-idx3-ubyte.gz", tmp_path / "labels-idx1-ubyte.gz"
+    formats.write_idx(images, x.reshape(5, 28, 28))
+    formats.write_idx(labels, y)
+    return images, labels, x, y
+
+
+def test_idx_round_trip_gzip_and_plain(idx_pair, tmp_path):
+    images, labels, x, y = idx_pair
+    x2, y2 = formats.read_idx_pair(images, labels)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+    assert x2.shape == (5, N_PIXELS) and y2.dtype == np.int64
+    plain = tmp_path / "labels-plain"
+    formats.write_idx(plain, y, compress=False)
+    assert plain.read_bytes()[:8] == bytes([0, 0, 8, 1, 0, 0, 0, 5])  # the IDX header, big-endian
+    np.testing.assert_array_equal(formats.read_idx(plain, "labels"), y)
+
+
+def test_idx_wrong_magic_names_offset_0(idx_pair):
+    images, labels, _, _ = idx_pair
+    with pytest.raises(DataError) as info:
+        formats.read_idx(labels, "images")  # a labels file where images are expected
+    assert str(info.value) == (
+        f"{labels}: offset 0: magic number 0x00000801, expected 0x00000803 "
+        "(IDX images: unsigned bytes, 3 dimensions)"
+    )
+
+
+def test_idx_wrong_dimensions_name_the_offset(tmp_path):
+    narrow = tmp_path / "narrow.gz"
+    formats.write_idx(narrow, np.zeros((2, 28, 27), np.uint8))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(narrow))}: offset 12: 27 columns per image, expected 28$"):
+        formats.read_idx(narrow, "images")
+    short = tmp_path / "short.gz"
+    formats.write_idx(short, np.zeros((2, 27, 28), np.uint8))
+    with pytest.raises(DataError, match=r"short.gz: offset 8: 27 rows per image, expected 28"):
+        formats.read_idx(short, "images")
+
+
+def test_idx_body_shorter_than_its_dimensions(tmp_path):
+    path = tmp_path / "cut"
+    head = bytes([0, 0, 8, 3]) + (3).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    path.write_bytes(head + bytes(2 * 784))  # says 3 images, holds 2
+    with pytest.raises(DataError, match=r"cut: offset 16: 1568 data bytes, expected 2352 for dimensions 3 x 28 x 28"):
+        formats.read_idx(path, "images")
+    stub = tmp_path / "stub"
+    stub.write_bytes(bytes([0, 0, 8, 3, 0]))
+    with pytest.raises(DataError, match=r"stub: offset 5: file ends inside the IDX header, expected 16"):
+        formats.read_idx(stub, "images")
+
+
+def test_idx_count_mismatch_and_bad_label(idx_pair, tmp_path):
+    images, _, _, y = idx_pair
+    fewer = tmp_path / "fewer.gz"
+    formats.write_idx(fewer, y[:4])
+    with pytest.raises(DataError, match=r"fewer.gz: offset 4: 4 labels, expected 5 \(one per image in"):
+        formats.read_idx_pair(images, fewer)
+    eleven = tmp_path / "eleven.gz"
+    formats.write_idx(eleven, np.array([1, 2, 11, 3, 4]))
+    with pytest.raises(DataError, match=r"eleven.gz: offset 10: label 11, expected 0-9"):
+        formats.read_idx(eleven, "labels")
+
+
+def test_idx_truncated_gzip(idx_pair, tmp_path):
+    images, _, _, _ = idx_pair
+    cut = tmp_path / "cut-images.gz"
+    cut.write_bytes(images.read_bytes()[:-20])
+    with pytest.raises(DataError, match=r"cut-images.gz: truncated gzip"):
+        formats.read_idx(cut, "images")
+
+
+# ----------------------------------------------------------------------------- writing, params
+
+
+def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError):
+        with formats.atomic_open(target) as f:
+            f.write(b"half")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temp file left behind
+    formats.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 != 0o600  # not mkstemp's private mode
+
+
+def test_write_csv_rejects_out_of_range_values(tmp_path):
+    x, y = make_images(2)
+    with pytest.raises(ValueError, match="labels 0-9"):
+        formats.write_csv(tmp_path / "x.csv", x, np.array([0, 10]))
+    with pytest.raises(ValueError, match=r"expected x \(N, 784\)"):
+        formats.write_csv(tmp_path / "x.csv", x[:, :10], y)
+
+
+def test_read_data_params(tmp_path):
+    good = tmp_path / "params.yaml"
+    good.write_text("data:\n  source: embedded\n  seed: 3\ntrain:\n  epochs: 2\n")
+    assert formats.read_data_params(good) == {"source": "embedded", "seed": 3}
+    with pytest.raises(formats.ConfigError, match=r"missing.yaml: params file not found"):
+        formats.read_data_params(tmp_path / "missing.yaml")
+    nodata = tmp_path / "nodata.yaml"
+    nodata.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(formats.ConfigError, match=r"nodata.yaml: expected a top-level 'data:' section"):
+        formats.read_data_params(nodata)
