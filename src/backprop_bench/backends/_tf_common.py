@@ -1,0 +1,285 @@
+"""The TensorFlow math that the `tensorflow` and `keras` backends share.
+
+Both backends keep their weights in tf.Variables, W as (in, out) and b as (out,), and
+run the same step functions from here, so the activations, the losses, the optimizer
+rule (OptimizerSpec's docstring) and the two strategies are written once:
+
+    parallel_step:    one tape over the forward pass, all gradients from the
+                      pre-step weights, then every variable is updated.
+    sequential_step:  the same single forward pass under a persistent tape; then from
+                      the output layer back, autograd on each layer's local ops gives
+                      dL/dz[l] and (dW[l], db[l]); layer l is updated at once, and the
+                      error goes on to layer l-1 through the *updated* W[l].
+
+Only the backends import this module, so importing it may import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
+from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params  # noqa: E402
+
+# (W, b) tf.Variables of one layer.
+VarLayer = tuple[tf.Variable, tf.Variable]
+
+
+# --- device -----------------------------------------------------------------------------
+
+
+def resolve_device(device: str, framework: str) -> tuple[str, str]:
+    """"cpu" | "cuda" | "auto" -> (resolved name, TF device string). Never falls back silently."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "cuda" and not gpus:
+        found = ", ".join(d.name for d in tf.config.list_physical_devices()) or "no devices"
+        raise DeviceUnavailable(
+            f"device=cuda was asked for {framework}, but TensorFlow {tf.__version__} sees no GPU "
+            f"(found: {found}; CUDA build: {tf.test.is_built_with_cuda()})"
+        )
+    if device == "cuda" or (device == "auto" and gpus):
+        return "cuda", "/GPU:0"
+    return "cpu", "/CPU:0"
+
+
+def device_info(device: str, compile_mode: str) -> dict[str, str]:
+    """Versions and hardware for run tags."""
+    build = tf.sysconfig.get_build_info()
+    if device == "cuda":
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        name = str(details.get("device_name", "GPU"))
+        blas = f"cuBLAS (CUDA {build.get('cuda_version', '?')}, cuDNN {build.get('cudnn_version', '?')})"
+    else:
+        name = _cpu_name()
+        # TF's CPU matmul is Eigen; oneDNN kernels replace some ops unless TF_ENABLE_ONEDNN_OPTS=0.
+        onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(on for x86 Linux)")
+        blas = f"Eigen + oneDNN opts={onednn}"
+    return {
+        "framework_version": tf.__version__,
+        "device_name": name,
+        "blas": blas,
+        "compile": compile_mode,
+        "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronize() -> None:
+    """Wait for every queued op on every device (GPU streams included)."""
+    tf.test.experimental.sync_devices()
+
+
+# --- activations and losses -----------------------------------------------------------------
+
+
+def activate(name: str, z: tf.Tensor) -> tf.Tensor:
+    """Hidden or output activation by name (model.HIDDEN_/OUTPUT_ACTIVATIONS)."""
+    if name == "relu":
+        return tf.nn.relu(z)
+    if name == "sigmoid":
+        return tf.sigmoid(z)
+    if name == "tanh":
+        return tf.tanh(z)
+    if name == "softmax":
+        return tf.nn.softmax(z, axis=-1)
+    if name == "identity":
+        return z
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def loss_from_logits(spec: MLPSpec, z: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """Mean loss of a batch from the output layer's pre-activation z (N, K) and targets t (N, K)."""
+    if spec.loss == "cross_entropy":  # softmax output (MLPSpec checks): stable, from logits
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=t, logits=z))
+    err = activate(spec.output_activation, z) - t
+    if spec.loss == "mse":  # mean over N and K
+        return tf.reduce_mean(tf.square(err))
+    # half_sse: mean over N of 1/2 sum over K
+    return tf.reduce_mean(0.5 * tf.reduce_sum(tf.square(err), axis=1))
+
+
+class Net:
+    """The MLP as TF sees it: per layer its (W, b) variables and its linear map a -> z.
+
+    The tensorflow backend uses z = a @ W + b on its own variables; the keras backend
+    passes its Dense layers as the linear maps, with their kernel/bias variables.
+    """
+
+    def __init__(self, spec: MLPSpec, layers: list[VarLayer], linears: list[Callable] | None = None) -> None:
+        self.spec, self.layers = spec, layers
+        self.linears = linears or [functools.partial(_linear, w, b) for w, b in layers]
+
+    def forward(self, x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """zs[l] (N, out_l) pre-activations; acts[l] (N, in_l) the input of layer l (acts[0] = x)."""
+        zs, acts = [], [x]
+        for i, linear in enumerate(self.linears):
+            zs.append(linear(acts[-1]))
+            if i < len(self.linears) - 1:
+                acts.append(activate(self.spec.hidden_activation, zs[-1]))
+        return zs, acts
+
+    def trainable(self) -> list[tf.Variable]:
+        """The variables the optimizer updates: every W, and every b unless biases are frozen."""
+        return [v for w, b in self.layers for v in ((w, b) if self.spec.train_biases else (w,))]
+
+    def predict_and_loss(self, x: tf.Tensor, t: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(output activations (N, K), mean loss) for evaluation; no update."""
+        zs, _ = self.forward(x)
+        return activate(self.spec.output_activation, zs[-1]), loss_from_logits(self.spec, zs[-1], t)
+
+
+def _linear(w: tf.Variable, b: tf.Variable, a: tf.Tensor) -> tf.Tensor:
+    return tf.matmul(a, w) + b  # (N, in) @ (in, out) + (out,)
+
+
+# --- the optimizer rule ------------------------------------------------------------------
+
+
+class Optimizer:
+    """OptimizerSpec's rule on tf.Variables; slots (v for momentum, m and v for adam) per variable.
+
+    The global step t lives here: `next_step()` bumps it once per optimizer step and
+    every variable updated in that step (in either strategy) uses the same t.
+    """
+
+    def __init__(self, spec: OptimizerSpec, variables: list[tf.Variable], dtype: tf.DType) -> None:
+        self.spec, self.dtype = spec, dtype
+        self.t = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        n_slots = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]
+        # keyed by the variable's position in `variables`, found through its ref()
+        self._index = {v.ref(): i for i, v in enumerate(variables)}
+        self._slots = [
+            [tf.Variable(tf.zeros(v.shape, dtype), trainable=False, name=f"slot{k}") for k in range(n_slots)]
+            for v in variables
+        ]
+        self._lr = tf.constant(spec.lr, dtype)
+
+    def next_step(self) -> tuple[tf.Tensor, tf.Tensor] | None:
+        """Advance the global step; for adam, returns the bias corrections (1 - beta1^t, 1 - beta2^t)."""
+        t = tf.cast(self.t.assign_add(1), tf.float64)
+        if self.spec.name != "adam":
+            return None
+        # float64, then cast, as NumPy does with Python-float powers
+        c1 = tf.cast(1.0 - tf.pow(tf.constant(self.spec.beta1, tf.float64), t), self.dtype)
+        c2 = tf.cast(1.0 - tf.pow(tf.constant(self.spec.beta2, tf.float64), t), self.dtype)
+        return c1, c2
+
+    def apply(self, var: tf.Variable, g: tf.Tensor, corrections: tuple[tf.Tensor, tf.Tensor] | None) -> None:
+        s, lr = self.spec, self._lr
+        slots = self._slots[self._index[var.ref()]]
+        if s.name == "sgd":
+            var.assign_sub(lr * g)
+        elif s.name == "momentum":  # v = mu v + g; p -= lr v   (PyTorch's form)
+            v = slots[0].assign(tf.constant(s.momentum, self.dtype) * slots[0] + g)
+            var.assign_sub(lr * v)
+        else:  # adam, eps outside the sqrt of the bias-corrected v
+            c1, c2 = corrections
+            b1, b2 = tf.constant(s.beta1, self.dtype), tf.constant(s.beta2, self.dtype)
+            m = slots[0].assign(b1 * slots[0] + (1 - b1) * g)
+            v = slots[1].assign(b2 * slots[1] + (1 - b2) * tf.square(g))
+            var.assign_sub(lr * (m / c1) / (tf.sqrt(v / c2) + tf.constant(s.eps, self.dtype)))
+
+
+# --- one optimizer step, two strategies ----------------------------------------------------
+
+
+def parallel_step(net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """All gradients from the pre-step weights, then every update. Returns the pre-step loss."""
+    vars_ = net.trainable()
+    with tf.GradientTape() as tape:
+        zs, _ = net.forward(x)
+        loss = loss_from_logits(net.spec, zs[-1], t)
+    grads = tape.gradient(loss, vars_)
+    corrections = opt.next_step()
+    for v, g in zip(vars_, grads):
+        opt.apply(v, g, corrections)
+    return loss
+
+
+def sequential_step(net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """Output layer first: update layer l, then send the error back through the updated W[l].
+
+    Activations come from the step's single forward pass, recorded on one persistent
+    tape; each tape.gradient call below differentiates one layer's local ops only:
+        dz[l] = dL/dz[l]                  (loss, or activation, given dL/da[l+1])
+        dW[l], db[l] from z[l] = a[l] @ W[l] + b[l] with dz[l] upstream
+        dL/da[l] = dz[l] @ W[l]^T         with W[l] as just updated
+    """
+    with tf.GradientTape(persistent=True) as tape:
+        zs, acts = net.forward(x)
+        loss = loss_from_logits(net.spec, zs[-1], t)
+    corrections = opt.next_step()
+    upstream = None  # dL/d(output of layer l), (N, out_l)
+    for i in reversed(range(len(net.layers))):
+        w, b = net.layers[i]
+        if i == len(net.layers) - 1:
+            dz = tape.gradient(loss, zs[i])  # (N, out)
+        else:
+            dz = tape.gradient(acts[i + 1], zs[i], output_gradients=upstream)
+        if net.spec.train_biases:
+            dw, db = tape.gradient(zs[i], [w, b], output_gradients=dz)
+            opt.apply(w, dw, corrections)
+            opt.apply(b, db, corrections)
+        else:
+            opt.apply(w, tape.gradient(zs[i], w, output_gradients=dz), corrections)
+        if i > 0:
+            upstream = tf.matmul(dz, w, transpose_b=True)  # reads the updated W[l]
+    del tape
+    return loss
+
+
+STEPS = {"parallel": parallel_step, "sequential": sequential_step}
+
+
+# --- conversions ----------------------------------------------------------------------------
+
+
+def make_variables(init: Params, dtype: str, tf_device: str) -> list[VarLayer]:
+    with tf.device(tf_device):
+        return [
+            (tf.Variable(np.asarray(w, dtype), name=f"W{i}"), tf.Variable(np.asarray(b, dtype), name=f"b{i}"))
+            for i, (w, b) in enumerate(init)
+        ]
+
+
+def to_numpy(layers: list[VarLayer]) -> Params:
+    return [(w.numpy().copy(), b.numpy().copy()) for w, b in layers]
+
+
+def epoch_loss(step_losses: np.ndarray, n_samples: int, batch_size: int) -> float:
+    """Sample-weighted mean of the per-step losses: all steps hold batch_size but the last."""
+    sizes = np.full(len(step_losses), batch_size, dtype=np.float64)
+    sizes[-1] = n_samples - batch_size * (len(step_losses) - 1)
+    return float(np.dot(step_losses.astype(np.float64), sizes) / n_samples)
+
+
+def check_batch(order: np.ndarray, n_loaded: int | None, batch_size: int) -> np.ndarray:
+    """Validate train_epoch's arguments; returns the order as int64."""
+    if n_loaded is None:
+        raise RuntimeError("train_epoch() before load(x, y): load the train set first")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.asarray(order)
+    if order.ndim != 1 or order.size == 0 or order.min() < 0 or order.max() >= n_loaded:
+        raise ValueError(f"order must be a non-empty 1-D array of indices into the {n_loaded} loaded samples")
+    return order.astype(np.int64)

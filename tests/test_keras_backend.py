@@ -1,0 +1,149 @@
+"""The Keras 3 backend: fit() with its own options (jit_compile, steps_per_execution).
+
+Parity with NumPy, the worked example, the strategies and determinism are the shared
+tests' job. Data is tiny: TensorFlow's import (~10 s) dominates this module.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+kb = pytest.importorskip("backprop_bench.backends.keras_backend")
+from backprop_bench.backends._tf_common import tf  # noqa: E402
+from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params  # noqa: E402
+
+HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
+SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
+
+
+def make(dtype="float64", **kwargs):
+    params = init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), dtype)
+    return kb.KerasBackend(SPEC, params, OptimizerSpec("momentum", lr=0.05), dtype=dtype, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
+
+
+def fit(backend, data, epochs=2, batch=4):
+    x, y = data
+    backend.load(x, y)
+    rng = np.random.default_rng(3)
+    return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
+
+
+def assert_same_run(a, b, rtol):
+    np.testing.assert_allclose(a.step_losses, b.step_losses, rtol=rtol)
+    for (w1, b1), (w2, b2) in zip(a.params(), b.params()):
+        np.testing.assert_allclose(w1, w2, rtol=rtol, atol=rtol * 1e-2)
+        np.testing.assert_allclose(b1, b2, rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_keras_runs_on_tensorflow():
+    import keras
+
+    assert keras.backend.backend() == "tensorflow"
+    assert os.environ["KERAS_BACKEND"] == "tensorflow"
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present")
+def test_cuda_without_gpu_raises():
+    with pytest.raises(DeviceUnavailable, match="device=cuda.*keras.*no GPU"):
+        make(device="cuda")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_is_kept_end_to_end(dtype, data):
+    backend = make(dtype=dtype)
+    fit(backend, data, epochs=1)
+    assert all(w.dtype == dtype and b.dtype == dtype for w, b in backend.params())
+    assert backend.predict(data[0]).dtype == dtype
+    assert all(layer.dtype == dtype for layer in backend.model.dense)
+
+
+def test_float64_data_is_not_cast_to_floatx(data):
+    """fit() casts float inputs to floatx (float32); the float64 run must not lose digits."""
+    import keras
+
+    backend = make(record_steps=True)
+    fit(backend, data, epochs=1)
+    assert keras.config.floatx() == "float32"  # restored after fit
+    assert backend.step_losses[0] != np.float32(backend.step_losses[0])
+
+
+def test_step_losses_only_when_asked_and_short_last_batch(data):
+    quiet = make()
+    fit(quiet, data)
+    assert quiet.step_losses is None
+    backend = make(record_steps=True)
+    epoch_losses = fit(backend, data)
+    # 10 samples, batch 4: steps of 4, 4 and 2 samples, the last weighted by 2/10
+    assert backend.step_losses.shape == (3,) and backend.step_losses.dtype == np.float64
+    weighted = (4 * backend.step_losses[0] + 4 * backend.step_losses[1] + 2 * backend.step_losses[2]) / 10
+    assert epoch_losses[-1] == pytest.approx(weighted, rel=1e-12)
+    np.testing.assert_array_equal(quiet.params()[0][0], backend.params()[0][0])
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_steps_per_execution_gives_the_same_run(strategy, data):
+    """Several steps per call to the device, each still its own update and loss: exact."""
+    one, three = make(strategy=strategy, record_steps=True), make(strategy=strategy, record_steps=True, steps_per_execution=3)
+    fit(one, data, epochs=2, batch=2)  # 5 steps per epoch: 3 + 2 per execution
+    fit(three, data, epochs=2, batch=2)
+    assert three.step_losses.shape == (5,)
+    assert "steps_per_execution=3" in three.info()["compile"]
+    assert_same_run(three, one, rtol=1e-14)
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_jit_compile_matches_plain_fit(strategy, data):
+    """XLA fuses element-wise ops, so rounding differs: 1e-12 relative in float64."""
+    plain, xla = make(strategy=strategy, record_steps=True), make(strategy=strategy, record_steps=True, compile=True)
+    fit(plain, data)
+    fit(xla, data)
+    assert xla.model.jit_compile is True  # Keras did not quietly turn XLA off
+    assert_same_run(xla, plain, rtol=1e-12)
+
+
+def test_train_before_load_and_bad_order():
+    backend = make()
+    with pytest.raises(RuntimeError, match="before load"):
+        backend.train_epoch(np.arange(4), 2)
+    backend.load(np.zeros((4, 6)), np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="4 loaded samples"):
+        backend.train_epoch(np.arange(5), 2)
+
+
+def test_evaluate_and_predict(data):
+    backend = make()
+    fit(backend, data)
+    probs = backend.predict(data[0])
+    assert probs.shape == (10, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    loss, acc = backend.evaluate(*data)
+    onehot = np.eye(3)[data[1]]
+    assert loss == pytest.approx(-np.mean(np.log(np.sum(probs * onehot, axis=1))), rel=1e-10)
+    assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == data[1]))
+
+
+def test_info_names_versions():
+    import keras
+
+    info = make().info()
+    assert keras.__version__ in info["framework_version"] and tf.__version__ in info["framework_version"]
+    assert info["device_name"] and info["blas"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no GPU visible to TensorFlow")
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_gpu_matches_cpu(strategy, data):
+    cpu, gpu = make(strategy=strategy, record_steps=True), make(strategy=strategy, record_steps=True, device="cuda")
+    assert gpu.device == "cuda"
+    fit(cpu, data)
+    fit(gpu, data)
+    assert_same_run(gpu, cpu, rtol=1e-10)

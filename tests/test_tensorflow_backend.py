@@ -1,0 +1,123 @@
+"""The low-level TensorFlow backend: its own options and edges.
+
+Parity with NumPy, the worked example, the strategies and determinism are the shared
+tests' job (test_parity.py, test_reference.py, test_strategies.py, test_determinism.py).
+Data is tiny: TensorFlow's import (~10 s) dominates this module.
+"""
+
+import numpy as np
+import pytest
+
+tfb = pytest.importorskip("backprop_bench.backends.tensorflow_backend")
+from backprop_bench.backends._tf_common import tf  # noqa: E402
+from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params  # noqa: E402
+
+Backend = tfb.TensorflowBackend
+HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
+SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
+
+
+def make(dtype="float64", **kwargs):
+    params = init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), dtype)
+    return Backend(SPEC, params, OptimizerSpec("adam", lr=0.01), dtype=dtype, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
+
+
+def fit(backend, data, epochs=2, batch=4):
+    x, y = data
+    backend.load(x, y)
+    rng = np.random.default_rng(3)
+    return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present")
+def test_cuda_without_gpu_raises():
+    with pytest.raises(DeviceUnavailable, match="device=cuda.*tensorflow.*no GPU"):
+        make(device="cuda")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_is_kept_end_to_end(dtype, data):
+    backend = make(dtype=dtype)
+    fit(backend, data, epochs=1)
+    assert all(w.dtype == dtype and b.dtype == dtype for w, b in backend.params())
+    assert backend.predict(data[0]).dtype == dtype
+
+
+def test_step_losses_only_when_asked_and_short_last_batch(data):
+    quiet = make()
+    fit(quiet, data)
+    assert quiet.step_losses is None
+    backend = make(record_steps=True)
+    epoch_losses = fit(backend, data)
+    # 10 samples, batch 4: steps of 4, 4 and 2 samples, the last weighted by 2/10
+    assert backend.step_losses.shape == (3,) and backend.step_losses.dtype == np.float64
+    weighted = (4 * backend.step_losses[0] + 4 * backend.step_losses[1] + 2 * backend.step_losses[2]) / 10
+    assert epoch_losses[-1] == pytest.approx(weighted, rel=1e-12)
+    # record_steps changes what is kept, not what is computed
+    np.testing.assert_array_equal(quiet.params()[0][0], backend.params()[0][0])
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_xla_matches_plain_tf_function(strategy, data):
+    """jit_compile=True fuses element-wise ops, so rounding differs: 1e-12 relative in float64."""
+    plain, xla = make(strategy=strategy, record_steps=True), make(strategy=strategy, record_steps=True, compile=True)
+    fit(plain, data)
+    fit(xla, data)
+    assert xla.info()["compile"] == "xla" and plain.info()["compile"] == "tf.function"
+    np.testing.assert_allclose(xla.step_losses, plain.step_losses, rtol=1e-12)
+    for (w1, b1), (w2, b2) in zip(xla.params(), plain.params()):
+        np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b1, b2, rtol=1e-12, atol=1e-14)
+
+
+def test_steps_per_execution_is_a_keras_option():
+    with pytest.raises(ValueError, match="steps_per_execution=4 is a Keras option"):
+        make(steps_per_execution=4)
+
+
+def test_train_before_load_and_bad_order():
+    backend = make()
+    with pytest.raises(RuntimeError, match="before load"):
+        backend.train_epoch(np.arange(4), 2)
+    backend.load(np.zeros((4, 6)), np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="4 loaded samples"):
+        backend.train_epoch(np.arange(5), 2)
+
+
+def test_evaluate_and_predict(data):
+    backend = make()
+    fit(backend, data)
+    probs = backend.predict(data[0])
+    assert probs.shape == (10, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    loss, acc = backend.evaluate(*data)
+    onehot = np.eye(3)[data[1]]
+    assert loss == pytest.approx(-np.mean(np.log(np.sum(probs * onehot, axis=1))), rel=1e-10)
+    assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == data[1]))
+
+
+def test_info_names_versions_and_device():
+    info = make().info()
+    assert info["framework_version"] == tf.__version__
+    assert info["device_name"] and info["blas"]
+    make().synchronize()  # returns once queued work is done
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no GPU visible to TensorFlow")
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_gpu_matches_cpu(strategy, data):
+    cpu, gpu = make(strategy=strategy, record_steps=True), make(strategy=strategy, record_steps=True, device="cuda")
+    assert gpu.device == "cuda"
+    fit(cpu, data)
+    fit(gpu, data)
+    np.testing.assert_allclose(gpu.step_losses, cpu.step_losses, rtol=1e-10)
+    for (w1, _), (w2, _) in zip(gpu.params(), cpu.params()):
+        np.testing.assert_allclose(w1, w2, rtol=1e-10, atol=1e-12)
