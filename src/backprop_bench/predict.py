@@ -1,0 +1,77 @@
+"""Predict the labels of a canonical CSV with a run's final weights, in any backend.
+
+    python -m backprop_bench.predict --weights runs/numpy-parallel-cpu/weights.npz \
+        --csv data/raw/test.csv --framework torch --out preds.csv
+    python -m backprop_bench.predict --run-id 3f2c... --csv data/raw/test.csv   # from MLflow
+
+The CSV is docs/architecture.md's canonical format (label,p0..p783; formats.read_csv
+also takes it without header). Pixels are scaled exactly as preprocess does, so on the
+test split the printed accuracy is the run's own test_accuracy. ``--out`` writes one
+column, ``prediction``, one row per CSV row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from backprop_bench.artifacts import load_weights, write_csv
+from backprop_bench.model import OptimizerSpec, accuracy
+
+
+def predict(weights: Path, x: np.ndarray, framework: str = "numpy", device: str = "cpu") -> np.ndarray:
+    """(N, out) output activations of the network stored in ``weights`` on x (N, in)."""
+    from backprop_bench.backends import make_backend
+
+    spec, params = load_weights(weights)
+    if x.shape[1] != spec.sizes[0]:
+        raise ValueError(f"the CSV has {x.shape[1]} pixel columns, the network in {weights} takes {spec.sizes[0]}")
+    dtype = str(params[0][0].dtype)  # predict in the precision the run trained in
+    # The optimizer is never used to predict; the backend's constructor just needs one.
+    backend = make_backend(framework, spec, params, OptimizerSpec(), device=device, dtype=dtype)
+    return np.asarray(backend.predict(x.astype(dtype)))
+
+
+def weights_from_run(run_id: str, tracking_uri: str | None, dst: Path) -> Path:
+    """Download a run's weights.npz artifact (tracking.resolve_uri picks the store)."""
+    from mlflow.tracking import MlflowClient
+
+    from backprop_bench.tracking import resolve_uri
+
+    client = MlflowClient(resolve_uri(tracking_uri, Path.cwd()))
+    return Path(client.download_artifacts(run_id, "weights.npz", str(dst)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from backprop_bench.data.formats import read_csv
+    from backprop_bench.data.preprocess import scale
+    from backprop_bench.train import predicted_labels
+
+    p = argparse.ArgumentParser(prog="python -m backprop_bench.predict", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", type=Path, help="a run's weights.npz")
+    src.add_argument("--run-id", help="an MLflow run id: its weights.npz artifact is used")
+    p.add_argument("--tracking-uri", help="with --run-id: default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    p.add_argument("--csv", type=Path, required=True, help="images in the canonical CSV format")
+    p.add_argument("--framework", default="numpy", choices=("numpy", "torch", "tensorflow", "keras"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--out", type=Path, help="write the predicted labels here (CSV)")
+    args = p.parse_args(argv)
+
+    x_raw, y = read_csv(args.csv)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.weights or weights_from_run(args.run_id, args.tracking_uri, Path(tmp))
+        probs = predict(weights, scale(x_raw), args.framework, args.device)
+    labels = predicted_labels(probs)
+    if args.out:
+        write_csv(args.out, ["prediction"], labels[:, None].tolist())
+    print(f"{len(labels)} rows, framework {args.framework}: accuracy {accuracy(probs, y):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny processed dataset, a temp MLflow store, the real config shrunk.
+
+Like lightning-hydra-template: tests compose the project's real conf/ and then shrink it
+(tiny data, 2 epochs, a temp sqlite tracking store, a temp out_dir), so the config the
+tests run is the config users run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_tiny_npz(path: Path, n_train: int = 64, n_val: int = 16, n_test: int = 32, seed: int = 0) -> Path:
+    """A learnable 784-pixel, 10-class set in the processed format (docs/architecture.md).
+
+    Each class lights up its own block of pixels; pixels are integers/255 like preprocess
+    makes them, so the test split can be written back to a canonical CSV exactly.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        y = np.arange(n) % 10
+        rng.shuffle(y)
+        pixels = rng.integers(0, 60, size=(n, 784))
+        for row, label in enumerate(y):
+            pixels[row, label * 78 : label * 78 + 78] += 180
+        arrays[f"x_{split}"] = (pixels.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+        arrays[f"y_{split}"] = y.astype(np.int64)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> Path:
+    return make_tiny_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An initialised, empty MLflow sqlite file, made once: creating the schema takes seconds."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch, empty_mlflow_db) -> str:
+    """A fresh sqlite store of its own; $MLFLOW_TRACKING_URI is cleared so nothing leaks to a real server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(empty_mlflow_db, db)
+    return f"sqlite:///{db}"
+
+
+def compose(*overrides: str, hydra_node: bool = False):
+    """The real config from conf/, with overrides (no Hydra app, no HydraConfig)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from backprop_bench.config import register_configs
+    from backprop_bench.train import CONF_DIR
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def shrunk(npz: Path, out_dir: Path, uri: str | None, *overrides: str) -> list[str]:
+    """Overrides that make the default config tiny and keep every output under tmp."""
+    tracking = [f"tracking.uri={uri}"] if uri else ["tracking=off"]
+    return [
+        f"data.path={npz}",
+        "train.epochs=2",
+        "train.batch_size=16",
+        f"out_dir={out_dir}",
+        *tracking,
+        *overrides,
+    ]
+
+
+@pytest.fixture
+def small_cfg(tiny_npz, tmp_path):
+    """compose() of the shrunk default config; extra overrides as arguments, tracking off by default."""
+
+    def make(*overrides: str, uri: str | None = None):
+        return compose(*shrunk(tiny_npz, tmp_path / "out", uri, *overrides))
+
+    return make
+
+
+def run_app(module: str, *args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 600):
+    """`python -m <module> args...` in a subprocess; returns CompletedProcess (never raises on rc)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_in_process(cfg, root: Path, sweep: dict | None = None) -> dict:
+    """What the Hydra entry point does, minus Hydra: validate, then train.run()."""
+    from omegaconf import OmegaConf
+
+    from backprop_bench.config import to_components
+    from backprop_bench.train import run
+
+    c = to_components(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return run(c, project_root=root, out_dir=Path(c.out_dir), resolved=resolved, sweep=sweep or {})

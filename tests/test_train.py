@@ -1,0 +1,214 @@
+"""The training loop, the run's files, skips, failures, presets and import hygiene."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from backprop_bench.artifacts import load_weights
+from backprop_bench.dataset import load_dataset
+from backprop_bench.train import HISTORY_COLUMNS, Diverged, batch_orders, fit, predicted_labels
+from conftest import ROOT, compose, run_app, run_in_process, shrunk
+
+
+class RecordingBackend:
+    """A stand-in that records the order of calls, to check what the clock brackets."""
+
+    def __init__(self, losses):
+        self.losses = list(losses)
+        self.calls: list[str] = []
+        self.orders: list[np.ndarray] = []
+        self.step_losses = None
+
+    def synchronize(self):
+        self.calls.append("sync")
+
+    def train_epoch(self, order, batch_size):
+        self.calls.append("train")
+        self.orders.append(order.copy())
+        return self.losses.pop(0)
+
+    def evaluate(self, x, y):
+        self.calls.append("eval")
+        return 0.5, 0.75
+
+
+def test_batch_orders_one_permutation_per_epoch_from_the_seed():
+    a = list(batch_orders(50, 3, seed=1))
+    b = list(batch_orders(50, 3, seed=1))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # reproducible
+    assert all(sorted(o) == list(range(50)) for o in a)  # permutations
+    assert not np.array_equal(a[0], a[1])  # a new order each epoch
+    assert not np.array_equal(a[0], next(batch_orders(50, 1, seed=2)))
+    assert all(np.array_equal(o, np.arange(5)) for o in batch_orders(5, 2, seed=1, shuffle=False))
+
+
+def test_fit_times_only_train_epoch_between_synchronised_clock_reads(tiny_npz):
+    data = load_dataset("tiny", tiny_npz)
+    backend = RecordingBackend([2.0, 1.5, 1.0])
+    seen = []
+    result = fit(backend, data, epochs=3, batch_size=16, seed=0, on_epoch=seen.append)
+    # per epoch: sync, train, sync (the timed part), then train-set and val evaluation
+    assert backend.calls == ["sync", "train", "sync", "eval", "eval"] * 3
+    assert [h.epoch for h in result.history] == [1, 2, 3] and seen == result.history
+    assert [h.train_loss for h in result.history] == [2.0, 1.5, 1.0]
+    assert all(h.train_accuracy == 0.75 and h.val_loss == 0.5 for h in result.history)
+    h = result.history[0]
+    assert h.samples_per_second == pytest.approx(len(data.x_train) / h.epoch_seconds)
+    assert result.train_seconds == pytest.approx(sum(h.epoch_seconds for h in result.history))
+    assert result.first_epoch_seconds == result.history[0].epoch_seconds
+    assert result.steady_epoch_seconds == pytest.approx(np.median([h.epoch_seconds for h in result.history[1:]]))
+    for order, expected in zip(backend.orders, batch_orders(len(data.x_train), 3, seed=0)):
+        assert np.array_equal(order, expected)
+
+
+def test_fit_with_one_epoch_has_no_steady_time(tiny_npz):
+    result = fit(RecordingBackend([1.0]), load_dataset("tiny", tiny_npz), epochs=1, batch_size=8, seed=0, eval_train=False)
+    assert result.steady_epoch_seconds is None
+    assert math.isnan(result.history[0].train_accuracy)
+    assert result.samples_per_second == pytest.approx(64 / result.first_epoch_seconds)
+
+
+def test_divergence_stops_with_the_epoch_and_says_the_step_is_unknown(tiny_npz):
+    data = load_dataset("tiny", tiny_npz)
+    with pytest.raises(Diverged, match=r"diverged at epoch 2 .*4 steps.*lr too high\?"):
+        fit(RecordingBackend([1.0, float("nan"), 1.0]), data, epochs=3, batch_size=16, seed=0)
+
+
+def test_divergence_names_the_step_when_the_backend_kept_step_losses(tiny_npz):
+    backend = RecordingBackend([float("inf")])
+    backend.step_losses = np.array([1.0, 3.0, np.inf, np.nan])
+    with pytest.raises(Diverged, match=r"diverged at epoch 1, step 3: loss inf; lr too high\?"):
+        fit(backend, load_dataset("tiny", tiny_npz), epochs=1, batch_size=16, seed=0)
+
+
+def test_predicted_labels_follow_the_accuracy_rule():
+    assert predicted_labels(np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])).tolist() == [1, 0]
+    assert predicted_labels(np.array([[0.2], [0.9]])).tolist() == [0, 1]
+
+
+# ---------------------------------------------------------------- whole runs, tracking off
+
+
+def test_a_run_writes_the_four_files(small_cfg, tmp_path):
+    metrics = run_in_process(small_cfg("train.epochs=3"), tmp_path)
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert on_disk["status"] == "finished" and on_disk["reason"] == ""
+    assert on_disk["cell"] == "numpy-parallel-cpu" and on_disk["epochs"] == 3
+    for key in ("test_accuracy", "train_seconds", "first_epoch_seconds", "steady_epoch_seconds", "peak_memory_mb"):
+        assert on_disk[key] > 0
+    lines = (out / "history.csv").read_text().splitlines()
+    assert lines[0] == ",".join(HISTORY_COLUMNS) and len(lines) == 4
+    assert float(lines[-1].split(",")[1]) == pytest.approx(on_disk["final_train_loss"])
+    spec, params = load_weights(out / "weights.npz")
+    assert spec.sizes == (784, 128, 64, 10) and params[0][0].shape == (784, 128)
+    predictions = np.load(out / "predictions.npy")
+    y_test = np.load(tmp_path / "tiny.npz")["y_test"]
+    assert predictions.dtype == np.int64 and predictions.shape == y_test.shape
+    assert np.mean(predictions == y_test) == pytest.approx(on_disk["test_accuracy"])
+    assert not list(out.glob(".*")), "no staging leftovers"
+
+
+def test_same_config_twice_gives_identical_metrics(small_cfg, tmp_path):
+    a = run_in_process(small_cfg(), tmp_path)
+    b = run_in_process(small_cfg(), tmp_path)
+    for key in ("test_accuracy", "test_loss", "final_train_loss"):
+        assert a[key] == b[key]
+
+
+def test_an_unavailable_device_is_skipped_with_all_four_files(small_cfg, tmp_path):
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed: numpy on cuda may run here")
+    metrics = run_in_process(small_cfg("device=cuda"), tmp_path)
+    assert metrics["status"] == "skipped" and "CuPy" in metrics["reason"]
+    out = tmp_path / "out"
+    assert json.loads((out / "metrics.json").read_text())["cell"] == "numpy-parallel-cuda"
+    assert (out / "history.csv").read_text().strip() == ",".join(HISTORY_COLUMNS)
+    assert np.load(out / "predictions.npy").shape == (0,)
+    with pytest.raises(ValueError, match="skipped run leaves no weights"):
+        load_weights(out / "weights.npz")
+
+
+def test_a_failed_run_leaves_the_previous_outputs(small_cfg, tmp_path):
+    run_in_process(small_cfg(), tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+        run_in_process(small_cfg(f"data.path={tmp_path / 'nowhere.npz'}"), tmp_path)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_divergence_in_a_real_run(small_cfg, tmp_path):
+    # identity output + MSE with a huge lr: the weights overflow within a couple of steps
+    cfg = small_cfg("model.output_activation=identity", "model.loss=mse", "optimizer=sgd", "optimizer.lr=1e12")
+    with pytest.raises(Diverged, match="lr too high"):
+        run_in_process(cfg, tmp_path)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_data_that_does_not_fit_the_model_is_named(small_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"model.sizes\[0\]=2 .* 784 features"):
+        run_in_process(small_cfg("model=mlp_221"), tmp_path)
+
+
+# ---------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("strategy,loss_at_1000", [("parallel", 0.0011157856), ("sequential", 0.0011153760)])
+def test_worked_example_preset_reproduces_the_reference(strategy, loss_at_1000, tmp_path):
+    cfg = compose("experiment=worked_example_222", f"strategy={strategy}", "tracking=off", f"out_dir={tmp_path}")
+    metrics = run_in_process(cfg, tmp_path)
+    history = (tmp_path / "history.csv").read_text().splitlines()[1:]
+    assert len(history) == 1000 == metrics["epochs"]
+    assert float(history[0].split(",")[1]) == pytest.approx(0.298371109, abs=1e-9)
+    assert metrics["final_train_loss"] == pytest.approx(loss_at_1000, abs=1e-10)
+
+
+@pytest.mark.parametrize("preset", ["toy_221", "worked_example_222", "mnist_784_10_10", "mnist_784_128_64_10"])
+def test_every_preset_runs_by_name(preset, tiny_npz, tmp_path):
+    cfg = compose(f"experiment={preset}", "train.epochs=3", "tracking=off", f"out_dir={tmp_path}", f"data.path={tiny_npz}")
+    metrics = run_in_process(cfg, tmp_path)
+    assert metrics["status"] == "finished" and metrics["epochs"] == 3
+    assert math.isfinite(metrics["final_train_loss"])
+    if preset == "worked_example_222":
+        history = (tmp_path / "history.csv").read_text().splitlines()
+        assert float(history[1].split(",")[1]) == pytest.approx(0.298371109, abs=1e-9)
+
+
+# ---------------------------------------------------------------- the app as users call it
+
+
+def test_importing_train_is_cheap_and_a_numpy_run_never_imports_torch_or_tensorflow(tiny_npz, tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import backprop_bench.train
+        heavy = ("mlflow", "torch", "tensorflow", "keras", "matplotlib")
+        print("after import:", [m for m in heavy if m in sys.modules])
+        sys.argv = ["train"] + {shrunk(tiny_npz, tmp_path / "out", None, f"hydra.run.dir={tmp_path / 'h'}")!r}
+        backprop_bench.train.main()
+        print("after run:", [m for m in heavy if m in sys.modules])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "after import: []" in proc.stdout
+    assert "after run: []" in proc.stdout
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_the_cli_exits_1_on_failure_and_0_on_skip(tiny_npz, tmp_path):
+    args = shrunk(tiny_npz, tmp_path / "out", None, f"hydra.run.dir={tmp_path / 'h'}")
+    bad = run_app("backprop_bench.train", *args, "train.epochs=-1", cwd=ROOT)
+    assert bad.returncode == 1 and "train.epochs=-1: must be >= 1" in bad.stderr
+    skipped = run_app("backprop_bench.train", *args, "device=cuda", cwd=ROOT)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "SKIPPED numpy-parallel-cuda" in skipped.stdout + skipped.stderr
