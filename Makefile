@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The stages call `python -m ...`: the venv's python goes first on PATH for them.
 run: setup
-	$(VENV)/bin/dvc repro
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
 	$(PY) -m backprop_bench.compare --print-only
 
 test: setup
