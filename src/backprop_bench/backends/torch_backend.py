@@ -371,3 +371,25 @@ def _torch_blas() -> str:
     mkl = re.search(r"Math Kernel Library Version ([\d.]+)", config)
     version = f" {mkl.group(1)}" if mkl and name and name.group(1) == "mkl" else ""
     return f"{name.group(1) if name else 'unknown'}{version}, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------- benchmark hooks
+# The benchmark measures torch's own matmul peak beside the backends; it reaches torch
+# only through here, so nothing outside backends/ imports a framework.
+
+
+def matmul_call(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    """A zero-argument call computing out = a @ b with torch.mm on the NumPy buffers (no copy).
+
+    NumPy's transposed views (a.T of a C-contiguous array) stay transposed views in torch.
+    """
+
+    def view(arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(arr) if arr.flags.c_contiguous else torch.from_numpy(arr.T).T
+
+    ta, tb, tout = view(a), view(b), torch.from_numpy(out)
+    return lambda: torch.mm(ta, tb, out=tout)
+
+
+def num_threads() -> int:
+    return torch.get_num_threads()
