@@ -7,7 +7,6 @@ Every backend is driven the same way the real trainer drives it: initial weights
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -28,23 +27,12 @@ PARITY_OPTIMIZERS = {
 }
 
 
-def require_backend(framework: str):
-    """The backend class; skips while its module is not written yet (removed at integration).
-
-    Only a *missing file* skips: a module that exists but fails to import fails the test.
-    """
-    module = f"backprop_bench.backends.{framework}_backend"
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{framework}: backend module not written yet")
-    return backend_class(framework)
-
-
 def make_backend(framework: str, spec: MLPSpec, params, optimizer: OptimizerSpec, **kwargs):
     """A backend on the CPU, float64 unless told otherwise, with record_steps on."""
     kwargs.setdefault("dtype", "float64")
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("record_steps", True)
-    return require_backend(framework)(spec, params, optimizer, **kwargs)
+    return backend_class(framework)(spec, params, optimizer, **kwargs)
 
 
 def train(backend, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, seed: int):

@@ -61,9 +61,6 @@ def shrink_study(repo: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
-    for framework in FRAMEWORKS:
-        if not (ROOT / f"src/backprop_bench/backends/{framework}_backend.py").is_file():
-            pytest.skip(f"{framework}_backend.py not written yet")
     repo = tmp_path / "repo"
     for name in repo_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
