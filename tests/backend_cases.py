@@ -9,7 +9,6 @@ from __future__ import annotations
 
 
 import numpy as np
-import pytest
 
 from backprop_bench.backends import FRAMEWORKS, backend_class
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from backprop_bench import backends
-from backprop_bench.backends.base import DeviceUnavailable
+from backprop_bench.backends.base import DeviceUnavailable, cpu_name
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SIZES = (784, 128, 64, 10)
@@ -135,15 +135,7 @@ def versions() -> dict[str, str | None]:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)), "platform": platform.platform()}
+    return {"cpu": cpu_name(), "cores_usable": len(os.sched_getaffinity(0)), "platform": platform.platform()}
 
 
 # ----------------------------------------------------------------------------- data

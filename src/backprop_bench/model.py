@@ -12,7 +12,7 @@ backend: a difference between frameworks can then never come from initialisation
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

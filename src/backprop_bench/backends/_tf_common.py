@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
@@ -26,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
+from backprop_bench.backends.base import DeviceUnavailable, cpu_name  # noqa: E402
 from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params  # noqa: E402
 
 # (W, b) tf.Variables of one layer.
@@ -60,7 +59,7 @@ def device_info(device: str, compile_mode: str) -> dict[str, str]:
         name = str(details.get("device_name", "GPU"))
         blas = f"cuBLAS (CUDA {build.get('cuda_version', '?')}, cuDNN {build.get('cudnn_version', '?')})"
     else:
-        name = _cpu_name()
+        name = cpu_name()
         # TF's CPU matmul is Eigen; oneDNN kernels replace some ops unless TF_ENABLE_ONEDNN_OPTS=0.
         onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(on for x86 Linux)")
         blas = f"Eigen + oneDNN opts={onednn}"
@@ -71,17 +70,6 @@ def device_info(device: str, compile_mode: str) -> dict[str, str]:
         "compile": compile_mode,
         "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synchronize() -> None:

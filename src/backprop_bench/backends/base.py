@@ -26,11 +26,12 @@ Shared contract (every backend, both strategies):
 
 from __future__ import annotations
 
+import platform
 from typing import Protocol
 
 import numpy as np
 
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params
+from backprop_bench.model import DTYPES, STRATEGIES, MLPSpec, OptimizerSpec, Params, _check_choice
 
 
 class DeviceUnavailable(RuntimeError):
@@ -82,11 +83,43 @@ class Backend(Protocol):
         ...
 
 
-def check_compile_options(framework: str, compile: bool, steps_per_execution: int) -> None:
-    """Reject options a backend does not have, instead of ignoring them."""
+def check_args(
+    framework: str,
+    spec: MLPSpec,
+    init: Params,
+    strategy: str,
+    dtype: str,
+    compile: bool,
+    steps_per_execution: int,
+) -> None:
+    """The constructor checks every backend shares: reject what a backend does not have,
+    instead of ignoring it, and name the option."""
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("train.dtype", dtype, DTYPES)
+    if steps_per_execution < 1:
+        raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
     if steps_per_execution != 1 and framework != "keras":
         raise ValueError(
             f"steps_per_execution={steps_per_execution} is a Keras option; framework={framework} takes 1"
         )
-    if steps_per_execution < 1:
-        raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
+    if compile and framework == "numpy":
+        raise ValueError("compile=True has no meaning for framework=numpy (there is nothing to compile)")
+    if len(init) != spec.n_layers:
+        raise ValueError(f"init has {len(init)} layers, model.sizes {list(spec.sizes)} needs {spec.n_layers}")
+    for layer, ((i, o), (w, b)) in enumerate(zip(spec.shapes(), init)):
+        if np.shape(w) != (i, o) or np.shape(b) != (o,):
+            raise ValueError(
+                f"init layer {layer}: W must be ({i}, {o}) and b ({o},), got {np.shape(w)} and {np.shape(b)}"
+            )
+
+
+def cpu_name() -> str:
+    """The CPU model, for the device_name tag of CPU runs (e.g. 'AMD EPYC 9R14')."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

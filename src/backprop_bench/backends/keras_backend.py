@@ -28,14 +28,11 @@ import numpy as np  # noqa: E402
 
 from backprop_bench.backends import _tf_common as tfc  # noqa: E402
 from backprop_bench.backends._tf_common import tf  # noqa: E402
-from backprop_bench.backends.base import check_compile_options  # noqa: E402
+from backprop_bench.backends.base import check_args  # noqa: E402
 from backprop_bench.model import (  # noqa: E402
-    DTYPES,
-    STRATEGIES,
     MLPSpec,
     OptimizerSpec,
     Params,
-    _check_choice,
     accuracy,
     as_targets,
 )
@@ -95,9 +92,7 @@ class KerasBackend:
         steps_per_execution: int = 1,
         record_steps: bool = False,
     ) -> None:
-        check_compile_options(self.framework, compile, steps_per_execution)
-        _check_choice("strategy", strategy, STRATEGIES)
-        _check_choice("train.dtype", dtype, DTYPES)
+        check_args(self.framework, spec, init, strategy, dtype, compile, steps_per_execution)
         self.spec, self.strategy, self.dtype = spec, strategy, dtype
         self.compile, self.steps_per_execution, self.record_steps = compile, steps_per_execution, record_steps
         self.step_losses: np.ndarray | None = None

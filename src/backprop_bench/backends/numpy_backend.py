@@ -28,13 +28,11 @@ Quick use:
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
 
 import numpy as np
 
-from backprop_bench.backends.base import DeviceUnavailable, check_compile_options
-from backprop_bench.model import DEVICES, DTYPES, STRATEGIES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
+from backprop_bench.backends.base import DeviceUnavailable, check_args, cpu_name
+from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
 
 EVAL_CHUNK = 4096  # rows per forward pass in evaluate/predict: bounds the work memory
 
@@ -323,14 +321,7 @@ class NumpyBackend:
         steps_per_execution: int = 1,
         record_steps: bool = False,
     ) -> None:
-        check_compile_options(self.framework, compile, steps_per_execution)
-        if compile:
-            raise ValueError("compile=True has no meaning for framework=numpy (there is nothing to compile)")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
-        _check_init_shapes(spec, init)
+        check_args(self.framework, spec, init, strategy, dtype, compile, steps_per_execution)
         self.xp, self.device = resolve_device(device)
         self.spec, self.strategy, self.dtype = spec, strategy, np.dtype(dtype)
         self.record_steps = record_steps
@@ -532,7 +523,7 @@ class NumpyBackend:
             return {
                 "framework": "numpy",
                 "framework_version": np.__version__,
-                "device_name": _cpu_name(),
+                "device_name": cpu_name(),
                 "blas": _blas_description(),
             }
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
@@ -545,25 +536,6 @@ class NumpyBackend:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _check_init_shapes(spec: MLPSpec, init: Params) -> None:
-    if len(init) != spec.n_layers:
-        raise ValueError(f"init has {len(init)} layers, model.sizes {list(spec.sizes)} needs {spec.n_layers}")
-    for l, ((i, o), (w, b)) in enumerate(zip(spec.shapes(), init)):
-        if np.shape(w) != (i, o) or np.shape(b) != (o,):
-            raise ValueError(
-                f"init layer {l}: W must be ({i}, {o}) and b ({o},), got {np.shape(w)} and {np.shape(b)}"
-            )
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _blas_description() -> str:

@@ -17,8 +17,8 @@ import numpy as np
 
 from backprop_bench.backends import _tf_common as tfc
 from backprop_bench.backends._tf_common import tf
-from backprop_bench.backends.base import check_compile_options
-from backprop_bench.model import DTYPES, STRATEGIES, MLPSpec, OptimizerSpec, Params, _check_choice, accuracy, as_targets
+from backprop_bench.backends.base import check_args
+from backprop_bench.model import MLPSpec, OptimizerSpec, Params, accuracy, as_targets
 
 
 class TensorflowBackend:
@@ -37,9 +37,7 @@ class TensorflowBackend:
         steps_per_execution: int = 1,
         record_steps: bool = False,
     ) -> None:
-        check_compile_options(self.framework, compile, steps_per_execution)
-        _check_choice("strategy", strategy, STRATEGIES)
-        _check_choice("train.dtype", dtype, DTYPES)
+        check_args(self.framework, spec, init, strategy, dtype, compile, steps_per_execution)
         self.spec, self.strategy, self.dtype, self.compile = spec, strategy, dtype, compile
         self.record_steps = record_steps
         self.step_losses: np.ndarray | None = None

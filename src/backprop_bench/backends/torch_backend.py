@@ -27,16 +27,14 @@ Quick use:
 
 from __future__ import annotations
 
-import platform
 import re
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from backprop_bench.backends.base import DeviceUnavailable, check_compile_options
-from backprop_bench.model import DEVICES, DTYPES, STRATEGIES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
+from backprop_bench.backends.base import DeviceUnavailable, check_args, cpu_name
+from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
 
 EVAL_CHUNK = 8192  # rows per forward pass in evaluate/predict: bounds the work memory
 
@@ -165,12 +163,7 @@ class TorchBackend:
         steps_per_execution: int = 1,
         record_steps: bool = False,
     ) -> None:
-        check_compile_options(self.framework, compile, steps_per_execution)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
-        _check_init_shapes(spec, init)
+        check_args(self.framework, spec, init, strategy, dtype, compile, steps_per_execution)
         self.device = resolve_device(device)
         self.spec, self.strategy, self.compile = spec, strategy, compile
         self.dtype = getattr(torch, dtype)
@@ -314,7 +307,7 @@ class TorchBackend:
         return {
             "framework": "torch",
             "framework_version": torch.__version__,
-            "device_name": torch.cuda.get_device_name(self._dev) if on_gpu else _cpu_name(),
+            "device_name": torch.cuda.get_device_name(self._dev) if on_gpu else cpu_name(),
             "blas": f"cuBLAS (CUDA {torch.version.cuda})" if on_gpu else _torch_blas(),
             "compile": "torch.compile(inductor, fullgraph=True)" if self.compile else "eager",
         }
@@ -344,23 +337,6 @@ def _compiled(step: Callable, strategy: str) -> Callable:
             ) from err
 
     return run
-
-
-def _check_init_shapes(spec: MLPSpec, init: Params) -> None:
-    if len(init) != spec.n_layers:
-        raise ValueError(f"init has {len(init)} layers, model.sizes {list(spec.sizes)} needs {spec.n_layers}")
-    for l, ((i, o), (w, b)) in enumerate(zip(spec.shapes(), init)):
-        if np.shape(w) != (i, o) or np.shape(b) != (o,):
-            raise ValueError(f"init layer {l}: W must be ({i}, {o}) and b ({o},), got {np.shape(w)} and {np.shape(b)}")
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _torch_blas() -> str:
