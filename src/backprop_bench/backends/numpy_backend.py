@@ -86,6 +86,8 @@ class Relu:
         self.xp.maximum(z, 0, out=z)
 
     def backward(self, a, d, mask):  # dL/dz = dL/da * [a > 0]  (0 at the kink, like torch)
+        # mask has d's float dtype, not bool: float * float skips the bool -> float cast,
+        # about 1.5x faster per call on (64, 128) (the product is the same: d * 1.0 or d * 0.0)
         self.xp.greater(a, 0, out=mask)
         self.xp.multiply(d, mask, out=d)
 
@@ -284,7 +286,7 @@ class _Workspace:
 
     x (rows, in), t (rows, K), a[l] (rows, out_l) (z, then f(z), in place; a[-1] = p),
     z_out and logp (rows, K) (logp doubles as scratch); for training also
-    d[l] = dL/dz_l (rows, out_l) and a mask (relu, bool) or scratch per hidden layer.
+    d[l] = dL/dz_l (rows, out_l) and a scratch (relu: its 0/1 mask) per hidden layer.
     """
 
     def __init__(self, xp, spec: MLPSpec, rows: int, dtype, train: bool):
@@ -296,8 +298,7 @@ class _Workspace:
         self.a = [xp.empty((rows, o), dtype) for o in outs]
         self.z_out, self.logp = xp.empty((rows, k), dtype), xp.empty((rows, k), dtype)
         self.d = [xp.empty((rows, o), dtype) for o in outs] if train else None
-        bool_or_float = bool if spec.hidden_activation == "relu" else dtype
-        self.hidden_scratch = [xp.empty((rows, o), bool_or_float) for o in outs[:-1]] if train else None
+        self.hidden_scratch = [xp.empty((rows, o), dtype) for o in outs[:-1]] if train else None
 
 
 # ---------------------------------------------------------------- the backend
