@@ -5,46 +5,15 @@ run must leave the previous outputs in place."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-
-def repo_files() -> list[str]:
-    """Tracked files plus new ones not yet committed (git-ignored outputs excluded)."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
-
-
-def dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    exe = VENV_BIN / "dvc"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dvc"]
-    env = dict(os.environ)
-    # The stages run `python -m backprop_bench...`: the venv's python, importing the copy's
-    # own sources rather than the editable install's.
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(cwd / "src")
-    return subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+from repo_copy import copy_repo, dvc
 
 
 @pytest.mark.slow
 def test_dvc_repro_data_stages_in_a_copy_of_the_repo(tmp_path):
-    repo = tmp_path / "repo"
-    for name in repo_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    repo = copy_repo(tmp_path / "repo")
 
     first = dvc(["repro", "preprocess"], repo)
     assert first.returncode == 0, first.stdout + first.stderr

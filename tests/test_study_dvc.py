@@ -6,42 +6,23 @@ an edit to torch_backend.py changed, and a third must be a no-op."""
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import ROOT, copy_repo
+from repo_copy import dvc as run_dvc
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 FRAMEWORKS = ["numpy", "torch"]
 STRATEGIES = ["parallel"]  # one strategy keeps this test to three cell runs
 CELLS = [f"{f}-{s}-cpu" for f in FRAMEWORKS for s in STRATEGIES]
 
 
-def repo_files() -> list[str]:
-    """Tracked files plus new ones not yet committed (git-ignored outputs excluded)."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
-
-
 def dvc(args: list[str], repo: Path, mlflow_uri: str) -> subprocess.CompletedProcess:
-    exe = VENV_BIN / "dvc"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dvc"]
-    env = dict(os.environ)
-    # The stages run `python -m backprop_bench...`: the venv's python, importing the copy's
-    # own sources rather than the editable install's; MLflow writes to a temp store.
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(repo / "src")
-    env["MLFLOW_TRACKING_URI"] = mlflow_uri
-    return subprocess.run(cmd + args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    """dvc in the copy, with MLflow writing to a temp store."""
+    return run_dvc(args, repo, {"MLFLOW_TRACKING_URI": mlflow_uri}, timeout=900)
 
 
 def stages_run(result: subprocess.CompletedProcess) -> list[str]:
@@ -61,11 +42,7 @@ def shrink_study(repo: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
-    repo = tmp_path / "repo"
-    for name in repo_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    repo = copy_repo(tmp_path / "repo")
     shrink_study(repo)
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
