@@ -212,3 +212,34 @@ def test_the_cli_exits_1_on_failure_and_0_on_skip(tiny_npz, tmp_path):
     skipped = run_app("backprop_bench.train", *args, "device=cuda", cwd=ROOT)
     assert skipped.returncode == 0, skipped.stderr
     assert "SKIPPED numpy-parallel-cuda" in skipped.stdout + skipped.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_run_ends_it_killed_and_keeps_its_history(tiny_npz, tmp_path, tracking_uri):
+    """SIGINT to the app mid-run: the MLflow run ends KILLED (never RUNNING), the epochs
+    logged before it stay, and the exit code is non-zero."""
+    import os
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    args = shrunk(tiny_npz, tmp_path / "out", tracking_uri, "train.epochs=100000", f"hydra.run.dir={tmp_path / 'h'}")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backprop_bench.train", *args], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen = []
+    for line in proc.stdout:  # the app logs epoch 1, then every 10,000th
+        seen.append(line)
+        if "epoch 1:" in line:
+            break
+    time.sleep(3)  # some more epochs (milliseconds each on this data)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "".join(seen) + rest
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs(client.get_experiment_by_name("backprop-bench").experiment_id)
+    assert run.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
