@@ -232,7 +232,7 @@ def test_constant_biases_stay_constant():
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda b: b.train_epoch(np.arange(4), 2), r"call load\(x, y\) before train_epoch"),
+        (lambda b: b.train_epoch(np.arange(4), 2), r"train_epoch\(\) before load\(x, y\)"),
         (lambda b: b.load(np.zeros((4, 5)), np.zeros(4, int)), r"x must have shape \(N, 6\), got \(4, 5\)"),
         (lambda b: b.load(np.zeros((4, 6)), np.zeros(3, int)), "x has 4 rows but y has 3"),
         (lambda b: b.load(np.zeros((4, 6)), np.zeros((4, 2))), "targets have 2 columns, the model has 3 outputs"),

@@ -88,15 +88,6 @@ def test_epoch_loss_weights_the_short_last_batch():
     assert tfc.epoch_loss(np.array([1.0, 2.0, 4.0]), 10, 4) == pytest.approx((4 + 8 + 8) / 10)
 
 
-def test_check_batch_rejects_bad_orders():
-    with pytest.raises(RuntimeError, match="before load"):
-        tfc.check_batch(np.arange(3), None, 2)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        tfc.check_batch(np.arange(3), 3, 0)
-    with pytest.raises(ValueError, match="indices into the 3 loaded samples"):
-        tfc.check_batch(np.array([0, 3]), 3, 1)
-
-
 def test_frozen_biases_are_not_trainable():
     layers = tfc.make_variables([(np.ones((2, 2)), np.zeros(2))], "float64", "/CPU:0")
     assert len(tfc.Net(MLPSpec((2, 2), train_biases=False), layers).trainable()) == 1

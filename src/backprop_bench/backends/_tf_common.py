@@ -259,15 +259,3 @@ def epoch_loss(step_losses: np.ndarray, n_samples: int, batch_size: int) -> floa
     sizes = np.full(len(step_losses), batch_size, dtype=np.float64)
     sizes[-1] = n_samples - batch_size * (len(step_losses) - 1)
     return float(np.dot(step_losses.astype(np.float64), sizes) / n_samples)
-
-
-def check_batch(order: np.ndarray, n_loaded: int | None, batch_size: int) -> np.ndarray:
-    """Validate train_epoch's arguments; returns the order as int64."""
-    if n_loaded is None:
-        raise RuntimeError("train_epoch() before load(x, y): load the train set first")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.asarray(order)
-    if order.ndim != 1 or order.size == 0 or order.min() < 0 or order.max() >= n_loaded:
-        raise ValueError(f"order must be a non-empty 1-D array of indices into the {n_loaded} loaded samples")
-    return order.astype(np.int64)

@@ -113,6 +113,26 @@ def check_args(
             )
 
 
+def check_batch(order: np.ndarray, n_loaded: int | None, batch_size: int) -> np.ndarray:
+    """Validate train_epoch's arguments, the same way in every backend; returns order as int64.
+
+    n_loaded is the number of loaded train samples, None before load().
+    """
+    if n_loaded is None:
+        raise RuntimeError("train_epoch() before load(x, y): call load(x, y) first")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.asarray(order)
+    if order.ndim != 1 or order.size == 0 or not np.issubdtype(order.dtype, np.integer):
+        raise ValueError(f"order must be a non-empty 1-D integer array, got {order.dtype} {order.shape}")
+    if order.min() < 0 or order.max() >= n_loaded:
+        raise ValueError(
+            f"order holds indices outside [0, {n_loaded}): {order.min()}..{order.max()}; "
+            f"it must hold indices into the {n_loaded} loaded samples"
+        )
+    return order.astype(np.int64)
+
+
 def cpu_name() -> str:
     """The CPU model, for the device_name tag of CPU runs (e.g. 'AMD EPYC 9R14')."""
     try:

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from backprop_bench.backends import _tf_common as tfc  # noqa: E402
 from backprop_bench.backends._tf_common import tf  # noqa: E402
-from backprop_bench.backends.base import check_args  # noqa: E402
+from backprop_bench.backends.base import check_args, check_batch  # noqa: E402
 from backprop_bench.model import (  # noqa: E402
     MLPSpec,
     OptimizerSpec,
@@ -128,7 +128,7 @@ class KerasBackend:
             self.model.train_function = None
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
-        order = tfc.check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
+        order = check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
         n_steps = -(-len(order) // batch_size)
         self._ensure_loss_buffer(n_steps)
         with tf.device(self._tf_device):

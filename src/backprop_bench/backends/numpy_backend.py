@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backprop_bench.backends.base import DeviceUnavailable, check_args, cpu_name
+from backprop_bench.backends.base import DeviceUnavailable, check_args, check_batch, cpu_name
 from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
 
 EVAL_CHUNK = 4096  # rows per forward pass in evaluate/predict: bounds the work memory
@@ -426,16 +426,8 @@ class NumpyBackend:
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
         """One pass over ``order`` in slices of ``batch_size``; sample-weighted mean batch loss."""
-        if self._x is None:
-            raise RuntimeError("call load(x, y) before train_epoch()")
+        order = check_batch(order, None if self._x is None else len(self._x), batch_size)
         n_total = len(order)
-        if batch_size < 1 or n_total < 1:
-            raise ValueError(f"batch_size must be >= 1 and order non-empty, got {batch_size} and {n_total} rows")
-        order = np.asarray(order)
-        if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer):
-            raise ValueError(f"order must be a 1-D integer array, got {order.dtype} {order.shape}")
-        if order.min() < 0 or order.max() >= len(self._x):
-            raise ValueError(f"order holds indices outside [0, {len(self._x)}): {order.min()}..{order.max()}")
         rows = min(batch_size, n_total)
         if self._train_ws is None or self._train_ws.rows != rows:
             self._train_ws = _Workspace(self.xp, self.spec, rows, self.dtype, train=True)

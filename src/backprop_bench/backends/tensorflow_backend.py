@@ -17,7 +17,7 @@ import numpy as np
 
 from backprop_bench.backends import _tf_common as tfc
 from backprop_bench.backends._tf_common import tf
-from backprop_bench.backends.base import check_args
+from backprop_bench.backends.base import check_args, check_batch
 from backprop_bench.model import MLPSpec, OptimizerSpec, Params, accuracy, as_targets
 
 
@@ -60,7 +60,7 @@ class TensorflowBackend:
             self._t = tf.identity(tf.constant(as_targets(np.asarray(y), self.spec.sizes[-1], self.dtype)))
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
-        order = tfc.check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
+        order = check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
         with tf.device(self._tf_device):
             losses = self._epoch_fn(self._x, self._t, tf.constant(order), int(batch_size)).numpy()  # one read
         self.step_losses = losses.astype(np.float64) if self.record_steps else None

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backprop_bench.backends.base import DeviceUnavailable, check_args, cpu_name
+from backprop_bench.backends.base import DeviceUnavailable, check_args, check_batch, cpu_name
 from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
 
 EVAL_CHUNK = 8192  # rows per forward pass in evaluate/predict: bounds the work memory
@@ -239,16 +239,8 @@ class TorchBackend:
 
     def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
         """One pass over ``order`` in slices of ``batch_size``; sample-weighted mean batch loss."""
-        if self._x is None:
-            raise RuntimeError("call load(x, y) before train_epoch()")
-        order = np.asarray(order)
-        if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer):
-            raise ValueError(f"order must be a 1-D integer array, got {order.dtype} {order.shape}")
+        order = check_batch(order, None if self._x is None else len(self._x), batch_size)
         n_total = len(order)
-        if batch_size < 1 or n_total < 1:
-            raise ValueError(f"batch_size must be >= 1 and order non-empty, got {batch_size} and {n_total} rows")
-        if order.min() < 0 or order.max() >= len(self._x):
-            raise ValueError(f"order holds indices outside [0, {len(self._x)}): {order.min()}..{order.max()}")
         idx_all = torch.as_tensor(order, dtype=torch.int64).to(self._dev)  # one copy per epoch
         total = torch.zeros((), dtype=torch.float64, device=self._dev)  # sum_b n_b * loss_b
         step_losses = []
