@@ -75,19 +75,6 @@ def test_float64_data_is_not_cast_to_floatx(data):
     assert backend.step_losses[0] != np.float32(backend.step_losses[0])
 
 
-def test_step_losses_only_when_asked_and_short_last_batch(data):
-    quiet = make()
-    fit(quiet, data)
-    assert quiet.step_losses is None
-    backend = make(record_steps=True)
-    epoch_losses = fit(backend, data)
-    # 10 samples, batch 4: steps of 4, 4 and 2 samples, the last weighted by 2/10
-    assert backend.step_losses.shape == (3,) and backend.step_losses.dtype == np.float64
-    weighted = (4 * backend.step_losses[0] + 4 * backend.step_losses[1] + 2 * backend.step_losses[2]) / 10
-    assert epoch_losses[-1] == pytest.approx(weighted, rel=1e-12)
-    np.testing.assert_array_equal(quiet.params()[0][0], backend.params()[0][0])
-
-
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
 def test_steps_per_execution_gives_the_same_run(strategy, data):
     """Several steps per call to the device, each still its own update and loss: exact."""
@@ -107,27 +94,6 @@ def test_jit_compile_matches_plain_fit(strategy, data):
     fit(xla, data)
     assert xla.model.jit_compile is True  # Keras did not quietly turn XLA off
     assert_same_run(xla, plain, rtol=1e-12)
-
-
-def test_train_before_load_and_bad_order():
-    backend = make()
-    with pytest.raises(RuntimeError, match="before load"):
-        backend.train_epoch(np.arange(4), 2)
-    backend.load(np.zeros((4, 6)), np.zeros(4, dtype=int))
-    with pytest.raises(ValueError, match="4 loaded samples"):
-        backend.train_epoch(np.arange(5), 2)
-
-
-def test_evaluate_and_predict(data):
-    backend = make()
-    fit(backend, data)
-    probs = backend.predict(data[0])
-    assert probs.shape == (10, 3)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
-    loss, acc = backend.evaluate(*data)
-    onehot = np.eye(3)[data[1]]
-    assert loss == pytest.approx(-np.mean(np.log(np.sum(probs * onehot, axis=1))), rel=1e-10)
-    assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == data[1]))
 
 
 def test_info_names_versions():

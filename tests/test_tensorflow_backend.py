@@ -1,6 +1,6 @@
 """The low-level TensorFlow backend: its own options and edges.
 
-Parity with NumPy, the worked example, the strategies and determinism are the shared
+Parity with NumPy, the protocol's shared contract (test_backend_contract.py), the worked example, the strategies and determinism are the shared
 tests' job (test_parity.py, test_reference.py, test_strategies.py, test_determinism.py).
 Data is tiny: TensorFlow's import (~10 s) dominates this module.
 """
@@ -50,20 +50,6 @@ def test_dtype_is_kept_end_to_end(dtype, data):
     assert backend.predict(data[0]).dtype == dtype
 
 
-def test_step_losses_only_when_asked_and_short_last_batch(data):
-    quiet = make()
-    fit(quiet, data)
-    assert quiet.step_losses is None
-    backend = make(record_steps=True)
-    epoch_losses = fit(backend, data)
-    # 10 samples, batch 4: steps of 4, 4 and 2 samples, the last weighted by 2/10
-    assert backend.step_losses.shape == (3,) and backend.step_losses.dtype == np.float64
-    weighted = (4 * backend.step_losses[0] + 4 * backend.step_losses[1] + 2 * backend.step_losses[2]) / 10
-    assert epoch_losses[-1] == pytest.approx(weighted, rel=1e-12)
-    # record_steps changes what is kept, not what is computed
-    np.testing.assert_array_equal(quiet.params()[0][0], backend.params()[0][0])
-
-
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
 def test_xla_matches_plain_tf_function(strategy, data):
     """jit_compile=True fuses element-wise ops, so rounding differs: 1e-12 relative in float64."""
@@ -80,27 +66,6 @@ def test_xla_matches_plain_tf_function(strategy, data):
 def test_steps_per_execution_is_a_keras_option():
     with pytest.raises(ValueError, match="steps_per_execution=4 is a Keras option"):
         make(steps_per_execution=4)
-
-
-def test_train_before_load_and_bad_order():
-    backend = make()
-    with pytest.raises(RuntimeError, match="before load"):
-        backend.train_epoch(np.arange(4), 2)
-    backend.load(np.zeros((4, 6)), np.zeros(4, dtype=int))
-    with pytest.raises(ValueError, match="4 loaded samples"):
-        backend.train_epoch(np.arange(5), 2)
-
-
-def test_evaluate_and_predict(data):
-    backend = make()
-    fit(backend, data)
-    probs = backend.predict(data[0])
-    assert probs.shape == (10, 3)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
-    loss, acc = backend.evaluate(*data)
-    onehot = np.eye(3)[data[1]]
-    assert loss == pytest.approx(-np.mean(np.log(np.sum(probs * onehot, axis=1))), rel=1e-10)
-    assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == data[1]))
 
 
 def test_info_names_versions_and_device():

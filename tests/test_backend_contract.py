@@ -1,0 +1,71 @@
+"""The protocol's shared contract (backends/base.py), checked the same way in every backend:
+loss averaging with a short last batch, record_steps, argument checks, evaluate/predict.
+
+Each backend's own test module keeps only what is its own (devices, compile modes, dtype
+details); parity with NumPy is test_parity.py's job.
+"""
+
+import numpy as np
+import pytest
+from backend_cases import FRAMEWORKS
+
+from backprop_bench.backends import backend_class
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+
+SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
+
+
+def make(framework: str, **kwargs):
+    params = init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), "float64")
+    return backend_class(framework)(SPEC, params, OptimizerSpec("adam", lr=0.01), dtype="float64", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
+
+
+def fit(backend, data, epochs=2, batch=4):
+    x, y = data
+    backend.load(x, y)
+    rng = np.random.default_rng(3)
+    return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_step_losses_only_when_asked_and_short_last_batch(framework, data):
+    quiet = make(framework)
+    fit(quiet, data)
+    assert quiet.step_losses is None
+    backend = make(framework, record_steps=True)
+    epoch_losses = fit(backend, data)
+    # 10 samples, batch 4: steps of 4, 4 and 2 samples, the last weighted by 2/10
+    assert backend.step_losses.shape == (3,) and backend.step_losses.dtype == np.float64
+    weighted = (4 * backend.step_losses[0] + 4 * backend.step_losses[1] + 2 * backend.step_losses[2]) / 10
+    assert epoch_losses[-1] == pytest.approx(weighted, rel=1e-12)
+    # record_steps changes what is kept, not what is computed
+    np.testing.assert_array_equal(quiet.params()[0][0], backend.params()[0][0])
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_train_before_load_and_bad_order(framework):
+    backend = make(framework)
+    with pytest.raises(RuntimeError, match="before load"):
+        backend.train_epoch(np.arange(4), 2)
+    backend.load(np.zeros((4, 6)), np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="4 loaded samples"):
+        backend.train_epoch(np.arange(5), 2)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_evaluate_and_predict(framework, data):
+    backend = make(framework)
+    fit(backend, data)
+    probs = backend.predict(data[0])
+    assert probs.shape == (10, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    loss, acc = backend.evaluate(*data)
+    onehot = np.eye(3)[data[1]]
+    assert loss == pytest.approx(-np.mean(np.log(np.sum(probs * onehot, axis=1))), rel=1e-10)
+    assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == data[1]))
