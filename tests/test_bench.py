@@ -158,8 +158,47 @@ def test_targets_are_judged_from_the_rows():
     assert by_start("NumPy >= 2x torch")["met"] is True and "2.33x" in by_start("NumPy >= 2x torch")["detail"]
     assert by_start("numpy: sequential")["met"] is False
     assert by_start("torch: sequential")["met"] is None  # not measured is not "met"
-    assert by_start("torch: plain mode")["met"] is False and "1.40x of compile" in by_start("torch: plain mode")["detail"]
+    assert by_start("torch: plain mode")["met"] is False
+    assert "1.40x: eager against compile (b64" in by_start("torch: plain mode")["detail"]
+    assert by_start("torch: backend's fastest")["met"] is True  # compile is the fastest torch here
     assert by_start("keras: plain mode")["met"] is None
+    assert by_start("keras: backend's fastest")["met"] is None
+
+
+def test_backends_are_judged_against_the_stock_idiom_and_numpy_against_its_ceiling():
+    rows = [
+        _row("numpy", "plain", "parallel", 256, 0.40, fraction=0.60),
+        _row("torch", "eager", "parallel", 64, 1.40),
+        _row("torch", "compile", "parallel", 64, 1.30),
+        _row("torch", "stock-compile", "parallel", 64, 1.00),
+        _row("keras", "fit", "parallel", 256, 1.0),
+        _row("keras", "stock-fit", "parallel", 256, 1.1),
+    ]
+    got = {t["target"]: t for t in bench.evaluate_targets(rows, matmul_ceiling={256: 0.75})}
+    by_start = lambda s: next(t for k, t in got.items() if k.startswith(s))  # noqa: E731
+    torch_best = by_start("torch: backend's fastest")
+    assert torch_best["met"] is False and "1.30x: compile against stock-compile (b64" in torch_best["detail"]
+    assert by_start("keras: backend's fastest")["met"] is True and "1.00x: fit against fit" in by_start("keras: backend's fastest")["detail"]
+    numpy256 = by_start("NumPy parallel >= 70%")
+    assert numpy256["met"] is False and "reach 75.0% (80% of that ceiling)" in numpy256["detail"]
+
+
+def test_stock_cells_are_parallel_only_and_can_be_left_out():
+    cells = bench.plan_cells(["torch", "keras"], ["parallel", "sequential"], [64], ["cpu"], [16])
+    stock = [c for c in cells if bench.is_stock(c.mode)]
+    assert {c.mode for c in stock} == {"stock-eager", "stock-compile", "stock-fit", "stock-jit-spe16"}
+    assert all(c.strategy == "parallel" for c in stock)
+    assert next(c for c in stock if c.mode == "stock-jit-spe16").steps_per_execution == 16
+    assert not [c for c in bench.plan_cells(["torch"], ["parallel"], [64], ["cpu"], [], stock=False)
+                if bench.is_stock(c.mode)]
+
+
+def test_a_diverged_cell_stops_and_says_so():
+    cells = bench.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])
+    nan = _LogBackend("nan", [])
+    nan.train_epoch = lambda order, batch_size: float("nan")
+    bench.run_cells(cells, {cells[0].name: nan}, [np.arange(8)] * 3)
+    assert cells[0].status == "failed" and "FloatingPointError" in cells[0].reason and "diverged" in cells[0].reason
 
 
 def test_blas_env_is_removed_from_a_copy_only():

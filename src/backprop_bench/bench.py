@@ -60,24 +60,37 @@ _UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"
 # Compile modes per framework: (mode name, compile, steps_per_execution). The first one of
 # each framework is its plain mode, the one the study runs by default.
 DEFAULT_KERAS_SPE = "16"
+# Modes whose name starts with this run backends/stock.py (the framework's own idiom:
+# built-in layers, loss and optimizer), parallel only: the yardstick for "as fast as the
+# framework allows".
+STOCK = "stock"
+# Plain SGD. 0.01 made every backend's *sequential* b64 run diverge to NaN in its 4th
+# epoch on Fashion-MNIST (identically in NumPy and torch, float32 and float64: the
+# strategy, not a bug), and NaN arithmetic is no honest timing; 0.005 stays finite.
+BENCH_LR = 0.005
 
 
 def framework_modes(keras_spe: list[int]) -> dict[str, list[tuple[str, bool, int]]]:
     """keras_spe: the steps_per_execution values (> 1) to bench beside plain jit."""
-    keras = [("fit", False, 1), ("jit", True, 1)] + [(f"jit-spe{n}", True, n) for n in keras_spe if n > 1]
+    spe = [n for n in keras_spe if n > 1]
+    keras = [("fit", False, 1), ("jit", True, 1)] + [(f"jit-spe{n}", True, n) for n in spe]
     return {
         "numpy": [("plain", False, 1)],
-        "torch": [("eager", False, 1), ("compile", True, 1)],
-        "tensorflow": [("function", False, 1), ("jit", True, 1)],
-        "keras": keras,
+        "torch": [("eager", False, 1), ("compile", True, 1), (f"{STOCK}-eager", False, 1), (f"{STOCK}-compile", True, 1)],
+        "tensorflow": [("function", False, 1), ("jit", True, 1), (f"{STOCK}-step", False, 1), (f"{STOCK}-step-jit", True, 1)],
+        "keras": keras + [(f"{STOCK}-fit", False, 1)] + [(f"{STOCK}-jit-spe{n}", True, n) for n in spe],
     }
+
+
+def is_stock(mode: str) -> bool:
+    return mode.startswith(STOCK)
 
 
 # Targets of issue 5.
 TARGET_PEAK_FRACTION = {256: 0.70, 64: 0.50}  # NumPy parallel, of the 2048^2 sgemm median
 TARGET_NUMPY_OVER_TORCH_B64 = 2.0  # NumPy samples/s over torch eager at batch 64
 TARGET_SEQ_OVER_PAR = 1.15  # sequential epoch time / parallel, per backend
-TARGET_WITHIN_BEST = 1.2  # a framework's plain mode / its best mode
+TARGET_WITHIN_BEST = 1.2  # a backend's fastest mode / its framework's fastest configuration
 
 
 # ----------------------------------------------------------------------------- BLAS environment
@@ -290,7 +303,8 @@ class Cell:
 
 
 def plan_cells(frameworks: list[str], strategies: list[str], batches: list[int], devices: list[str],
-               keras_spe: list[int]) -> list[Cell]:
+               keras_spe: list[int], stock: bool = True) -> list[Cell]:
+    """Every framework x mode x strategy x batch x device; stock modes are parallel only."""
     modes = framework_modes(keras_spe)
     return [
         Cell(fw, mode, comp, spe, strategy, batch, device)
@@ -299,18 +313,25 @@ def plan_cells(frameworks: list[str], strategies: list[str], batches: list[int],
         for strategy in strategies
         for fw in frameworks
         for mode, comp, spe in modes[fw]
+        if not is_stock(mode) or (stock and strategy == "parallel")
     ]
 
 
 def build(cell: Cell, spec: MLPSpec, x: np.ndarray, y: np.ndarray, seed: int, optimizer: OptimizerSpec):
     """The cell's backend with the train set loaded, or None (the cell says why)."""
     t0 = time.perf_counter()
+    init = init_params(spec, InitSpec(seed=seed), "float32")
     try:
-        backend = backends.make_backend(
-            cell.framework, spec, init_params(spec, InitSpec(seed=seed), "float32"), optimizer,
-            strategy=cell.strategy, device=cell.device, dtype="float32",
-            compile=cell.compile, steps_per_execution=cell.steps_per_execution,
-        )
+        if is_stock(cell.mode):
+            from backprop_bench.backends import stock  # imports nothing until a model is made
+
+            backend = stock.make_stock(cell.framework, spec, init, optimizer.lr, device=cell.device,
+                                       compile=cell.compile, steps_per_execution=cell.steps_per_execution)
+        else:
+            backend = backends.make_backend(
+                cell.framework, spec, init, optimizer, strategy=cell.strategy, device=cell.device,
+                dtype="float32", compile=cell.compile, steps_per_execution=cell.steps_per_execution,
+            )
         backend.load(x, y)
         backend.synchronize()
     except Exception as err:  # one cell's failure must not end the run; it becomes a row
@@ -332,8 +353,9 @@ def run_epoch(cell: Cell, backend, order: np.ndarray) -> float | None:
         cell.fail(err, "train_epoch")
         return None
     cell.last_loss = float(loss)
-    if not math.isfinite(cell.last_loss):
-        print(f"bench: warning: {cell.name} loss is {cell.last_loss}", file=sys.stderr)
+    if not math.isfinite(cell.last_loss):  # NaN / inf arithmetic is no honest timing
+        cell.fail(FloatingPointError(f"the epoch loss is {cell.last_loss}: training diverged"), "train_epoch")
+        return None
     return dt
 
 
@@ -411,16 +433,24 @@ def _ok(rows: list[dict], **match) -> list[dict]:
     return [r for r in rows if "median_epoch_seconds" in r and all(r[k] == v for k, v in match.items())]
 
 
-def evaluate_targets(rows: list[dict], square_n: int = 2048, device: str = "cpu") -> list[dict]:
-    """Issue 5's targets, each {target, met (True/False/None = not evaluated), detail}."""
+def evaluate_targets(rows: list[dict], square_n: int = 2048, device: str = "cpu",
+                     matmul_ceiling: dict[int, float] | None = None) -> list[dict]:
+    """Issue 5's targets, each {target, met (True/False/None = not evaluated), detail}.
+
+    matmul_ceiling: {batch: fraction of the square peak that the MLP's own products reach
+    with NumPy's BLAS, timed alone}: no NumPy implementation can pass it.
+    """
     out = []
     for batch, need in sorted(TARGET_PEAK_FRACTION.items(), reverse=True):
         r = _ok(rows, framework="numpy", strategy="parallel", batch=batch, device=device)
         frac = r[0]["peak_fraction"] if r else None
+        ceiling = (matmul_ceiling or {}).get(batch)
         out.append({
             "target": f"NumPy parallel >= {need:.0%} of the {square_n}^2 sgemm peak at batch {batch}",
             "met": None if frac is None else frac >= need,
-            "detail": "not measured" if frac is None else f"{frac:.1%} ({r[0]['gflops']:.1f} GFLOP/s)",
+            "detail": "not measured" if frac is None else f"{frac:.1%} ({r[0]['gflops']:.1f} GFLOP/s)"
+            + ("" if ceiling is None else f"; the step's products alone, at their own shapes, reach {ceiling:.1%}"
+               f" ({frac / ceiling:.0%} of that ceiling)"),
         })
     np64 = _ok(rows, framework="numpy", strategy="parallel", batch=64, device=device)
     t64 = _ok(rows, framework="torch", mode="eager", strategy="parallel", batch=64, device=device)
@@ -440,23 +470,33 @@ def evaluate_targets(rows: list[dict], square_n: int = 2048, device: str = "cpu"
             else f"{worst['seq_over_par']:.2f}x ({worst['mode']}, b{worst['batch']})",
         })
     for fw in ("torch", "tensorflow", "keras"):
-        plain = framework_modes([])[fw][0][0]
-        worst = None  # (ratio, batch, strategy, best mode)
-        for r in _ok(rows, framework=fw, mode=plain, device=device):
-            peers = _ok(rows, framework=fw, strategy=r["strategy"], batch=r["batch"], device=device)
-            best = min(peers, key=lambda p: p["median_epoch_seconds"])
-            if len(peers) < 2:
-                continue
-            ratio = r["median_epoch_seconds"] / best["median_epoch_seconds"]
-            if worst is None or ratio > worst[0]:
-                worst = (ratio, r["batch"], r["strategy"], best["mode"])
-        out.append({
-            "target": f"{fw}: plain mode ({plain}) within {TARGET_WITHIN_BEST}x of its best mode",
-            "met": None if worst is None else worst[0] <= TARGET_WITHIN_BEST,
-            "detail": "not measured (needs the plain and another mode)" if worst is None
-            else f"worst {worst[0]:.2f}x of {worst[3]} (b{worst[1]}, {worst[2]})",
-        })
+        out.append(_within_best(rows, fw, device, plain_only=False))
+        out.append(_within_best(rows, fw, device, plain_only=True))
     return out
+
+
+def _within_best(rows: list[dict], fw: str, device: str, plain_only: bool) -> dict:
+    """The backend's fastest mode (or its plain mode) over the fastest configuration of the
+    framework (backend modes and stock idioms), parallel, worst batch. Medians."""
+    plain = framework_modes([])[fw][0][0]
+    worst = None  # (ratio, batch, backend mode, best configuration)
+    for batch in sorted({r["batch"] for r in _ok(rows, framework=fw, device=device)}):
+        peers = _ok(rows, framework=fw, strategy="parallel", batch=batch, device=device)
+        ours = [r for r in peers if (r["mode"] == plain if plain_only else not is_stock(r["mode"]))]
+        if not ours or len(peers) < 2:
+            continue
+        mine = min(ours, key=lambda p: p["median_epoch_seconds"])
+        best = min(peers, key=lambda p: p["median_epoch_seconds"])
+        ratio = mine["median_epoch_seconds"] / best["median_epoch_seconds"]
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, batch, mine["mode"], best["mode"])
+    what = f"plain mode ({plain}, the study's default)" if plain_only else "backend's fastest mode"
+    return {
+        "target": f"{fw}: {what} within {TARGET_WITHIN_BEST}x of the framework's fastest configuration",
+        "met": None if worst is None else worst[0] <= TARGET_WITHIN_BEST,
+        "detail": "not measured (needs two configurations)" if worst is None
+        else f"worst {worst[0]:.2f}x: {worst[2]} against {worst[3]} (b{worst[1]}, parallel)",
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -525,7 +565,8 @@ def markdown(result: dict) -> str:
     mark = {True: "met", False: "MISSED", None: "not evaluated"}
     lines += [f"- {t['target']}: **{mark[t['met']]}** — {t['detail']}" for t in result["targets"]]
     lines += ["", "Plain modes: " + ", ".join(f"{fw} {m[0][0]}" for fw, m in framework_modes([]).items())
-              + f". % peak = achieved GFLOP/s (median epoch) / NumPy's {p['square_n']}^2 sgemm median. "
+              + f". {STOCK}-* cells are each framework's own idiom (backends/stock.py: built-in layers, loss "
+              "and SGD), parallel only, the yardstick for the backends. % peak = achieved GFLOP/s (median epoch) / NumPy's {p['square_n']}^2 sgemm median. "
               "seq/par = sequential's min epoch / parallel's min epoch, same mode and batch."]
     if result["rounds"] < result["rounds_requested"]:
         lines.append(f"\nInterrupted: {result['rounds']} of {result['rounds_requested']} rounds done "
@@ -574,6 +615,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data-dir", type=Path, default=FASHION_DIR)
     ap.add_argument("--keras-spe", default=DEFAULT_KERAS_SPE,
                     help="comma list of steps_per_execution values, one keras jit-speN mode each ('' or 1: none)")
+    ap.add_argument("--stock", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time each framework's stock idiom (backends/stock.py), parallel only")
     ap.add_argument("--peak-size", type=int, default=2048, help="square sgemm size for the peak")
     ap.add_argument("--peak-repeats", type=int, default=7, help="timing samples per matmul shape")
     ap.add_argument("--peak-seconds", type=float, default=0.05, help="minimum length of one timing sample")
@@ -608,7 +651,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns what it wrote to bench.json."""
     spec = MLPSpec(SIZES)
-    optimizer = OptimizerSpec("sgd", lr=0.01)
+    optimizer = OptimizerSpec("sgd", lr=BENCH_LR)
     x, y, data = load_train_set(args.data, args.samples, args.seed, args.data_dir)
     print(f"bench: data {data}", file=sys.stderr)
 
@@ -619,7 +662,7 @@ def run(args: argparse.Namespace) -> dict:
         notes.append("torch peak not measured: torch is not among --frameworks (a NumPy-only bench never imports it).")
     numpy_peak = peaks[0]["square"]["median"]
 
-    cells = plan_cells(args.frameworks, args.strategies, args.batches, args.devices, args.keras_spe)
+    cells = plan_cells(args.frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock)
     made = {}
     for cell in cells:  # build everything first: imports and tracing set-up stay out of the rounds
         backend = build(cell, spec, x, y, args.seed, optimizer)
@@ -658,7 +701,8 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "command": " ".join(["python -m backprop_bench.bench", *args.argv]),
     }
-    result["targets"] = evaluate_targets(rows, args.peak_size)
+    ceiling = {b: peaks[0][f"mlp_b{b}"] / numpy_peak for b in args.batches}
+    result["targets"] = evaluate_targets(rows, args.peak_size, matmul_ceiling=ceiling)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out_dir / "bench.json", json.dumps(result, indent=2, default=str) + "\n")
     md = markdown(result)

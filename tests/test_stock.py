@@ -1,0 +1,79 @@
+"""The stock framework idioms (backends/stock.py) do the backends' arithmetic, so the bench
+compares like with like: after one epoch of plain SGD from the same initial weights, each
+ends at the NumPy backend's weights and loss (float32 rounding apart).
+
+    .venv/bin/python -m pytest tests/test_stock.py -x -q
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from backprop_bench.backends.numpy_backend import NumpyBackend
+from backprop_bench.backends.stock import make_stock
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+
+SPEC = MLPSpec((784, 32, 16, 10))
+LR = 0.05
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 200)
+    init = init_params(SPEC, InitSpec(seed=0), "float32")
+    order = rng.permutation(200)
+    ref = NumpyBackend(SPEC, init, OptimizerSpec("sgd", lr=LR))
+    ref.load(x, y)
+    loss = ref.train_epoch(order, 64)  # 4 steps, the last one short (8 rows)
+    return x, y, init, order, loss, ref.params()
+
+
+@pytest.mark.parametrize(
+    "framework, compile, spe",
+    [("torch", False, 1), ("torch", True, 1), ("tensorflow", False, 1), ("tensorflow", True, 1),
+     ("keras", False, 1), ("keras", True, 2)],
+)
+def test_stock_model_matches_the_numpy_backend(problem, framework, compile, spe):
+    x, y, init, order, ref_loss, ref_params = problem
+    model = make_stock(framework, SPEC, init, LR, compile=compile, steps_per_execution=spe)
+    model.load(x, y)
+    loss = model.train_epoch(order, 64)
+    model.synchronize()
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for (w, b), (rw, rb) in zip(model.params(), ref_params):
+        np.testing.assert_allclose(w, rw, atol=1e-6)
+        np.testing.assert_allclose(b, rb, atol=1e-6)
+    assert model.info()["framework_version"]
+
+
+def test_stock_needs_the_bench_kind_of_mlp():
+    spec = MLPSpec((4, 3, 2), hidden_activation="sigmoid")
+    with pytest.raises(ValueError, match="hidden_activation=relu"):
+        make_stock("torch", spec, init_params(spec, InitSpec()), LR)
+
+
+def test_unknown_framework_and_spe_are_named():
+    init = init_params(SPEC, InitSpec(), "float32")
+    with pytest.raises(ValueError, match="no stock model for framework='numpy'"):
+        make_stock("numpy", SPEC, init, LR)
+    with pytest.raises(ValueError, match="steps_per_execution is a Keras option"):
+        make_stock("torch", SPEC, init, LR, steps_per_execution=4)
+
+
+def test_train_epoch_before_load_says_so():
+    model = make_stock("torch", SPEC, init_params(SPEC, InitSpec(), "float32"), LR)
+    with pytest.raises(RuntimeError, match="before load"):
+        model.train_epoch(np.arange(4), 2)
+
+
+def test_importing_the_module_imports_no_framework():
+    code = "import sys, backprop_bench.backends.stock; print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
