@@ -51,7 +51,7 @@ def test_numpy_bench_writes_every_requested_cell(tmp_path):
         assert r["cell"] in md
     seq = next(r for r in result["cells"] if r["cell"] == "numpy-plain-sequential-b32-cpu")
     par = next(r for r in result["cells"] if r["cell"] == "numpy-plain-parallel-b32-cpu")
-    assert seq["seq_over_par"] == pytest.approx(seq["min_epoch_seconds"] / par["min_epoch_seconds"])
+    assert seq["seq_over_par"] == pytest.approx(seq["epoch_seconds"][0] / par["epoch_seconds"][0])
     assert result["data"]["source"] == "synthetic" and result["data"]["n"] == 512
     assert result["gflop_per_epoch"] == pytest.approx(MLPSpec(bench.SIZES).needed_flops(512) / 1e9)
     assert result["peak"]["libraries"][0]["library"] == "numpy"
@@ -146,7 +146,7 @@ def _row(framework, mode, strategy, batch, seconds, fraction=None):
 def test_targets_are_judged_from_the_rows():
     rows = [
         _row("numpy", "plain", "parallel", 256, 0.40, fraction=0.72),
-        _row("numpy", "plain", "parallel", 64, 0.60, fraction=0.45),
+        _row("numpy", "plain", "parallel", 64, 0.60, fraction=0.45) | {"vs_torch_eager": 1.40 / 0.60},
         _row("numpy", "plain", "sequential", 64, 0.72) | {"seq_over_par": 1.2},
         _row("torch", "eager", "parallel", 64, 1.40),
         _row("torch", "compile", "parallel", 64, 1.00),
@@ -193,12 +193,40 @@ def test_stock_cells_are_parallel_only_and_can_be_left_out():
                 if bench.is_stock(c.mode)]
 
 
+def test_no_garbage_collection_inside_the_clock():
+    import gc
+
+    cells = bench.plan_cells(["numpy"], ["parallel"], [64, 256], ["cpu"], [])
+    seen = []
+    good, bad = _LogBackend("good", []), _LogBackend("bad", [])
+    good.train_epoch = lambda order, batch_size: seen.append(gc.isenabled()) or 1.0
+    bad.train_epoch = lambda order, batch_size: (_ for _ in ()).throw(RuntimeError("boom"))
+    bench.run_cells(cells, {cells[0].name: good, cells[1].name: bad}, [np.arange(8)] * 3)
+    assert seen == [False, False, False]
+    assert gc.isenabled(), "the bench must give garbage collection back, also after a failed epoch"
+
+
 def test_a_diverged_cell_stops_and_says_so():
     cells = bench.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])
     nan = _LogBackend("nan", [])
     nan.train_epoch = lambda order, batch_size: float("nan")
     bench.run_cells(cells, {cells[0].name: nan}, [np.arange(8)] * 3)
     assert cells[0].status == "failed" and "FloatingPointError" in cells[0].reason and "diverged" in cells[0].reason
+
+
+def test_ratios_pair_the_epochs_of_each_round():
+    """One lucky parallel epoch must not make sequential look slow: ratios are per round."""
+    spec = MLPSpec(bench.SIZES)
+    cells = [
+        bench.Cell("torch", "eager", False, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[1.0, 1.0, 0.6]),
+        bench.Cell("torch", "eager", False, 1, "sequential", 64, "cpu", status="ok", epoch_seconds=[1.0, 1.1, 1.0]),
+        bench.Cell("numpy", "plain", False, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[0.5, 0.4, 0.3]),
+    ]
+    rows = {r["cell"]: r for r in bench.cell_rows(cells, spec, 60_000, numpy_peak=100.0)}
+    seq = rows["torch-eager-sequential-b64-cpu"]
+    assert seq["seq_over_par"] == pytest.approx(1.1)  # median of 1.0, 1.1, 1.667; min/min would say 1.67
+    assert rows["numpy-plain-parallel-b64-cpu"]["vs_torch_eager"] == pytest.approx(2.0)  # 2.0, 2.5, 2.0
+    assert bench.paired_ratio([2.0, 4.0], [1.0, 1.0]) == pytest.approx(3.0)
 
 
 def test_blas_env_is_removed_from_a_copy_only():
