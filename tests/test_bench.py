@@ -183,6 +183,15 @@ def test_backends_are_judged_against_the_stock_idiom_and_numpy_against_its_ceili
     assert numpy256["met"] is False and "reach 75.0% (80% of that ceiling)" in numpy256["detail"]
 
 
+def test_compared_cells_run_next_to_each_other():
+    cells = bench.plan_cells(["numpy", "torch"], ["parallel", "sequential"], [64], ["cpu"], [], stock=False)
+    assert [c.name for c in cells] == [
+        "numpy-plain-parallel-b64-cpu", "numpy-plain-sequential-b64-cpu",
+        "torch-eager-parallel-b64-cpu", "torch-eager-sequential-b64-cpu",
+        "torch-compile-parallel-b64-cpu", "torch-compile-sequential-b64-cpu",
+    ]
+
+
 def test_stock_cells_are_parallel_only_and_can_be_left_out():
     cells = bench.plan_cells(["torch", "keras"], ["parallel", "sequential"], [64], ["cpu"], [16])
     stock = [c for c in cells if bench.is_stock(c.mode)]

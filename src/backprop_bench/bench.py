@@ -304,15 +304,20 @@ class Cell:
 
 def plan_cells(frameworks: list[str], strategies: list[str], batches: list[int], devices: list[str],
                keras_spe: list[int], stock: bool = True) -> list[Cell]:
-    """Every framework x mode x strategy x batch x device; stock modes are parallel only."""
+    """Every framework x mode x strategy x batch x device; stock modes are parallel only.
+
+    Strategy varies fastest, then mode, then framework: the cells a ratio compares (a
+    mode's parallel and sequential; numpy and torch eager) run next to each other in every
+    round, seconds apart, so a neighbour's burst on the shared machine rarely hits only one.
+    """
     modes = framework_modes(keras_spe)
     return [
         Cell(fw, mode, comp, spe, strategy, batch, device)
         for device in devices
         for batch in batches
-        for strategy in strategies
         for fw in frameworks
         for mode, comp, spe in modes[fw]
+        for strategy in strategies
         if not is_stock(mode) or (stock and strategy == "parallel")
     ]
 
