@@ -111,7 +111,23 @@ class StockTorch:
                 + (" + torch.compile(model, opt.step)" if self.compile else "")}
 
 
-class StockTensorflow:
+class _TfData:
+    """What the two TF-based stock models share: the train set resident on the TF device
+    (x float32, y int64 class indices) and a device-wide synchronize."""
+
+    tf = None  # the tensorflow module; set by the constructor (importing it costs ~8 s)
+    _tf_device = "/CPU:0"
+
+    def load(self, x: np.ndarray, y: np.ndarray) -> None:
+        with self.tf.device(self._tf_device):
+            self._x = self.tf.identity(self.tf.constant(np.asarray(x, np.float32)))
+            self._y = self.tf.identity(self.tf.constant(np.asarray(y, np.int64)))
+
+    def synchronize(self) -> None:
+        self.tf.test.experimental.sync_devices()
+
+
+class StockTensorflow(_TfData):
     """The TF2 custom-training-loop guide: tf.data batches, a per-step tf.function."""
 
     framework = "tensorflow"
@@ -130,11 +146,6 @@ class StockTensorflow:
             self.vars = [(tf.Variable(np.asarray(w, np.float32)), tf.Variable(np.asarray(b, np.float32))) for w, b in init]
         self._step_fn = tf.function(self._step, jit_compile=compile)
         self._x = self._y = None
-
-    def load(self, x: np.ndarray, y: np.ndarray) -> None:
-        with self.tf.device(self._tf_device):
-            self._x = self.tf.identity(self.tf.constant(np.asarray(x, np.float32)))
-            self._y = self.tf.identity(self.tf.constant(np.asarray(y, np.int64)))
 
     def _step(self, x, y):
         tf = self.tf
@@ -162,15 +173,12 @@ class StockTensorflow:
     def params(self) -> Params:
         return [(w.numpy(), b.numpy()) for w, b in self.vars]
 
-    def synchronize(self) -> None:
-        self.tf.test.experimental.sync_devices()
-
     def info(self) -> dict[str, str]:
         return {"framework_version": self.tf.__version__, "device_name": cpu_name(),
                 "stock": "tf.data + per-step tf.function" + (" (jit_compile)" if self.compile else "")}
 
 
-class StockKeras:
+class StockKeras(_TfData):
     """keras.Sequential + built-in SGD + compile/fit. Labels are class indices."""
 
     framework = "keras"
@@ -204,11 +212,6 @@ class StockKeras:
         self.compile, self.steps_per_execution = compile, steps_per_execution
         self._x = self._y = None
 
-    def load(self, x: np.ndarray, y: np.ndarray) -> None:
-        with self.tf.device(self._tf_device):
-            self._x = self.tf.identity(self.tf.constant(np.asarray(x, np.float32)))
-            self._y = self.tf.identity(self.tf.constant(np.asarray(y, np.int64)))
-
     def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
         order = check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
         with self.tf.device(self._tf_device):
@@ -218,9 +221,6 @@ class StockKeras:
 
     def params(self) -> Params:
         return [tuple(layer.get_weights()) for layer in self.model.layers]
-
-    def synchronize(self) -> None:
-        self.tf.test.experimental.sync_devices()
 
     def info(self) -> dict[str, str]:
         return {"framework_version": self.keras.__version__, "device_name": cpu_name(),
