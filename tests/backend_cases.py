@@ -7,15 +7,15 @@ Every backend is driven the same way the real trainer drives it: initial weights
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from backprop_bench.backends import FRAMEWORKS, backend_class
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.model import OPTIMIZERS, STRATEGIES, InitSpec, MLPSpec, OptimizerSpec, init_params  # noqa: F401 (re-exported)
 
-STRATEGIES = ("parallel", "sequential")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-OTHER_FRAMEWORKS = tuple(f for f in FRAMEWORKS if f != "numpy")
+# Every implementation the cross-backend tests hold to the same numbers: the four
+# frameworks, plus NumPy's fast path (numpy_fast.py, compile=True).
+BACKENDS = ("numpy", "numpy-fast", *FRAMEWORKS[1:])
+OTHER_BACKENDS = tuple(b for b in BACKENDS if b != "numpy")
 
 # Learning rates for the parity runs: large enough that 3 epochs move the weights well
 # away from their start, small enough that nothing diverges.
@@ -26,12 +26,14 @@ PARITY_OPTIMIZERS = {
 }
 
 
-def make_backend(framework: str, spec: MLPSpec, params, optimizer: OptimizerSpec, **kwargs):
-    """A backend on the CPU, float64 unless told otherwise, with record_steps on."""
+def make_backend(backend: str, spec: MLPSpec, params, optimizer: OptimizerSpec, **kwargs):
+    """One of BACKENDS on the CPU, float64 unless told otherwise, with record_steps on."""
     kwargs.setdefault("dtype", "float64")
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("record_steps", True)
-    return backend_class(framework)(spec, params, optimizer, **kwargs)
+    if backend == "numpy-fast":
+        backend, kwargs["compile"] = "numpy", True
+    return backend_class(backend, kwargs.get("compile", False))(spec, params, optimizer, **kwargs)
 
 
 def train(backend, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, seed: int):
@@ -71,7 +73,7 @@ def params_rel_err(params, reference) -> float:
 
 
 def worked_example():
-    """The 2-2-2 network of DESIGN.md "Sequential vs parallel: the reference".
+    """The 2-2-2 network of the worked example (docs/reference.md).
 
     Returns (spec, float64 params, optimizer, x (1, 2), targets (1, 2)).
     W is (in, out): h1 = w1 i1 + w2 i2, h2 = w3 i1 + w4 i2, so column j feeds unit j.

@@ -7,9 +7,8 @@ details); parity with NumPy is test_parity.py's job.
 
 import numpy as np
 import pytest
-from backend_cases import FRAMEWORKS
+from backend_cases import BACKENDS, make_backend
 
-from backprop_bench.backends import backend_class
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
@@ -17,7 +16,8 @@ SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
 
 def make(framework: str, **kwargs):
     params = init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), "float64")
-    return backend_class(framework)(SPEC, params, OptimizerSpec("adam", lr=0.01), dtype="float64", **kwargs)
+    kwargs.setdefault("record_steps", False)
+    return make_backend(framework, SPEC, params, OptimizerSpec("adam", lr=0.01), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def fit(backend, data, epochs=2, batch=4):
     return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_step_losses_only_when_asked_and_short_last_batch(framework, data):
     quiet = make(framework)
     fit(quiet, data)
@@ -48,7 +48,7 @@ def test_step_losses_only_when_asked_and_short_last_batch(framework, data):
     np.testing.assert_array_equal(quiet.params()[0][0], backend.params()[0][0])
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_train_before_load_and_bad_order(framework):
     backend = make(framework)
     with pytest.raises(RuntimeError, match="before load"):
@@ -58,7 +58,7 @@ def test_train_before_load_and_bad_order(framework):
         backend.train_epoch(np.arange(5), 2)
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_evaluate_and_predict(framework, data):
     backend = make(framework)
     fit(backend, data)

@@ -7,7 +7,7 @@ Run in float32, the default dtype.
 
 import numpy as np
 import pytest
-from backend_cases import FRAMEWORKS, STRATEGIES, make_backend, mnist_like, train
+from backend_cases import BACKENDS, STRATEGIES, make_backend, mnist_like, train
 
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
 
@@ -24,7 +24,7 @@ def run(framework: str, strategy: str, seed: int):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_same_seed_same_results(framework, strategy):
     first, second = run(framework, strategy, seed=5), run(framework, strategy, seed=5)
     np.testing.assert_array_equal(first[0], second[0])

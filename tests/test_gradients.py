@@ -1,5 +1,6 @@
 """The NumPy backend's hand-written gradients, checked two independent ways in float64:
 central finite differences, and torch.autograd on the same expression (micrograd style).
+Both NumPy paths are checked: the plain one and the preallocated fast one.
 
 Every hidden activation x every (output activation, loss) pair the spec allows, with
 trained and constant biases. Two hidden layers, so the error is propagated twice.
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from backprop_bench.backends.numpy_backend import NumpyBackend
+from backprop_bench.backends.numpy_fast import NumpyFastBackend
 from backprop_bench.model import HIDDEN_ACTIVATIONS, InitSpec, MLPSpec, OptimizerSpec, as_targets, init_params
 
 OUTPUT_LOSS = [
@@ -25,6 +27,13 @@ OUTPUT_LOSS = [
 CASES = [(h, o, loss) for h, (o, loss) in itertools.product(HIDDEN_ACTIVATIONS, OUTPUT_LOSS)]
 SIZES = (5, 4, 3, 3)
 N = 6
+PATHS = pytest.mark.parametrize("cls", [NumpyBackend, NumpyFastBackend], ids=["plain", "fast"])
+
+
+def gradients(cls, spec, params, x, y):
+    """(loss, [(dL/dW, dL/db or None)]) from one of the NumPy paths."""
+    backend = cls(spec, params, OptimizerSpec("sgd"), dtype="float64", compile=cls is NumpyFastBackend)
+    return backend.loss_and_gradients(x, y)
 
 
 def case(hidden, output, loss, train_biases=True):
@@ -57,9 +66,7 @@ def torch_loss_and_grads(spec, params, x, y):
     import torch
 
     act = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda z: z}
-    tensors = [
-        (torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) for w, b in params
-    ]
+    tensors = [(torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) for w, b in params]
     a = torch.tensor(x)
     for w, b in tensors[:-1]:
         a = act[spec.hidden_activation](a @ w + b)
@@ -93,10 +100,11 @@ def finite_difference(spec, params, x, y, h=1e-6):
     return grads
 
 
+@PATHS
 @pytest.mark.parametrize("hidden,output,loss", CASES)
-def test_gradients_match_torch_autograd(hidden, output, loss):
+def test_gradients_match_torch_autograd(hidden, output, loss, cls):
     spec, params, x, y = case(hidden, output, loss)
-    ours_loss, ours = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64").loss_and_gradients(x, y)
+    ours_loss, ours = gradients(cls, spec, params, x, y)
     torch_loss, theirs = torch_loss_and_grads(spec, params, x, y)
     assert ours_loss == pytest.approx(torch_loss, rel=1e-12)
     for (gw, gb), (tw, tb) in zip(ours, theirs):
@@ -105,20 +113,22 @@ def test_gradients_match_torch_autograd(hidden, output, loss):
     assert max(np.abs(gw).max() for gw, _ in ours) > 1e-4  # not vacuously zero
 
 
+@PATHS
 @pytest.mark.parametrize("hidden,output,loss", CASES)
-def test_gradients_match_finite_differences(hidden, output, loss):
+def test_gradients_match_finite_differences(hidden, output, loss, cls):
     spec, params, x, y = case(hidden, output, loss)
     assert smallest_hidden_preactivation(spec, params, x) > 1e-4  # no kink within reach of h
-    _, ours = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64").loss_and_gradients(x, y)
+    _, ours = gradients(cls, spec, params, x, y)
     numeric = finite_difference(spec, params, x, y)
     for (gw, gb), (nw, nb) in zip(ours, numeric):
         np.testing.assert_allclose(gw, nw, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(gb, nb, rtol=1e-6, atol=1e-9)
 
 
-def test_constant_biases_have_no_gradient():
+@PATHS
+def test_constant_biases_have_no_gradient(cls):
     spec, params, x, y = case("tanh", "softmax", "cross_entropy", train_biases=False)
-    _, grads = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64").loss_and_gradients(x, y)
+    _, grads = gradients(cls, spec, params, x, y)
     _, theirs = torch_loss_and_grads(spec, params, x, y)
     for (gw, gb), (tw, _) in zip(grads, theirs):
         assert gb is None

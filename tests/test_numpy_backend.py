@@ -1,5 +1,6 @@
-"""The NumPy backend's own behaviour: devices, dtypes, the contract's details, the
-optimizer rule. (Gradients: test_gradients.py; cross-backend: test_parity.py & co.)"""
+"""The NumPy backend's own behaviour, plain (numpy_backend.py) and fast (numpy_fast.py):
+devices, dtypes, the contract's details, the optimizer rule. (Gradients: test_gradients.py;
+cross-backend: test_parity.py & co.; plain == fast bit for bit: test_numpy_fast.py.)"""
 
 import subprocess
 import sys
@@ -8,17 +9,25 @@ import types
 import numpy as np
 import pytest
 
-from backprop_bench.backends import DeviceUnavailable
-from backprop_bench.backends import numpy_backend
+from backprop_bench.backends import DeviceUnavailable, numpy_backend
 from backprop_bench.backends.numpy_backend import NumpyBackend
+from backprop_bench.backends.numpy_fast import NumpyFastBackend
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 4, 3), "relu", "softmax", "cross_entropy")
 
 
-def backend(spec=SPEC, optimizer=None, **kwargs):
+@pytest.fixture(params=[NumpyBackend, NumpyFastBackend], ids=["plain", "fast"])
+def cls(request):
+    """Every contract test runs against both the plain and the fast path."""
+    return request.param
+
+
+def backend(spec=SPEC, optimizer=None, cls=NumpyBackend, **kwargs):
     params = init_params(spec, InitSpec("he_normal", seed=1, bias=0.05), kwargs.get("dtype", "float32"))
-    return NumpyBackend(spec, params, optimizer or OptimizerSpec("momentum", lr=0.1), **kwargs)
+    if cls is NumpyFastBackend:
+        kwargs["compile"] = True
+    return cls(spec, params, optimizer or OptimizerSpec("momentum", lr=0.1), **kwargs)
 
 
 def data(n=10, seed=0, n_in=6, n_out=3):
@@ -60,12 +69,16 @@ def test_auto_falls_to_cpu_without_cupy(monkeypatch):
         ({"strategy": "backwards"}, "strategy='backwards' is not one of parallel, sequential"),
         ({"dtype": "float16"}, "dtype='float16' is not one of float32, float64"),
         ({"compile": True}, "compile=True has no meaning for framework=numpy"),
-        ({"steps_per_execution": 4}, "steps_per_execution=4 is a Keras option"),
     ],
 )
 def test_bad_options_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         backend(**kwargs)
+
+
+def test_keras_only_option_is_not_a_numpy_argument():
+    with pytest.raises(TypeError, match="steps_per_execution"):
+        backend(steps_per_execution=4)
 
 
 def test_init_must_match_the_spec():
@@ -78,14 +91,14 @@ def test_init_must_match_the_spec():
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu():
-    cupy, why_not = numpy_backend._find_cupy()
+def test_cuda_matches_cpu(cls):
+    cupy, why_not = numpy_backend.find_cupy()
     if cupy is None:
         pytest.skip(f"no GPU for CuPy: {why_not}")
     x, y = data(n=64)
     results = {}
     for device in ("cpu", "cuda"):
-        b = backend(device=device, dtype="float64", record_steps=True)
+        b = backend(device=device, dtype="float64", record_steps=True, cls=cls)
         assert b.device == device
         b.load(x, y)
         b.train_epoch(np.arange(64), 16)
@@ -94,6 +107,7 @@ def test_cuda_matches_cpu():
     np.testing.assert_allclose(results["cuda"][0], results["cpu"][0], rtol=1e-10)
     for (wc, bc), (w, b_) in zip(results["cuda"][1], results["cpu"][1]):
         np.testing.assert_allclose(wc, w, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(bc, b_, rtol=1e-9, atol=1e-12)
     assert isinstance(results["cuda"][2], np.ndarray)
 
 
@@ -108,6 +122,8 @@ from backprop_bench.backends import make_backend
 from backprop_bench.model import MLPSpec, InitSpec, OptimizerSpec, init_params
 spec = MLPSpec((4, 3, 2))
 b = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), device="auto")
+b2 = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), compile=True)
+b2.load(np.random.default_rng(0).random((8, 4)), np.arange(8) % 2); b2.train_epoch(np.arange(8), 4)
 b.load(np.random.default_rng(0).random((8, 4)), np.arange(8) % 2)
 b.train_epoch(np.arange(8), 4); b.evaluate(np.zeros((2, 4)), np.array([0, 1])); b.info()
 print(sorted(m for m in ("torch", "tensorflow", "keras", "jax") if m in sys.modules))
@@ -119,26 +135,28 @@ print(sorted(m for m in ("torch", "tensorflow", "keras", "jax") if m in sys.modu
 # ---------------------------------------------------------------- dtypes
 
 
-def test_float32_stays_float32():
-    b = backend(dtype="float32", optimizer=OptimizerSpec("adam"), record_steps=True)
+def test_float32_stays_float32(cls):
+    b = backend(dtype="float32", optimizer=OptimizerSpec("adam"), record_steps=True, cls=cls)
     x, y = data(n=20)
     b.load(x, y)  # float64 in, float32 inside
     with np.errstate(all="raise"):
         b.train_epoch(np.arange(20), 8)
-    arrays = [a for layer in b.layers for a in (layer.W, layer.b)]
-    arrays += [b.flat, b.grads, *b.optimizer.state]
-    ws = b._train_ws
-    arrays += [ws.x, ws.t, ws.z_out, ws.logp, *ws.a, *ws.d, b._x, b._t]
+    arrays = [a for layer in b.layers for a in (layer.W, layer.b)] + [b._x, b._t]
+    if cls is NumpyFastBackend:  # its flat vectors and work buffers
+        ws = b._train_ws
+        arrays += [b.flat, b.grads, *b.optimizer.state, ws.x, ws.t, ws.z_out, ws.logp, *ws.a, *ws.d]
+    else:
+        arrays += [a for state in b.optimizer.state.values() for a in state]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32)}
     assert all(w.dtype == np.float32 and bias.dtype == np.float32 for w, bias in b.params())
     assert b.predict(x).dtype == np.float32
 
 
-def test_float32_close_to_float64():
+def test_float32_close_to_float64(cls):
     x, y = data(n=20)
     out = {}
     for dtype in ("float32", "float64"):
-        b = backend(dtype=dtype)
+        b = backend(cls=cls, dtype=dtype)
         b.load(x, y)
         out[dtype] = b.train_epoch(np.arange(20), 8), b.params()
     assert out["float32"][0] == pytest.approx(out["float64"][0], rel=1e-5)
@@ -149,13 +167,13 @@ def test_float32_close_to_float64():
 # ---------------------------------------------------------------- the contract
 
 
-def test_step_losses_only_when_asked():
+def test_step_losses_only_when_asked(cls):
     x, y = data(n=10)
-    quiet = backend()
+    quiet = backend(cls=cls)
     quiet.load(x, y)
     quiet.train_epoch(np.arange(10), 4)
     assert quiet.step_losses is None
-    loud = backend(record_steps=True)
+    loud = backend(cls=cls, record_steps=True)
     loud.load(x, y)
     mean = loud.train_epoch(np.arange(10), 4)
     assert loud.step_losses.dtype == np.float64 and loud.step_losses.shape == (3,)
@@ -163,13 +181,13 @@ def test_step_losses_only_when_asked():
     assert mean == pytest.approx(np.dot(loud.step_losses, [4, 4, 2]) / 10, rel=1e-12)
 
 
-def test_short_last_batch_is_one_step_of_its_own():
+def test_short_last_batch_is_one_step_of_its_own(cls):
     x, y = data(n=10)
     order = np.random.default_rng(3).permutation(10)
-    whole = backend(dtype="float64", record_steps=True)
+    whole = backend(cls=cls, dtype="float64", record_steps=True)
     whole.load(x, y)
     whole.train_epoch(order, 4)
-    sliced = backend(dtype="float64", record_steps=True)
+    sliced = backend(cls=cls, dtype="float64", record_steps=True)
     sliced.load(x, y)
     losses = []
     for part in (order[:4], order[4:8], order[8:]):  # the same three steps, one call each
@@ -181,17 +199,17 @@ def test_short_last_batch_is_one_step_of_its_own():
         np.testing.assert_array_equal(b1, b2)
 
 
-def test_batch_larger_than_data_is_one_step():
+def test_batch_larger_than_data_is_one_step(cls):
     x, y = data(n=5)
-    b = backend(record_steps=True)
+    b = backend(cls=cls, record_steps=True)
     b.load(x, y)
     b.train_epoch(np.arange(5), 64)
     assert b.step_losses.shape == (1,)
 
 
-def test_loss_is_measured_before_the_update():
+def test_loss_is_measured_before_the_update(cls):
     x, y = data(n=8)
-    b = backend(dtype="float64", record_steps=True)
+    b = backend(cls=cls, dtype="float64", record_steps=True)
     before = b.evaluate(x, y)[0]
     b.load(x, y)
     b.train_epoch(np.arange(8), 8)
@@ -199,9 +217,9 @@ def test_loss_is_measured_before_the_update():
     assert b.evaluate(x, y)[0] < before
 
 
-def test_evaluate_and_predict(monkeypatch):
+def test_evaluate_and_predict(monkeypatch, cls):
     x, y = data(n=30)
-    b = backend(dtype="float64")
+    b = backend(cls=cls, dtype="float64")
     b.load(x, y)
     b.train_epoch(np.arange(30), 8)
     probs = b.predict(x)
@@ -212,15 +230,15 @@ def test_evaluate_and_predict(monkeypatch):
     assert loss == pytest.approx(-np.mean(np.log(probs[np.arange(30), y])), rel=1e-12)
     assert acc == np.mean(probs.argmax(axis=1) == y)
     # chunked evaluation (7 rows at a time) gives the same answers
-    monkeypatch.setattr(numpy_backend, "EVAL_CHUNK", 7)
+    monkeypatch.setattr(cls, "EVAL_CHUNK", 7)
     np.testing.assert_allclose(b.predict(x), probs, rtol=1e-14)
     assert b.evaluate(x, y) == pytest.approx((loss, acc), rel=1e-12)
 
 
-def test_constant_biases_stay_constant():
+def test_constant_biases_stay_constant(cls):
     spec = MLPSpec((6, 5, 3), "sigmoid", "sigmoid", "half_sse", train_biases=False)
     x, y = data(n=12)
-    b = backend(spec=spec, optimizer=OptimizerSpec("adam", lr=0.05))
+    b = backend(cls=cls, spec=spec, optimizer=OptimizerSpec("adam", lr=0.05))
     b.load(x, y)
     b.train_epoch(np.arange(12), 4)
     initial = init_params(spec, InitSpec("he_normal", seed=1, bias=0.05), "float32")
@@ -238,20 +256,20 @@ def test_constant_biases_stay_constant():
         (lambda b: b.load(np.zeros((4, 6)), np.zeros((4, 2))), "targets have 2 columns, the model has 3 outputs"),
     ],
 )
-def test_bad_input_is_rejected(call, message):
+def test_bad_input_is_rejected(call, message, cls):
     with pytest.raises((ValueError, RuntimeError), match=message):
-        call(backend())
+        call(backend(cls=cls))
 
 
-def test_order_out_of_range_is_rejected():
-    b = backend()
+def test_order_out_of_range_is_rejected(cls):
+    b = backend(cls=cls)
     b.load(*data(n=4))
     with pytest.raises(ValueError, match=r"order holds indices outside \[0, 4\)"):
         b.train_epoch(np.array([0, 1, 4]), 2)
 
 
-def test_info_names_versions_and_hardware():
-    info = backend().info()
+def test_info_names_versions_and_hardware(cls):
+    info = backend(cls=cls).info()
     assert info["framework"] == "numpy" and info["framework_version"] == np.__version__
     assert info["device_name"] and info["blas"]
 
@@ -272,20 +290,20 @@ def rule(name, p, g, state, t, lr=0.1, mu=0.9, b1=0.9, b2=0.999, eps=1e-8):
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-def test_optimizer_follows_the_written_rule(name):
+def test_optimizer_follows_the_written_rule(name, cls):
     spec = MLPSpec((6, 3), "relu", "identity", "mse")
     x, y = np.random.default_rng(4).normal(size=(9, 6)), np.random.default_rng(5).normal(size=(9, 3))
     optimizer = OptimizerSpec(name, lr=0.1)
-    b = backend(spec=spec, optimizer=optimizer, dtype="float64")
+    b = backend(cls=cls, spec=spec, optimizer=optimizer, dtype="float64")
     b.load(x, y)
     b.train_epoch(np.arange(9), 3)  # 3 steps, t = 1, 2, 3
 
-    (w, bias), = init_params(spec, InitSpec("he_normal", seed=1, bias=0.05), "float64")
+    ((w, bias),) = init_params(spec, InitSpec("he_normal", seed=1, bias=0.05), "float64")
     sw, sb = {}, {}
     for t, rows in enumerate((slice(0, 3), slice(3, 6), slice(6, 9)), start=1):
         probe = NumpyBackend(spec, [(w, bias)], OptimizerSpec(), dtype="float64")
-        (gw, gb), = probe.loss_and_gradients(x[rows], y[rows])[1]
+        ((gw, gb),) = probe.loss_and_gradients(x[rows], y[rows])[1]
         w, bias = rule(name, w, gw, sw, t), rule(name, bias, gb, sb, t)
-    (got_w, got_b), = b.params()
+    ((got_w, got_b),) = b.params()
     np.testing.assert_allclose(got_w, w, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(got_b, bias, rtol=1e-13, atol=1e-15)

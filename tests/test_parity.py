@@ -32,14 +32,14 @@ step by 1/sqrt(v), which magnifies rounding in elements whose gradients are tiny
 tolerances below leave a 7-20x margin.
 """
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 from backend_cases import (
-    FRAMEWORKS,
+    BACKENDS,
     OPTIMIZERS,
-    OTHER_FRAMEWORKS,
+    OTHER_BACKENDS,
     PARITY_OPTIMIZERS,
     STRATEGIES,
     make_backend,
@@ -66,7 +66,7 @@ def run(framework: str, optimizer: str, strategy: str, dtype: str, hidden: str =
     return steps, backend.params()
 
 
-@lru_cache(maxsize=None)
+@cache
 def numpy_reference(optimizer: str, strategy: str, hidden: str = "relu"):
     return run("numpy", optimizer, strategy, "float64", hidden)
 
@@ -84,7 +84,7 @@ def test_reference_run_is_not_trivial(optimizer, strategy, hidden):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("framework", OTHER_FRAMEWORKS)
+@pytest.mark.parametrize("framework", OTHER_BACKENDS)
 def test_float64_parity(framework, strategy, optimizer):
     steps, params = run(framework, optimizer, strategy, "float64")
     ref_steps, ref_params = numpy_reference(optimizer, strategy)
@@ -96,7 +96,7 @@ def test_float64_parity(framework, strategy, optimizer):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_float32_close_to_float64_reference(framework, strategy, optimizer):
     steps, params = run(framework, optimizer, strategy, "float32", hidden="tanh")
     assert all(w.dtype == np.float32 and b.dtype == np.float32 for w, b in params)

@@ -1,4 +1,4 @@
-"""The 2-2-2 worked example (DESIGN.md), in every backend under each strategy, float64.
+"""The 2-2-2 worked example (docs/reference.md), in every backend under each strategy, float64.
 
 The same sample is presented 1000 times (batch 1), so one epoch is the tutorial's 1000
 iterations and ``step_losses`` holds the loss of each, measured before its update.
@@ -6,16 +6,14 @@ iterations and ``step_losses`` holds the loss of each, measured before its updat
 
 import numpy as np
 import pytest
-from backend_cases import STRATEGIES, make_backend, worked_example
-
-from backprop_bench.backends import FRAMEWORKS
+from backend_cases import BACKENDS, STRATEGIES, make_backend, worked_example
 
 FIRST_LOSS = 0.298371109  # the tutorial's E_total after the first forward pass
 LOSS_AT_1000 = {"sequential": 0.0011153760, "parallel": 0.0011157856}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_worked_example_losses(framework, strategy):
     spec, params, optimizer, x, t = worked_example()
     backend = make_backend(framework, spec, params, optimizer, strategy=strategy)
@@ -32,7 +30,7 @@ def test_worked_example_losses(framework, strategy):
         np.testing.assert_array_equal(b, b0)
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_worked_example_first_update(framework):
     """After one step both strategies agree on the output layer (the tutorial's w5+ = 0.35891648)
     but not below it: sequential sends the error through the updated W2."""

@@ -10,7 +10,7 @@
 
 import numpy as np
 import pytest
-from backend_cases import FRAMEWORKS, OPTIMIZERS, PARITY_OPTIMIZERS, make_backend, params_rel_err, rel_err
+from backend_cases import BACKENDS, OPTIMIZERS, PARITY_OPTIMIZERS, make_backend, params_rel_err, rel_err
 
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
 
@@ -33,7 +33,7 @@ def one_step(framework, spec, strategy, optimizer: OptimizerSpec, n_steps=1):
     return backend.params()
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_strategies_differ_after_one_step(framework):
     optimizer = OptimizerSpec("sgd", lr=0.5)
     seq = one_step(framework, DEEP, "sequential", optimizer)
@@ -53,7 +53,7 @@ def strategy_difference(framework, optimizer):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_strategy_difference_matches_reference(framework, optimizer):
     opt = PARITY_OPTIMIZERS[optimizer]
     diff, ref = strategy_difference(framework, opt), strategy_difference("numpy", opt)
@@ -64,7 +64,7 @@ def test_strategy_difference_matches_reference(framework, optimizer):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", BACKENDS)
 def test_single_layer_strategies_agree(framework, optimizer):
     opt = PARITY_OPTIMIZERS[optimizer]
     seq = one_step(framework, SHALLOW, "sequential", opt, n_steps=3)

@@ -8,23 +8,27 @@ from backprop_bench.backends.base import Backend, DeviceUnavailable
 
 FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras")
 
-_MODULES = {
-    "numpy": ("backprop_bench.backends.numpy_backend", "NumpyBackend"),
-    "torch": ("backprop_bench.backends.torch_backend", "TorchBackend"),
-    "tensorflow": ("backprop_bench.backends.tensorflow_backend", "TensorflowBackend"),
-    "keras": ("backprop_bench.backends.keras_backend", "KerasBackend"),
+# (framework, compile) -> (module, class). compile=True means each framework's fast path:
+# numpy's preallocated buffers, torch.compile, XLA; the backend records which in info().
+_CLASSES = {
+    ("numpy", False): ("numpy_backend", "NumpyBackend"),
+    ("numpy", True): ("numpy_fast", "NumpyFastBackend"),
+    ("torch", False): ("torch_backend", "TorchBackend"),
+    ("tensorflow", False): ("tensorflow_backend", "TensorflowBackend"),
+    ("keras", False): ("keras_backend", "KerasBackend"),
 }
 
 
-def backend_class(framework: str) -> type[Backend]:
-    if framework not in _MODULES:
+def backend_class(framework: str, compile: bool = False) -> type[Backend]:
+    if framework not in FRAMEWORKS:
         raise ValueError(f"framework={framework!r} is not one of {', '.join(FRAMEWORKS)}")
-    module, name = _MODULES[framework]
-    return getattr(importlib.import_module(module), name)
+    module, name = _CLASSES.get((framework, compile), _CLASSES[(framework, False)])
+    return getattr(importlib.import_module(f"backprop_bench.backends.{module}"), name)
 
 
-def make_backend(framework: str, *args, **kwargs) -> Backend:
-    return backend_class(framework)(*args, **kwargs)
+def make_backend(framework: str, *args, compile: bool = False, **kwargs) -> Backend:
+    """backend_class(framework, compile)(spec, init, optimizer, strategy=..., device=..., ...)."""
+    return backend_class(framework, compile)(*args, compile=compile, **kwargs)
 
 
 __all__ = ["Backend", "DeviceUnavailable", "FRAMEWORKS", "backend_class", "make_backend"]

@@ -1,32 +1,26 @@
-"""The TensorFlow math that the `tensorflow` and `keras` backends share.
+"""The TensorFlow math the `tensorflow` and `keras` backends share, and their common base.
 
-Both backends keep their weights in tf.Variables, W as (in, out) and b as (out,), and
-run the same step functions from here, so the activations, the losses, the optimizer
-rule (OptimizerSpec's docstring) and the two strategies are written once:
-
-    parallel_step:    one tape over the forward pass, all gradients from the
-                      pre-step weights, then every variable is updated.
-    sequential_step:  the same single forward pass under a persistent tape; then from
-                      the output layer back, autograd on each layer's local ops gives
-                      dL/dz[l] and (dW[l], db[l]); layer l is updated at once, and the
-                      error goes on to layer l-1 through the *updated* W[l].
-
-Only the backends import this module, so importing it may import TensorFlow.
+Both keep W (in, out) and b (out,) in tf.Variables and run the same step functions, so the
+activations, losses, OptimizerSpec's rule and the two strategies are written once:
+``parallel_step`` (one tape, all gradients from the pre-step weights, then every update)
+and ``sequential_step`` (one forward pass under a persistent tape; from the output back,
+autograd of each layer's local ops, update layer l, send the error on through the updated
+W[l]). Only the backends import this module, so importing it may import TensorFlow.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backprop_bench.backends.base import DeviceUnavailable, cpu_name  # noqa: E402
-from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params  # noqa: E402
+from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name  # noqa: E402
+from backprop_bench.model import MLPSpec, OptimizerSpec, Params  # noqa: E402
 
 # (W, b) tf.Variables of one layer.
 VarLayer = tuple[tf.Variable, tf.Variable]
@@ -36,9 +30,7 @@ VarLayer = tuple[tf.Variable, tf.Variable]
 
 
 def resolve_device(device: str, framework: str) -> tuple[str, str]:
-    """"cpu" | "cuda" | "auto" -> (resolved name, TF device string). Never falls back silently."""
-    if device not in DEVICES:
-        raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+    """ "cpu" | "cuda" | "auto" -> (resolved name, TF device string). Never falls back silently."""
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cuda" and not gpus:
         found = ", ".join(d.name for d in tf.config.list_physical_devices()) or "no devices"
@@ -51,7 +43,7 @@ def resolve_device(device: str, framework: str) -> tuple[str, str]:
     return "cpu", "/CPU:0"
 
 
-def device_info(device: str, compile_mode: str) -> dict[str, str]:
+def device_info(device: str) -> dict[str, str]:
     """Versions and hardware for run tags."""
     build = tf.sysconfig.get_build_info()
     if device == "cuda":
@@ -67,14 +59,8 @@ def device_info(device: str, compile_mode: str) -> dict[str, str]:
         "framework_version": tf.__version__,
         "device_name": name,
         "blas": blas,
-        "compile": compile_mode,
         "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()),
     }
-
-
-def synchronize() -> None:
-    """Wait for every queued op on every device (GPU streams included)."""
-    tf.test.experimental.sync_devices()
 
 
 # --- activations and losses -----------------------------------------------------------------
@@ -239,7 +225,40 @@ def sequential_step(net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor) -> tf.
 STEPS = {"parallel": parallel_step, "sequential": sequential_step}
 
 
-# --- conversions ----------------------------------------------------------------------------
+# --- the plumbing both TF backends share -------------------------------------------------
+
+
+class TfBackend(Backend):
+    """Device, resident data, evaluation and the weights back, for both TF-based backends.
+
+    A subclass's ``_setup`` sets ``self.net`` (a Net over its variables)."""
+
+    EVAL_CHUNK = 8192
+    net: Net
+
+    def _resolve_device(self, device: str) -> str:
+        name, self._tf_device = resolve_device(device, self.framework)
+        return name
+
+    def _load(self, x: np.ndarray, t: np.ndarray) -> None:
+        with tf.device(self._tf_device):  # tf.identity: a copy that lives on the device
+            self._x, self._t = tf.identity(tf.constant(x)), tf.identity(tf.constant(t))
+
+    @functools.cached_property
+    def _eval_fn(self) -> Callable:
+        return tf.function(self.net.predict_and_loss)
+
+    def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
+        t_or_zeros = np.zeros((len(x), self.spec.sizes[-1]), self.dtype) if t is None else t
+        with tf.device(self._tf_device):
+            p, loss = self._eval_fn(tf.constant(x), tf.constant(t_or_zeros))
+        return p.numpy(), float("nan") if t is None else float(loss) * len(x)
+
+    def params(self) -> Params:
+        return [(w.numpy().copy(), b.numpy().copy()) for w, b in self.net.layers]
+
+    def synchronize(self) -> None:
+        tf.test.experimental.sync_devices()  # every queued op on every device (GPU streams too)
 
 
 def make_variables(init: Params, dtype: str, tf_device: str) -> list[VarLayer]:
@@ -248,14 +267,3 @@ def make_variables(init: Params, dtype: str, tf_device: str) -> list[VarLayer]:
             (tf.Variable(np.asarray(w, dtype), name=f"W{i}"), tf.Variable(np.asarray(b, dtype), name=f"b{i}"))
             for i, (w, b) in enumerate(init)
         ]
-
-
-def to_numpy(layers: list[VarLayer]) -> Params:
-    return [(w.numpy().copy(), b.numpy().copy()) for w, b in layers]
-
-
-def epoch_loss(step_losses: np.ndarray, n_samples: int, batch_size: int) -> float:
-    """Sample-weighted mean of the per-step losses: all steps hold batch_size but the last."""
-    sizes = np.full(len(step_losses), batch_size, dtype=np.float64)
-    sizes[-1] = n_samples - batch_size * (len(step_losses) - 1)
-    return float(np.dot(step_losses.astype(np.float64), sizes) / n_samples)

@@ -1,46 +1,42 @@
-"""The one small protocol every framework implements.
+"""The one base class every backend extends: it owns the plumbing, a framework its math.
 
-A backend owns the math and its device, nothing else: the trainer owns seeding, the
-batch order, epochs, timing and logging. Backends never see Hydra or MLflow.
-
-Shared contract (every backend, both strategies):
-
-- ``load(x, y)`` moves the train set to the device once. x is (N, in) float; y is (N,)
-  int labels (one-hot encoded to the output width) or (N, out) float targets.
-- ``train_epoch(order, batch_size)`` walks ``order`` (a permutation of range(N), made by
-  the trainer) in consecutive slices of ``batch_size``; the last batch may be short.
-  Each slice is one optimizer step. It returns the sample-weighted mean of the batch
-  losses, each measured before that batch's update, read back from the device once.
-  With ``record_steps=True`` the per-step losses are kept in ``step_losses`` (a float64
-  NumPy array, one entry per step of the last epoch); this is for tests and costs a
-  device read per step, so it is off by default.
-- Strategies (see DESIGN.md):
-    parallel:   all gradients from the pre-step weights, then every layer is updated.
-    sequential: from the output layer back, update layer l as soon as its gradient is
-                known, then send the error to layer l-1 through the *updated* W[l].
-                Activations are those of the step's single forward pass.
-- The optimizer rule is OptimizerSpec's docstring, exactly.
-- ``device``: "cpu", "cuda" or "auto". "cuda" with no GPU raises DeviceUnavailable,
-  never a silent CPU run.
+A framework module implements the hooks under "what a framework writes" (device, set-up,
+the epoch of steps, a forward pass for evaluation, the weights back as NumPy); this class
+does the argument checks, loading, the epoch loss, step recording, chunked
+evaluate/predict and ``info()``. The contract is written out in docs/backends.md.
 """
 
 from __future__ import annotations
 
+import gc
 import platform
-from typing import Protocol
+import time
 
 import numpy as np
 
-from backprop_bench.model import DTYPES, STRATEGIES, MLPSpec, OptimizerSpec, Params, _check_choice
+from backprop_bench.model import (
+    DEVICES,
+    DTYPES,
+    STRATEGIES,
+    MLPSpec,
+    OptimizerSpec,
+    Params,
+    accuracy,
+    as_targets,
+    check_choice,
+)
 
 
 class DeviceUnavailable(RuntimeError):
     """The requested device cannot be used by this backend here. The trainer skips the run."""
 
 
-class Backend(Protocol):
-    framework: str  # "numpy", "torch", "tensorflow", "keras"
-    device: str  # the resolved device: "cpu" or "cuda"
+class Backend:
+    """One framework's MLP. Shapes: x (N, in), y (N,) labels or (N, K) targets, W (in, out)."""
+
+    framework = ""  # "numpy", "torch", "tensorflow", "keras"
+    compile_mode = ""  # what compile=True means here ("" = the backend has no fast mode)
+    EVAL_CHUNK = 4096  # rows per forward pass in evaluate/predict: bounds the work memory
 
     def __init__(
         self,
@@ -52,58 +48,113 @@ class Backend(Protocol):
         device: str = "cpu",
         dtype: str = "float32",
         compile: bool = False,
-        steps_per_execution: int = 1,
         record_steps: bool = False,
-    ) -> None: ...
+    ) -> None:
+        check_args(self.framework, spec, init, strategy, dtype, device)
+        if compile and not self.compile_mode:
+            raise ValueError(f"compile=True has no meaning for framework={self.framework}")
+        self.spec, self.opt_spec, self.strategy, self.dtype = spec, optimizer, strategy, dtype
+        self.compile, self.record_steps = compile, record_steps
+        self.step_losses: np.ndarray | None = None  # (n_steps,) float64 of the last epoch, if recorded
+        self.n_loaded: int | None = None
+        self.device = self._resolve_device(device)
+        self._setup(init)
 
-    step_losses: np.ndarray | None
+    # ------------------------------------------------------------ what a framework writes
 
-    def load(self, x: np.ndarray, y: np.ndarray) -> None: ...
+    def _resolve_device(self, device: str) -> str:
+        """ "cpu" or "cuda"; "auto" takes cuda when usable. cuda without a GPU: DeviceUnavailable."""
+        raise NotImplementedError
 
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float: ...
+    def _setup(self, init: Params) -> None:
+        """Make the parameters (from init, in self.dtype, on self.device) and optimizer state."""
+        raise NotImplementedError
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(mean loss, accuracy) over x, y; no update."""
-        ...
+    def _load(self, x: np.ndarray, t: np.ndarray) -> None:
+        """Keep x (N, in) and targets t (N, K), both in self.dtype, resident on the device."""
+        raise NotImplementedError
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(N, out) output activations (class probabilities for softmax), as NumPy."""
-        ...
+    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """One optimizer step per slice of order; the (n_steps,) pre-update batch losses,
+        read back from the device once."""
+        raise NotImplementedError
+
+    def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """(output activations (n, K) as NumPy, summed loss over the n rows or nan when t is None)."""
+        raise NotImplementedError
 
     def params(self) -> Params:
         """Current (W, b) of every layer, copied back to NumPy."""
-        ...
+        raise NotImplementedError
 
     def synchronize(self) -> None:
         """Block until queued device work is done, so a clock read after it is honest."""
-        ...
+
+    def _info(self) -> dict[str, str]:
+        """framework_version, device_name, blas (and anything else worth a tag)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the protocol, shared
+
+    def load(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Move the train set to the device once."""
+        x = self._check_x(x)
+        if len(y) != len(x):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        self._load(np.ascontiguousarray(x, dtype=self.dtype), self._targets(y))
+        self.n_loaded = len(x)
+
+    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
+        """Walk order in slices of batch_size (the last may be short), one step each; returns
+        the sample-weighted mean of the pre-update batch losses."""
+        order = check_batch(order, self.n_loaded, batch_size)
+        losses = np.asarray(self._epoch(order, batch_size), dtype=np.float64)
+        self.step_losses = losses if self.record_steps else None
+        return epoch_loss(losses, len(order), batch_size)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) over x, y; no update."""
+        if len(y) != len(x):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        probs, loss_sum = self._chunked(x, self._targets(y))
+        return loss_sum / len(x), accuracy(probs, np.asarray(y))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, K) output activations (class probabilities for softmax) as NumPy."""
+        return self._chunked(x, None)[0]
 
     def info(self) -> dict[str, str]:
-        """Versions and hardware for tags: framework_version, device_name, blas, ..."""
-        ...
+        """Versions and hardware for run tags."""
+        return {"framework": self.framework, "compile": self.compile_mode if self.compile else "off", **self._info()}
+
+    def _chunked(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
+        x = self._check_x(x)
+        probs, total = [], 0.0
+        for start in range(0, len(x), self.EVAL_CHUNK):
+            rows = slice(start, start + self.EVAL_CHUNK)
+            p, loss_sum = self._outputs(np.ascontiguousarray(x[rows], dtype=self.dtype), None if t is None else t[rows])
+            probs.append(p)
+            total += float(loss_sum)
+        return np.concatenate(probs), total
+
+    def _check_x(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
+            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
+        return x
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        return as_targets(np.asarray(y), self.spec.sizes[-1], self.dtype)
 
 
-def check_args(
-    framework: str,
-    spec: MLPSpec,
-    init: Params,
-    strategy: str,
-    dtype: str,
-    compile: bool,
-    steps_per_execution: int,
-) -> None:
-    """The constructor checks every backend shares: reject what a backend does not have,
-    instead of ignoring it, and name the option."""
-    _check_choice("strategy", strategy, STRATEGIES)
-    _check_choice("train.dtype", dtype, DTYPES)
-    if steps_per_execution < 1:
-        raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
-    if steps_per_execution != 1 and framework != "keras":
-        raise ValueError(
-            f"steps_per_execution={steps_per_execution} is a Keras option; framework={framework} takes 1"
-        )
-    if compile and framework == "numpy":
-        raise ValueError("compile=True has no meaning for framework=numpy (there is nothing to compile)")
+# ---------------------------------------------------------------- shared helpers
+
+
+def check_args(framework: str, spec: MLPSpec, init: Params, strategy: str, dtype: str, device: str) -> None:
+    """The constructor checks: reject what a backend does not have, and name the option."""
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("train.dtype", dtype, DTYPES)
+    check_choice("device", device, DEVICES)
     if len(init) != spec.n_layers:
         raise ValueError(f"init has {len(init)} layers, model.sizes {list(spec.sizes)} needs {spec.n_layers}")
     for layer, ((i, o), (w, b)) in enumerate(zip(spec.shapes(), init)):
@@ -114,10 +165,7 @@ def check_args(
 
 
 def check_batch(order: np.ndarray, n_loaded: int | None, batch_size: int) -> np.ndarray:
-    """Validate train_epoch's arguments, the same way in every backend; returns order as int64.
-
-    n_loaded is the number of loaded train samples, None before load().
-    """
+    """Validate train_epoch's arguments; returns order as int64. n_loaded is None before load()."""
     if n_loaded is None:
         raise RuntimeError("train_epoch() before load(x, y): call load(x, y) first")
     if batch_size < 1:
@@ -131,6 +179,34 @@ def check_batch(order: np.ndarray, n_loaded: int | None, batch_size: int) -> np.
             f"it must hold indices into the {n_loaded} loaded samples"
         )
     return order.astype(np.int64)
+
+
+def epoch_loss(step_losses: np.ndarray, n_samples: int, batch_size: int) -> float:
+    """Sample-weighted mean of the per-step losses: every step holds batch_size but the last."""
+    sizes = np.full(len(step_losses), batch_size, dtype=np.float64)
+    sizes[-1] = n_samples - batch_size * (len(step_losses) - 1)
+    return float(np.dot(step_losses, sizes) / n_samples)
+
+
+def timed_epoch(backend: Backend, order: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(epoch loss, seconds): the one clock rule of the trainer and the bench.
+
+    Only train_epoch sits between the two clock reads, each after synchronize(); garbage
+    collection is off in between (as timeit does), so a collection never lands in one epoch.
+    """
+    gc.disable()
+    try:
+        backend.synchronize()
+        start = time.perf_counter()
+        loss = backend.train_epoch(order, batch_size)
+        backend.synchronize()
+        return float(loss), time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def n_steps(n_samples: int, batch_size: int) -> int:
+    return -(-n_samples // batch_size)
 
 
 def cpu_name() -> str:

@@ -1,46 +1,110 @@
-"""The MLP written from scratch: forward pass, manual backprop and updates, in NumPy.
+"""The MLP from scratch in NumPy (CuPy on cuda): forward, manual backprop, the update rule.
 
-The same code runs on a GPU through CuPy: every array op goes through the array module
-``xp`` (``numpy`` or ``cupy``), chosen once from ``device``.
-
-How a training step is put together (joelnet style, three separate pieces):
-
-    forward      Dense.forward for every layer, then the output activation and the loss
-    gradients    Dense.grads (dL/dW, dL/db of one layer) and Dense.propagate (dL/da_in)
-    update       Optimizer.apply (OptimizerSpec's rule, in place)
-
-The strategies differ only in the order of ``grads``, ``apply`` and ``propagate`` (see
-``NumpyBackend._backward``): parallel updates after every gradient is known, sequential
-updates layer l before sending the error to layer l-1 through the updated W[l].
-
-Speed: all work arrays are allocated once per batch size (``_Workspace``) and every op
-writes into them with ``out=``; the train set stays resident (on the GPU under CuPy) and
-batches are gathered with ``take(..., out=)``. Nobody needs dL/dx, so the first layer
-never propagates.
-
-Quick use:
-
-    from backprop_bench.model import MLPSpec, InitSpec, OptimizerSpec, init_params
-    spec = MLPSpec((784, 128, 64, 10))
-    nb = NumpyBackend(spec, init_params(spec, InitSpec()), OptimizerSpec("momentum"))
-    nb.load(x, y); nb.train_epoch(np.random.default_rng(0).permutation(len(x)), 64)
+A step is three separate pieces: ``_forward`` (every layer's activation), ``Dense.grads``
+/ ``_propagate`` (dL/dW, dL/db, and the error sent to the layer below), and
+``Optimizer.apply`` (OptimizerSpec's rule). The strategies differ only in the order of
+those calls (``_step``). Shapes: a (n, in), W (in, out), b (out,), d = dL/dz (n, out).
+``numpy_fast.py`` computes exactly this with preallocated buffers (compile=True).
 """
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from backprop_bench.backends.base import DeviceUnavailable, check_args, check_batch, cpu_name
-from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
+from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name
+from backprop_bench.model import MLPSpec, OptimizerSpec, Params
 
-EVAL_CHUNK = 4096  # rows per forward pass in evaluate/predict: bounds the work memory
+# ---------------------------------------------------------------- activations
+# a = f(z), and dL/dz = dL/da * f'(z) written from the output a: the backward pass needs only a.
+
+HIDDEN = {
+    "relu": (lambda xp, z: xp.maximum(z, 0), lambda a, d: d * (a > 0).astype(a.dtype)),  # 0 at the kink, like torch
+    "sigmoid": (lambda xp, z: 1 / (1 + xp.exp(-z)), lambda a, d: d * a * (1 - a)),
+    "tanh": (lambda xp, z: xp.tanh(z), lambda a, d: d * (1 - a * a)),
+}
 
 
-# ---------------------------------------------------------------- device / array module
+def output_and_loss(xp, spec: MLPSpec, z, t):
+    """Output layer: z, t (n, K) -> (p (n, K), mean loss (0-d), dL/dz (n, K))."""
+    n = len(z)
+    if spec.loss == "cross_entropy":  # softmax output; log p from the shifted z is stable
+        logp = z - z.max(axis=1, keepdims=True)
+        p = xp.exp(logp)
+        total = p.sum(axis=1, keepdims=True)
+        p /= total
+        logp -= xp.log(total)
+        return p, -xp.vdot(t, logp) / n, (p - t) / n  # fused gradient of softmax + cross-entropy
+    if spec.output_activation == "softmax":
+        p = xp.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+    elif spec.output_activation == "sigmoid":
+        p = HIDDEN["sigmoid"][0](xp, z)
+    else:
+        p = z.copy()
+    # mse: mean_n mean_k (p - t)^2;  half_sse: mean_n 1/2 sum_k (p - t)^2
+    scale = 1.0 / (n * spec.sizes[-1]) if spec.loss == "mse" else 0.5 / n
+    diff = p - t
+    d = diff * (2 * scale)  # dL/dp
+    if spec.output_activation == "softmax":  # dL/dz_j = p_j (dL/dp_j - sum_k dL/dp_k p_k)
+        d = (d - (d * p).sum(axis=1, keepdims=True)) * p
+    elif spec.output_activation == "sigmoid":
+        d = d * p * (1 - p)
+    return p, xp.vdot(diff, diff) * scale, d
 
 
-def _find_cupy():
+class Dense:
+    """z = a_in @ W + b. Forward and backward side by side."""
+
+    def __init__(self, w, b):
+        self.W, self.b = w, b
+
+    def forward(self, a_in):  # (n, in) -> (n, out)
+        return a_in @ self.W + self.b
+
+    def grads(self, a_in, d):  # d = dL/dz (n, out) -> dW = a_in^T d (in, out), db = sum_n d (out,)
+        return a_in.T @ d, d.sum(axis=0)
+
+    def propagate(self, d):  # dL/da_in = d @ W^T, through W as it is *now*: the strategy decides when
+        return d @ self.W.T
+
+
+class Optimizer:
+    """OptimizerSpec's rule. ``apply`` only updates: the gradients come from elsewhere.
+
+    Every parameter of a step uses the same global step t (counted in batches, from 1).
+    """
+
+    def __init__(self, xp, spec: OptimizerSpec, params: list):
+        self.xp, self.spec, self.t = xp, spec, 0
+        # momentum: v; adam: m and v; one zero array per parameter, keyed by its position
+        n_state = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]
+        self.state = {id(p): [xp.zeros_like(p) for _ in range(n_state)] for p in params}
+
+    def begin_step(self) -> None:
+        self.t += 1
+
+    def apply(self, p, g) -> None:
+        """p -= the rule's step, in place. Python floats keep float32 arrays float32."""
+        s, lr = self.spec, float(self.spec.lr)
+        if s.name == "sgd":
+            p -= lr * g
+            return
+        if s.name == "momentum":  # v = mu v + g; p -= lr v
+            (v,) = self.state[id(p)]
+            v *= s.momentum
+            v += g
+            p -= v * lr
+            return
+        m, v = self.state[id(p)]  # adam with bias correction, eps outside the sqrt
+        v *= s.beta2
+        v += g * g * (1.0 - s.beta2)
+        m *= s.beta1
+        m += g * (1.0 - s.beta1)
+        bc1, bc2 = 1.0 - s.beta1**self.t, 1.0 - s.beta2**self.t
+        p -= m / (self.xp.sqrt(v / bc2) + s.eps) * (lr / bc1)
+
+
+def find_cupy():
     """(cupy module, "") when CuPy sees a CUDA GPU, else (None, why not)."""
     try:
         import cupy
@@ -55,483 +119,130 @@ def _find_cupy():
     return cupy, ""
 
 
-def resolve_device(device: str):
-    """(xp, resolved device): numpy on "cpu", cupy on "cuda"; "auto" takes cuda when it works."""
-    if device not in DEVICES:
-        raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
-    if device == "cpu":
-        return np, "cpu"
-    cupy, why_not = _find_cupy()
-    if cupy is not None:
-        return cupy, "cuda"
-    if device == "auto":
-        return np, "cpu"
-    raise DeviceUnavailable(f"device=cuda for framework=numpy needs CuPy with a CUDA GPU; {why_not}")
-
-
-def _to_numpy(a) -> np.ndarray:
+def to_numpy(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)  # cupy arrays have .get()
 
 
-# ---------------------------------------------------------------- activations
-# Each works in place: forward turns z into a, backward turns dL/da into dL/dz using
-# only a (every derivative here is a function of the output), so no z is kept.
-
-
-class Relu:
-    def __init__(self, xp):
-        self.xp = xp
-
-    def forward(self, z):  # a = max(z, 0)
-        self.xp.maximum(z, 0, out=z)
-
-    def backward(self, a, d, mask):  # dL/dz = dL/da * [a > 0]  (0 at the kink, like torch)
-        # mask has d's float dtype, not bool: float * float skips the bool -> float cast,
-        # about 1.5x faster per call on (64, 128) (the product is the same: d * 1.0 or d * 0.0)
-        self.xp.greater(a, 0, out=mask)
-        self.xp.multiply(d, mask, out=d)
-
-
-class Sigmoid:
-    def __init__(self, xp):
-        self.xp = xp
-
-    def forward(self, z):  # a = 1 / (1 + exp(-z)); exp overflows to inf for z << 0, giving a = 0
-        xp = self.xp
-        with np.errstate(over="ignore"):
-            xp.negative(z, out=z)
-            xp.exp(z, out=z)
-        z += 1
-        xp.reciprocal(z, out=z)
-
-    def backward(self, a, d, scratch):  # dL/dz = dL/da * a * (1 - a)
-        self.xp.subtract(1, a, out=scratch)
-        d *= a
-        d *= scratch
-
-
-class Tanh:
-    def __init__(self, xp):
-        self.xp = xp
-
-    def forward(self, z):
-        self.xp.tanh(z, out=z)
-
-    def backward(self, a, d, scratch):  # dL/dz = dL/da * (1 - a^2)
-        self.xp.multiply(a, a, out=scratch)
-        self.xp.subtract(1, scratch, out=scratch)
-        d *= scratch
-
-
-class Identity:
-    def __init__(self, xp):
-        self.xp = xp
-
-    def forward(self, z):
-        pass
-
-    def backward(self, a, d, scratch):
-        pass
-
-
-class Softmax:
-    """Output only. forward also leaves log p in ``logp`` for a stable cross-entropy."""
-
-    def __init__(self, xp):
-        self.xp = xp
-
-    def forward_into(self, z, p, logp):  # z, p, logp: (n, K)
-        xp = self.xp
-        xp.subtract(z, z.max(axis=1, keepdims=True), out=logp)  # shift: exp cannot overflow
-        xp.exp(logp, out=p)
-        total = p.sum(axis=1, keepdims=True)  # (n, 1)
-        p /= total
-        logp -= xp.log(total)
-
-    def backward(self, p, d, scratch):  # dL/dz_j = p_j (dL/dp_j - sum_k dL/dp_k p_k)
-        xp = self.xp
-        xp.multiply(d, p, out=scratch)
-        d -= scratch.sum(axis=1, keepdims=True)
-        d *= p
-
-
-ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "identity": Identity, "softmax": Softmax}
-
-
-# ---------------------------------------------------------------- layer
-
-
-class Dense:
-    """z = a_in @ W + b, a = f(z). W (in, out), b (out,). Forward and backward side by side."""
-
-    def __init__(self, xp, w, b, activation):
-        self.xp, self.W, self.b, self.act = xp, w, b, activation
-
-    def affine(self, a_in, out):
-        """a_in (n, in) -> out (n, out) = a_in @ W + b."""
-        self.xp.matmul(a_in, self.W, out=out)
-        out += self.b
-
-    def forward(self, a_in, out):
-        """a_in (n, in) -> out (n, out) = f(a_in @ W + b), f in place."""
-        self.affine(a_in, out)
-        self.act.forward(out)
-
-    def grads(self, a_in, d, dW, db):
-        """d = dL/dz (n, out) -> dW = a_in^T d (in, out), db = sum_n d (out,); db None: skipped."""
-        self.xp.matmul(a_in.T, d, out=dW)
-        if db is not None:
-            d.sum(axis=0, out=db)
-
-    def propagate(self, d, out):
-        """dL/da_in = d @ W^T (n, in), through W as it is *now*: the strategy decides when."""
-        self.xp.matmul(d, self.W.T, out=out)
-
-
-# ---------------------------------------------------------------- output + loss
-
-
-def output_forward(xp, activation, z, p, logp) -> None:
-    """p = f(z) for the output layer; softmax also leaves log p in ``logp``. All (n, K)."""
-    if isinstance(activation, Softmax):
-        activation.forward_into(z, p, logp)
-    else:
-        xp.copyto(p, z)
-        activation.forward(p)
-
-
-def loss_and_delta(xp, spec: MLPSpec, activation, p, logp, t, d):
-    """The batch loss (0-d array, mean over the n rows) and, when d is not None, dL/dz of
-    the output layer written into d. p, logp, t, d: (n, K); logp is scratch unless softmax."""
-    n = p.shape[0]
-    if spec.loss == "cross_entropy":  # -mean_n sum_k t log p; fused gradient (p - t) / n
-        loss = -xp.vdot(t, logp) / n
-        if d is not None:
-            xp.subtract(p, t, out=d)
-            d /= n
-        return loss
-    # mse: mean_n mean_k (p - t)^2;  half_sse: mean_n 1/2 sum_k (p - t)^2
-    scale = 1.0 / (n * spec.sizes[-1]) if spec.loss == "mse" else 0.5 / n
-    diff = logp if d is None else d
-    xp.subtract(p, t, out=diff)
-    loss = xp.vdot(diff, diff) * scale
-    if d is not None:
-        d *= 2 * scale  # dL/dp
-        activation.backward(p, d, logp)  # -> dL/dz (logp is scratch here)
-    return loss
-
-
-# ---------------------------------------------------------------- optimizer
-
-
-class Optimizer:
-    """OptimizerSpec's rule, in place. ``apply`` only updates: gradients come from elsewhere.
-
-    It works on flat vectors: every parameter lives in one array ``params`` and its
-    gradient at the same place in ``grads`` (see ``NumpyBackend``), so one call updates a
-    layer (sequential) or the whole net (parallel) instead of one call per W and b.
-    ``apply`` overwrites the gradient (it is scratch once consumed). The global step t
-    counts optimizer steps (batches), from 1; every layer of a step uses the same t.
-    """
-
-    def __init__(self, xp, spec: OptimizerSpec, params, grads):
-        self.xp, self.name, self.t = xp, spec.name, 0
-        self.params, self.grads = params, grads  # flat (P,) arrays
-        # Python floats: NumPy treats them as "weak", so float32 arrays stay float32
-        self.lr, self.mu = float(spec.lr), float(spec.momentum)
-        self.b1, self.b2, self.eps = float(spec.beta1), float(spec.beta2), float(spec.eps)
-        # momentum: v; adam: m, v and a scratch vector. All (P,), zero at the start.
-        self.state = [xp.zeros_like(params) for _ in range({"sgd": 0, "momentum": 1, "adam": 3}[spec.name])]
-
-    def begin_step(self) -> None:
-        self.t += 1
-
-    def apply(self, part: slice) -> None:
-        """Update params[part] from grads[part]."""
-        xp, lr = self.xp, self.lr
-        p, g = self.params[part], self.grads[part]
-        if self.name == "sgd":  # p -= lr g
-            g *= lr
-            p -= g
-        elif self.name == "momentum":  # v = mu v + g; p -= lr v
-            v = self.state[0][part]
-            v *= self.mu
-            v += g
-            xp.multiply(v, lr, out=g)
-            p -= g
-        else:  # adam with bias correction, t = global step
-            b1, b2 = self.b1, self.b2
-            m, v, tmp = (state[part] for state in self.state)
-            xp.multiply(g, g, out=tmp)
-            tmp *= 1.0 - b2
-            v *= b2
-            v += tmp  # v = b2 v + (1 - b2) g^2
-            g *= 1.0 - b1
-            m *= b1
-            m += g  # m = b1 m + (1 - b1) g
-            bc1, bc2 = 1.0 - b1**self.t, 1.0 - b2**self.t
-            xp.divide(v, bc2, out=tmp)
-            xp.sqrt(tmp, out=tmp)
-            tmp += self.eps  # sqrt(v_hat) + eps
-            xp.divide(m, tmp, out=tmp)
-            tmp *= lr / bc1  # lr m_hat / (sqrt(v_hat) + eps)
-            p -= tmp
-
-
-# ---------------------------------------------------------------- work buffers
-
-
-class _Workspace:
-    """Every array one batch of up to ``rows`` samples needs; batches use the [:n] views.
-
-    x (rows, in), t (rows, K), a[l] (rows, out_l) (z, then f(z), in place; a[-1] = p),
-    z_out and logp (rows, K) (logp doubles as scratch); for training also
-    d[l] = dL/dz_l (rows, out_l) and a scratch (relu: its 0/1 mask) per hidden layer.
-    """
-
-    def __init__(self, xp, spec: MLPSpec, rows: int, dtype, train: bool):
-        self.rows = rows
-        outs = spec.sizes[1:]
-        k = spec.sizes[-1]
-        self.x = xp.empty((rows, spec.sizes[0]), dtype)
-        self.t = xp.empty((rows, k), dtype)
-        self.a = [xp.empty((rows, o), dtype) for o in outs]
-        self.z_out, self.logp = xp.empty((rows, k), dtype), xp.empty((rows, k), dtype)
-        self.d = [xp.empty((rows, o), dtype) for o in outs] if train else None
-        self.hidden_scratch = [xp.empty((rows, o), dtype) for o in outs[:-1]] if train else None
-
-
-# ---------------------------------------------------------------- the backend
-
-
-class NumpyBackend:
-    """From-scratch MLP on NumPy (cpu) or CuPy (cuda). See backends/base.py for the contract."""
+class NumpyBackend(Backend):
+    """From-scratch MLP on NumPy (cpu) or CuPy (cuda)."""
 
     framework = "numpy"
 
-    def __init__(
-        self,
-        spec: MLPSpec,
-        init: Params,
-        optimizer: OptimizerSpec,
-        *,
-        strategy: str = "parallel",
-        device: str = "cpu",
-        dtype: str = "float32",
-        compile: bool = False,
-        steps_per_execution: int = 1,
-        record_steps: bool = False,
-    ) -> None:
-        check_args(self.framework, spec, init, strategy, dtype, compile, steps_per_execution)
-        self.xp, self.device = resolve_device(device)
-        self.spec, self.strategy, self.dtype = spec, strategy, np.dtype(dtype)
-        self.record_steps = record_steps
-        self.step_losses: np.ndarray | None = None
+    def _resolve_device(self, device: str) -> str:
+        self.xp = np
+        if device == "cpu":
+            return "cpu"
+        cupy, why_not = find_cupy()
+        if cupy is not None:
+            self.xp = cupy
+            return "cuda"
+        if device == "auto":
+            return "cpu"
+        raise DeviceUnavailable(f"device=cuda for framework=numpy needs CuPy with a CUDA GPU; {why_not}")
+
+    def _setup(self, init: Params) -> None:
         xp = self.xp
-        # All parameters in one flat vector, layer by layer [W0, b0, W1, b1, ...]; W[l] and
-        # b[l] are views into it, and the gradients mirror it in ``grads``. Layer l's slice
-        # is ``self.parts[l]``: the optimizer updates a layer, or everything, in one call.
-        sizes = [i * o + o for i, o in spec.shapes()]
-        bounds = np.cumsum([0, *sizes])
-        self.parts = [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        self.flat = xp.empty(int(bounds[-1]), self.dtype)
-        # zeros: a bias that is not trained keeps a zero gradient, so every rule leaves it
-        # exactly as it is (sgd: b - lr*0; momentum: v stays 0; adam: m = 0 -> step 0)
-        self.grads = xp.zeros_like(self.flat)
-        hidden = ACTIVATIONS[spec.hidden_activation](xp)
-        self.layers, self.grad_views = [], []
-        for (i, o), part, (w, b) in zip(spec.shapes(), self.parts, init):
-            W, bias = self._split(self.flat, part, i, o)
-            W[...], bias[...] = xp.asarray(w, dtype=self.dtype), xp.asarray(b, dtype=self.dtype)
-            self.layers.append(Dense(xp, W, bias, hidden))
-            dW, db = self._split(self.grads, part, i, o)
-            self.grad_views.append((dW, db if spec.train_biases else None))  # None: db not computed
-        self.layers[-1].act = ACTIVATIONS[spec.output_activation](xp)  # run by output_forward
-        self.optimizer = Optimizer(xp, optimizer, self.flat, self.grads)
-        self._train_ws: _Workspace | None = None
-        self._x = self._t = None  # the resident train set
+        self.layers = [
+            Dense(xp.array(w, dtype=self.dtype), xp.array(b, dtype=self.dtype)) for w, b in init
+        ]  # copies: updated in place
+        self.f, self.f_backward = HIDDEN[self.spec.hidden_activation]
+        trained = [p for layer in self.layers for p in self._trained(layer)]
+        self.optimizer = Optimizer(xp, self.opt_spec, trained)
 
-    @staticmethod
-    def _split(flat, part: slice, n_in: int, n_out: int):
-        """Views (W (n_in, n_out), b (n_out,)) of one layer's slice of a flat vector."""
-        seg = flat[part]
-        return seg[: n_in * n_out].reshape(n_in, n_out), seg[n_in * n_out :]
+    def _trained(self, layer: Dense) -> list:
+        return [layer.W, layer.b] if self.spec.train_biases else [layer.W]
 
-    # ------------------------------------------------------------ data
-
-    def load(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Move the train set to the device once: x (N, in), y (N,) labels or (N, K) targets."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
-            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
-        if len(y) != len(x):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        self._x = self.xp.asarray(np.ascontiguousarray(x, dtype=self.dtype))
-        self._t = self.xp.asarray(as_targets(np.asarray(y), self.spec.sizes[-1], self.dtype.name))
-
-    def _gather(self, src, idx, out) -> None:
-        if self.xp is np:
-            np.take(src, idx, axis=0, out=out, mode="clip")  # indices checked per epoch; clip avoids a copy
-        else:
-            self.xp.take(src, idx, axis=0, out=out)
+    def _load(self, x: np.ndarray, t: np.ndarray) -> None:
+        self._x, self._t = self.xp.asarray(x), self.xp.asarray(t)
 
     # ------------------------------------------------------------ one step
 
-    def _forward(self, ws: _Workspace, x, n: int) -> None:
-        """Fill ws.a[l][:n] for every layer (ws.a[-1] = the output p), ws.z_out, ws.logp."""
-        a_in = x
-        for layer, a in zip(self.layers[:-1], ws.a[:-1]):
-            layer.forward(a_in, a[:n])
-            a_in = a[:n]
-        out = self.layers[-1]
-        out.affine(a_in, ws.z_out[:n])
-        output_forward(self.xp, out.act, ws.z_out[:n], ws.a[-1][:n], ws.logp[:n])
+    def _forward(self, x) -> list:
+        """[a_0 = x, a_1, ..., a_{L-1}, z_L]: every layer's input, then the output's z."""
+        acts = [x]
+        for l, layer in enumerate(self.layers):
+            z = layer.forward(acts[-1])
+            acts.append(z if l == len(self.layers) - 1 else self.f(self.xp, z))
+        return acts
 
-    def _loss(self, ws: _Workspace, t, n: int, delta: bool):
-        """Batch loss (0-d array); with ``delta`` also dL/dz of the output layer in ws.d[-1]."""
-        d = ws.d[-1][:n] if delta else None
-        return loss_and_delta(self.xp, self.spec, self.layers[-1].act, ws.a[-1][:n], ws.logp[:n], t, d)
+    def _layer_grads(self, l: int, a_in, d) -> list:
+        dW, db = self.layers[l].grads(a_in, d)
+        return [dW, db] if self.spec.train_biases else [dW]
 
-    def _layer_input(self, ws: _Workspace, x, l: int, n: int):
-        return x if l == 0 else ws.a[l - 1][:n]
+    def _propagate(self, l: int, d, a_prev):
+        """dL/dz_l -> dL/dz_{l-1}: through W[l] as it is now, then f' of layer l-1's output."""
+        return self.f_backward(a_prev, self.layers[l].propagate(d))
 
-    def _grads(self, ws: _Workspace, x, l: int, n: int) -> None:
-        dW, db = self.grad_views[l]
-        self.layers[l].grads(self._layer_input(ws, x, l, n), ws.d[l][:n], dW, db)
-
-    def _propagate(self, ws: _Workspace, l: int, n: int) -> None:
-        """ws.d[l] -> ws.d[l-1] = dL/dz_{l-1}: through W[l], then the hidden activation."""
-        d_prev = ws.d[l - 1][:n]
-        self.layers[l].propagate(ws.d[l][:n], d_prev)
-        self.layers[l - 1].act.backward(ws.a[l - 1][:n], d_prev, ws.hidden_scratch[l - 1][:n])
-
-    def _backward(self, ws: _Workspace, x, n: int) -> None:
-        """The one place the strategies differ. ws.d[-1] holds dL/dz of the output layer."""
-        last = len(self.layers) - 1
+    def _step(self, x, t):
+        """One optimizer step on a batch; returns its pre-update loss (0-d)."""
+        acts = self._forward(x)
+        _, loss, d = output_and_loss(self.xp, self.spec, acts[-1], t)
         self.optimizer.begin_step()
+        last = len(self.layers) - 1
         if self.strategy == "parallel":  # every gradient from the pre-step weights, then update
+            grads = {}
             for l in range(last, -1, -1):
-                self._grads(ws, x, l, n)
+                grads[l] = self._layer_grads(l, acts[l], d)
                 if l > 0:
-                    self._propagate(ws, l, n)
-            self.optimizer.apply(slice(None))  # one pass over every parameter
+                    d = self._propagate(l, d, acts[l])
+            for l in range(last, -1, -1):
+                for p, g in zip(self._trained(self.layers[l]), grads[l]):
+                    self.optimizer.apply(p, g)
         else:  # sequential: update layer l, then send the error down through the new W[l]
             for l in range(last, -1, -1):
-                self._grads(ws, x, l, n)
-                self.optimizer.apply(self.parts[l])
+                for p, g in zip(self._trained(self.layers[l]), self._layer_grads(l, acts[l], d)):
+                    self.optimizer.apply(p, g)
                 if l > 0:
-                    self._propagate(ws, l, n)
+                    d = self._propagate(l, d, acts[l])
+        return loss
 
-    # ------------------------------------------------------------ protocol
+    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        idx_all = self.xp.asarray(order)  # one host -> device copy per epoch
+        losses = [
+            self._step(self._x[idx], self._t[idx])
+            for idx in (idx_all[s : s + batch_size] for s in range(0, len(order), batch_size))
+        ]
+        return to_numpy(self.xp.stack(losses))  # the one device read of the epoch
 
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
-        """One pass over ``order`` in slices of ``batch_size``; sample-weighted mean batch loss."""
-        order = check_batch(order, None if self._x is None else len(self._x), batch_size)
-        n_total = len(order)
-        rows = min(batch_size, n_total)
-        if self._train_ws is None or self._train_ws.rows != rows:
-            self._train_ws = _Workspace(self.xp, self.spec, rows, self.dtype, train=True)
-        ws = self._train_ws
-        idx_all = self.xp.asarray(order.astype(np.intp))  # one host->device copy per epoch
-        n_steps = -(-n_total // batch_size)
-        losses = self.xp.empty(n_steps, self.dtype)  # stays on the device until the epoch ends
-        for step in range(n_steps):
-            idx = idx_all[step * batch_size : (step + 1) * batch_size]
-            n = len(idx)
-            x, t = ws.x[:n], ws.t[:n]
-            self._gather(self._x, idx, x)
-            self._gather(self._t, idx, t)
-            self._forward(ws, x, n)
-            losses[step] = self._loss(ws, t, n, delta=True)
-            self._backward(ws, x, n)
-        losses = _to_numpy(losses).astype(np.float64)  # the one device read of the epoch
-        if self.record_steps:
-            self.step_losses = losses
-        sizes = np.full(n_steps, batch_size, dtype=np.float64)
-        sizes[-1] = n_total - batch_size * (n_steps - 1)
-        return float(np.dot(losses, sizes) / n_total)
+    # ------------------------------------------------------------ evaluation and state
 
-    def _eval_chunks(self, x: np.ndarray, y: np.ndarray | None):
-        """Yield (probabilities (n, K) on the device, loss of the chunk or None) per chunk."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
-            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
-        t_all = None if y is None else as_targets(np.asarray(y), self.spec.sizes[-1], self.dtype.name)
-        rows = max(1, min(EVAL_CHUNK, len(x)))
-        ws = _Workspace(self.xp, self.spec, rows, self.dtype, train=False)
-        for start in range(0, len(x), rows):
-            n = min(rows, len(x) - start)
-            xc = ws.x[:n]
-            xc[...] = self.xp.asarray(x[start : start + n], dtype=self.dtype)
-            self._forward(ws, xc, n)
-            if t_all is None:
-                yield ws.a[-1][:n], None
-            else:
-                t = ws.t[:n]
-                t[...] = self.xp.asarray(t_all[start : start + n])
-                yield ws.a[-1][:n], self._loss(ws, t, n, delta=False) * n
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(mean loss, accuracy) over x, y; no update."""
-        if len(y) != len(x):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        total, probs = 0.0, []
-        for p, loss_sum in self._eval_chunks(x, y):
-            total += float(loss_sum)
-            probs.append(_to_numpy(p).copy())
-        return total / len(x), accuracy(np.concatenate(probs), np.asarray(y))
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(N, K) output activations as NumPy, in the backend's dtype."""
-        return np.concatenate([_to_numpy(p).copy() for p, _ in self._eval_chunks(x, None)])
-
-    def params(self) -> Params:
-        return [(_to_numpy(layer.W).copy(), _to_numpy(layer.b).copy()) for layer in self.layers]
+    def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
+        z = self._forward(self.xp.asarray(x))[-1]
+        tt = self.xp.zeros_like(z) if t is None else self.xp.asarray(t)
+        p, loss, _ = output_and_loss(self.xp, self.spec, z, tt)
+        return to_numpy(p), float("nan") if t is None else float(loss * len(x))
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list]:
-        """Loss and [(dL/dW, dL/db)] at the current weights, no update (for tests).
-
-        dL/db is None when biases are not trained.
-        """
-        n = len(x)
-        ws = _Workspace(self.xp, self.spec, n, self.dtype, train=True)
-        x_dev = ws.x[:n]
-        x_dev[...] = self.xp.asarray(x, dtype=self.dtype)
-        ws.t[...] = self.xp.asarray(as_targets(np.asarray(y), self.spec.sizes[-1], self.dtype.name))
-        self._forward(ws, x_dev, n)
-        loss = float(self._loss(ws, ws.t, n, delta=True))
+        """Loss and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
+        acts = self._forward(self.xp.asarray(np.asarray(x, self.dtype)))
+        _, loss, d = output_and_loss(self.xp, self.spec, acts[-1], self.xp.asarray(self._targets(y)))
+        grads = []
         for l in range(len(self.layers) - 1, -1, -1):
-            self._grads(ws, x_dev, l, n)
+            dW, db = self.layers[l].grads(acts[l], d)
+            grads.insert(0, (to_numpy(dW), to_numpy(db) if self.spec.train_biases else None))
             if l > 0:
-                self._propagate(ws, l, n)
-        grads = [(_to_numpy(dW).copy(), None if db is None else _to_numpy(db).copy()) for dW, db in self.grad_views]
-        return loss, grads
+                d = self._propagate(l, d, acts[l])
+        return float(loss), grads
+
+    def params(self) -> Params:
+        return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]
 
     def synchronize(self) -> None:
         if self.xp is not np:
             self.xp.cuda.Device().synchronize()
 
-    def info(self) -> dict[str, str]:
+    def _info(self) -> dict[str, str]:
         if self.xp is np:
-            return {
-                "framework": "numpy",
-                "framework_version": np.__version__,
-                "device_name": cpu_name(),
-                "blas": _blas_description(),
-            }
+            return {"framework_version": np.__version__, "device_name": cpu_name(), "blas": blas_description()}
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
         return {
-            "framework": "numpy",
             "framework_version": f"numpy {np.__version__}, cupy {self.xp.__version__}",
             "device_name": props["name"].decode(),
             "blas": f"cuBLAS (CUDA runtime {self.xp.cuda.runtime.runtimeGetVersion()})",
         }
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def _blas_description() -> str:
+def blas_description() -> str:
     """The BLAS NumPy calls at run time, e.g. 'openblas 0.3.31 (Haswell, 2 threads)'."""
     from threadpoolctl import threadpool_info
 

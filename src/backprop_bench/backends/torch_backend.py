@@ -1,51 +1,34 @@
 """The MLP in PyTorch: autograd on plain tensors, OptimizerSpec's rule written by hand.
 
-No nn.Module, no DataLoader, no torch.optim (its Adam puts eps elsewhere). One training
-step is three separate pieces (joelnet style):
-
-    forward      _forward: z = a @ W + b per layer (addmm), hidden activation between
-    gradients    parallel:   torch.autograd.grad of the batch loss, all layers at once
-                 sequential: autograd of the output head gives dL/dz of the last layer;
-                             then, layer by layer from the output back, dW = a^T d and
-                             db = sum_n d, and the error goes down through the *updated*
-                             W: d_prev = (d @ W_new^T) * f'(z_prev)
-    update       _Optimizer.apply: in place, under no_grad, torch._foreach_* ops
-
-Device rules (base.py, DESIGN.md "Timing rules"): the train set moves to the device once
-in load(); the epoch's order moves once per epoch and batches are gathered there by
-index; the epoch loss is summed on the device and read back once (or once per step with
-record_steps=True). compile=True runs the step through torch.compile(fullgraph=True):
-a graph break or a failing compiler raises, it never falls back to eager.
-
-Quick use:
-
-    from backprop_bench.model import MLPSpec, InitSpec, OptimizerSpec, init_params
-    spec = MLPSpec((784, 128, 64, 10))
-    tb = TorchBackend(spec, init_params(spec, InitSpec()), OptimizerSpec("momentum"))
-    tb.load(x, y); tb.train_epoch(np.random.default_rng(0).permutation(len(x)), 64)
+No nn.Module, DataLoader or torch.optim (its Adam puts eps elsewhere). A step is three
+pieces: ``_forward`` (addmm per layer), the gradients (parallel: one autograd pass over
+the batch loss; sequential: autograd of the output head, then dW = a^T d layer by layer
+with the error sent down through the *updated* W), and ``Optimizer.apply``.
+compile=True runs the step through torch.compile(fullgraph=True), never falling back to eager.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from backprop_bench.backends.base import DeviceUnavailable, check_args, check_batch, cpu_name
-from backprop_bench.model import DEVICES, MLPSpec, OptimizerSpec, Params, accuracy, as_targets
+from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name, n_steps
+from backprop_bench.model import MLPSpec, OptimizerSpec, Params
 
-EVAL_CHUNK = 8192  # rows per forward pass in evaluate/predict: bounds the work memory
-
-
-# ---------------------------------------------------------------- device
+# Each hidden activation beside its derivative, written from its output a = f(z)
+# (relu: a > 0 iff z > 0), so the sequential step needs only the forward's activations.
+HIDDEN = {
+    "relu": (torch.relu, lambda a: a > 0),
+    "sigmoid": (torch.sigmoid, lambda a: a * (1 - a)),
+    "tanh": (torch.tanh, lambda a: 1 - a * a),
+}
 
 
 def resolve_device(device: str) -> str:
-    """"cpu" or "cuda"; "auto" takes cuda when torch sees a GPU. No silent CPU fallback."""
-    if device not in DEVICES:
-        raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+    """ "cpu" or "cuda"; "auto" takes cuda when torch sees a GPU. No silent CPU fallback."""
     if device == "cpu":
         return "cpu"
     if torch.cuda.is_available():
@@ -59,22 +42,8 @@ def resolve_device(device: str) -> str:
     raise DeviceUnavailable(f"device=cuda for framework=torch: torch {torch.__version__} here is {found}")
 
 
-# ---------------------------------------------------------------- activations
-# Each hidden activation sits beside its derivative, written from its output a = f(z)
-# (relu: a > 0 iff z > 0), so the sequential step needs only the forward's activations.
-
-HIDDEN = {
-    "relu": (torch.relu, lambda a: a > 0),
-    "sigmoid": (torch.sigmoid, lambda a: a * (1 - a)),
-    "tanh": (torch.tanh, lambda a: 1 - a * a),
-}
-
-
 def output_and_loss(spec: MLPSpec, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output layer: pre-activation z (n, K) and targets t (n, K) -> (p (n, K), mean loss).
-
-    cross_entropy works on log_softmax(z) (stable: no log of a rounded-to-0 p).
-    """
+    """Output layer: z, t (n, K) -> (p (n, K), mean loss). cross_entropy uses log_softmax (stable)."""
     n, k = z.shape
     if spec.loss == "cross_entropy":  # -mean_n sum_k t log p
         logp = torch.log_softmax(z, dim=1)
@@ -89,24 +58,17 @@ def output_and_loss(spec: MLPSpec, z: torch.Tensor, t: torch.Tensor) -> tuple[to
     return p, (sq / (n * k) if spec.loss == "mse" else 0.5 * sq / n)  # mse | half_sse
 
 
-# ---------------------------------------------------------------- optimizer
+class Optimizer:
+    """OptimizerSpec's rule, in place, on a list of tensors at a time (torch._foreach_* ops).
 
-
-class _Optimizer:
-    """OptimizerSpec's rule, in place, on a list of tensors at a time.
-
-    apply(group, grads) updates only the tensors of that group: all trained tensors
-    (parallel) or one layer's W, b (sequential). The global step t is a 0-d float64
-    tensor on the device, bumped by begin_step(): no host value changes per step, so a
-    compiled step is not re-specialised on t and nothing is copied to the device. It is
-    kept with shape (1,): torch 2.13's inductor drops in-place updates of a 0-d float64
-    CPU input (t.add_(1) inside a compiled step left t at 0).
+    The global step t is a (1,) float64 tensor on the device: no host value changes per
+    step, so a compiled step is not re-specialised on t. Not 0-d: torch 2.13's inductor
+    drops in-place updates of a 0-d float64 CPU input.
     """
 
     def __init__(self, spec: OptimizerSpec, params: list[torch.Tensor], device: torch.device):
         self.spec = spec
-        n_state = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]
-        # momentum: [v]; adam: [m, v], one zero tensor per parameter
+        n_state = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]  # momentum: [v]; adam: [m, v]
         self.state = {id(p): [torch.zeros_like(p) for _ in range(n_state)] for p in params}
         self.t = torch.zeros(1, dtype=torch.float64, device=device)
 
@@ -125,8 +87,7 @@ class _Optimizer:
             torch._foreach_add_(v, grads)
             torch._foreach_add_(params, v, alpha=-lr)
             return
-        # adam: p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), eps outside the sqrt
-        m = [self.state[id(p)][0] for p in params]
+        m = [self.state[id(p)][0] for p in params]  # adam, eps outside the sqrt
         v = [self.state[id(p)][1] for p in params]
         torch._foreach_mul_(m, s.beta1)
         torch._foreach_add_(m, grads, alpha=1.0 - s.beta1)
@@ -142,61 +103,34 @@ class _Optimizer:
         torch._foreach_sub_(params, step)
 
 
-# ---------------------------------------------------------------- the backend
-
-
-class TorchBackend:
-    """MLP on PyTorch tensors (cpu or cuda). See backends/base.py for the contract."""
+class TorchBackend(Backend):
+    """MLP on PyTorch tensors (cpu or cuda)."""
 
     framework = "torch"
+    compile_mode = "torch.compile(inductor, fullgraph=True)"
+    EVAL_CHUNK = 8192
 
-    def __init__(
-        self,
-        spec: MLPSpec,
-        init: Params,
-        optimizer: OptimizerSpec,
-        *,
-        strategy: str = "parallel",
-        device: str = "cpu",
-        dtype: str = "float32",
-        compile: bool = False,
-        steps_per_execution: int = 1,
-        record_steps: bool = False,
-    ) -> None:
-        check_args(self.framework, spec, init, strategy, dtype, compile, steps_per_execution)
-        self.device = resolve_device(device)
-        self.spec, self.strategy, self.compile = spec, strategy, compile
-        self.dtype = getattr(torch, dtype)
-        self.record_steps = record_steps
-        self.step_losses: np.ndarray | None = None
-        self._dev = torch.device(self.device)
+    def _resolve_device(self, device: str) -> str:
+        return resolve_device(device)
+
+    def _setup(self, init: Params) -> None:
+        self._dev, self._dtype = torch.device(self.device), getattr(torch, self.dtype)
         # W (in, out), b (out,): leaves that autograd differentiates when trained
         self.W = [self._tensor(w).requires_grad_() for w, _ in init]
-        self.b = [self._tensor(b).requires_grad_(spec.train_biases) for _, b in init]
-        self._act, self._act_grad = HIDDEN[spec.hidden_activation]
+        self.b = [self._tensor(b).requires_grad_(self.spec.train_biases) for _, b in init]
+        self._act, self._act_grad = HIDDEN[self.spec.hidden_activation]
         # what each update touches: per layer [W, b] (or [W]); parallel takes them all at once
-        self._layer_params = [[w, b] if spec.train_biases else [w] for w, b in zip(self.W, self.b)]
+        self._layer_params = [[w, b] if self.spec.train_biases else [w] for w, b in zip(self.W, self.b)]
         self._all_params = [p for group in self._layer_params for p in group]
-        self.optimizer = _Optimizer(optimizer, self._all_params, self._dev)
-        step = self._parallel_step if strategy == "parallel" else self._sequential_step
-        self._step: Callable = _compiled(step, strategy) if compile else step
-        self._x = self._t = None  # the resident train set
+        self.optimizer = Optimizer(self.opt_spec, self._all_params, self._dev)
+        step = self._parallel_step if self.strategy == "parallel" else self._sequential_step
+        self._step: Callable = compiled(step, self.strategy) if self.compile else step
 
-    def _tensor(self, a) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), dtype=self.dtype).to(self._dev).clone()
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=self._dtype).to(self._dev).clone()
 
-    # ------------------------------------------------------------ data
-
-    def load(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Move the train set to the device once: x (N, in), y (N,) labels or (N, K) targets."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
-            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
-        if len(y) != len(x):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        self._x = torch.as_tensor(np.ascontiguousarray(x), dtype=self.dtype).to(self._dev)
-        targets = as_targets(np.asarray(y), self.spec.sizes[-1], str(self.dtype).removeprefix("torch."))
-        self._t = torch.as_tensor(targets, dtype=self.dtype).to(self._dev)
+    def _load(self, x: np.ndarray, t: np.ndarray) -> None:
+        self._x, self._t = torch.as_tensor(x).to(self._dev), torch.as_tensor(t).to(self._dev)  # never written
 
     # ------------------------------------------------------------ one step
 
@@ -235,57 +169,21 @@ class TorchBackend:
                     d = (d @ self.W[l].T) * self._act_grad(a_in)
         return loss.detach()
 
-    # ------------------------------------------------------------ protocol
-
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
-        """One pass over ``order`` in slices of ``batch_size``; sample-weighted mean batch loss."""
-        order = check_batch(order, None if self._x is None else len(self._x), batch_size)
-        n_total = len(order)
-        idx_all = torch.as_tensor(order, dtype=torch.int64).to(self._dev)  # one copy per epoch
-        total = torch.zeros((), dtype=torch.float64, device=self._dev)  # sum_b n_b * loss_b
-        step_losses = []
-        for start in range(0, n_total, batch_size):
+    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        idx_all = torch.as_tensor(order).to(self._dev)  # one copy per epoch; batches picked on the device
+        losses = torch.empty(n_steps(len(order), batch_size), dtype=self._dtype, device=self._dev)
+        for step, start in enumerate(range(0, len(order), batch_size)):
             idx = idx_all[start : start + batch_size]
-            loss = self._step(self._x.index_select(0, idx), self._t.index_select(0, idx))
-            total.add_(loss, alpha=idx.shape[0])
-            if self.record_steps:
-                step_losses.append(loss.item())  # a device read per step: tests only
-        if self.record_steps:
-            self.step_losses = np.asarray(step_losses, dtype=np.float64)
-        return total.item() / n_total  # the one read of the epoch
+            losses[step] = self._step(self._x.index_select(0, idx), self._t.index_select(0, idx))
+        return losses.cpu().numpy()  # the one read of the epoch
+
+    # ------------------------------------------------------------ evaluation and state
 
     @torch.inference_mode()
-    def _eval_chunks(self, x: np.ndarray, y: np.ndarray | None):
-        """Yield (p (n, K) on the device, summed loss of the chunk or None) per chunk."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.spec.sizes[0]:
-            raise ValueError(f"x must have shape (N, {self.spec.sizes[0]}), got {x.shape}")
-        dtype_name = str(self.dtype).removeprefix("torch.")
-        t_all = None if y is None else as_targets(np.asarray(y), self.spec.sizes[-1], dtype_name)
-        for start in range(0, len(x), EVAL_CHUNK):
-            xc = torch.as_tensor(np.ascontiguousarray(x[start : start + EVAL_CHUNK]), dtype=self.dtype).to(self._dev)
-            z = self._forward(xc)[-1]
-            if t_all is None:
-                p, _ = output_and_loss(self.spec, z, torch.zeros_like(z))
-                yield p, None
-            else:
-                t = torch.as_tensor(t_all[start : start + EVAL_CHUNK]).to(self._dev)
-                p, loss = output_and_loss(self.spec, z, t)
-                yield p, loss * len(xc)
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(mean loss, accuracy) over x, y; no update."""
-        if len(y) != len(x):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        total, probs = 0.0, []
-        for p, loss_sum in self._eval_chunks(x, y):
-            total += float(loss_sum)
-            probs.append(p.cpu().numpy())
-        return total / len(x), accuracy(np.concatenate(probs), np.asarray(y))
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(N, K) output activations as NumPy, in the backend's dtype."""
-        return np.concatenate([p.cpu().numpy() for p, _ in self._eval_chunks(x, None)])
+    def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
+        z = self._forward(torch.as_tensor(x).to(self._dev))[-1]
+        p, loss = output_and_loss(self.spec, z, torch.zeros_like(z) if t is None else torch.as_tensor(t).to(self._dev))
+        return p.cpu().numpy(), float("nan") if t is None else float(loss * len(x))
 
     def params(self) -> Params:
         return [(w.detach().cpu().numpy().copy(), b.detach().cpu().numpy().copy()) for w, b in zip(self.W, self.b)]
@@ -294,70 +192,39 @@ class TorchBackend:
         if self.device == "cuda":
             torch.cuda.synchronize(self._dev)
 
-    def info(self) -> dict[str, str]:
+    def _info(self) -> dict[str, str]:
         on_gpu = self.device == "cuda"
         return {
-            "framework": "torch",
             "framework_version": torch.__version__,
             "device_name": torch.cuda.get_device_name(self._dev) if on_gpu else cpu_name(),
-            "blas": f"cuBLAS (CUDA {torch.version.cuda})" if on_gpu else _torch_blas(),
-            "compile": "torch.compile(inductor, fullgraph=True)" if self.compile else "eager",
+            "blas": f"cuBLAS (CUDA {torch.version.cuda})" if on_gpu else torch_blas(),
         }
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def _compiled(step: Callable, strategy: str) -> Callable:
+def compiled(step: Callable, strategy: str) -> Callable:
     """torch.compile(step) that fails loudly: fullgraph=True turns a graph break into an
     error, and a compiler failure is re-raised naming the option to turn off.
-
-    trace_autograd_ops lets dynamo trace torch.autograd.grad into the graph (off by
-    default in torch 2.13, where it would be a graph break).
-    """
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    trace_autograd_ops lets dynamo trace torch.autograd.grad into the graph."""
+    compiled_step = torch.compile(step, fullgraph=True, dynamic=False)
 
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         try:
             with torch._dynamo.config.patch(trace_autograd_ops=True, fail_on_recompile_limit_hit=True):
-                return compiled(x, t)
+                return compiled_step(x, t)
         except Exception as err:  # dynamo/inductor raise many types; all mean "compile failed"
+            first = str(err).splitlines()[0] if str(err) else ""
             raise RuntimeError(
                 f"torch.compile of the {strategy} step failed with torch {torch.__version__} "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                "set compile=false to run eager"
+                f"({type(err).__name__}: {first}); set compile=false to run eager"
             ) from err
 
     return run
 
 
-def _torch_blas() -> str:
-    """torch's own BLAS (linked statically, so threadpoolctl cannot see it), e.g.
-    'mkl 2024.2 (torch BLAS_INFO), 2 threads'."""
+def torch_blas() -> str:
+    """torch's own BLAS (linked statically, invisible to threadpoolctl), e.g. 'mkl 2024.2, 2 threads'."""
     config = torch.__config__.show()
     name = re.search(r"BLAS_INFO=(\w+)", config)
     mkl = re.search(r"Math Kernel Library Version ([\d.]+)", config)
     version = f" {mkl.group(1)}" if mkl and name and name.group(1) == "mkl" else ""
     return f"{name.group(1) if name else 'unknown'}{version}, {torch.get_num_threads()} threads"
-
-
-# ---------------------------------------------------------------- benchmark hooks
-# The benchmark measures torch's own matmul peak beside the backends; it reaches torch
-# only through here, so nothing outside backends/ imports a framework.
-
-
-def matmul_call(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    """A zero-argument call computing out = a @ b with torch.mm on the NumPy buffers (no copy).
-
-    NumPy's transposed views (a.T of a C-contiguous array) stay transposed views in torch.
-    """
-
-    def view(arr: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(arr) if arr.flags.c_contiguous else torch.from_numpy(arr.T).T
-
-    ta, tb, tout = view(a), view(b), torch.from_numpy(out)
-    return lambda: torch.mm(ta, tb, out=tout)
-
-
-def num_threads() -> int:
-    return torch.get_num_threads()

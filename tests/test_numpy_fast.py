@@ -1,0 +1,74 @@
+"""numpy_fast.py: the preallocated path computes exactly what the plain NumPy backend does.
+
+The two differ only in where results are stored (``out=`` buffers, one flat parameter
+vector), so they must agree bit for bit: losses, weights and evaluation, in every
+activation, loss, optimizer, strategy and dtype, trained biases or not.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from backprop_bench.backends import backend_class, make_backend
+from backprop_bench.backends.numpy_backend import NumpyBackend
+from backprop_bench.backends.numpy_fast import NumpyFastBackend
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+
+HEADS = [("softmax", "cross_entropy"), ("softmax", "mse"), ("sigmoid", "half_sse"), ("identity", "mse")]
+
+
+def run(compile: bool, spec: MLPSpec, optimizer: str, strategy: str, dtype: str):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((150, 12)), rng.integers(0, 5, 150)
+    init = init_params(spec, InitSpec(seed=1), dtype)
+    b = make_backend(
+        "numpy",
+        spec,
+        init,
+        OptimizerSpec(optimizer, lr=0.01),
+        strategy=strategy,
+        dtype=dtype,
+        compile=compile,
+        record_steps=True,
+    )
+    b.load(x, y)
+    order = np.random.default_rng(3)
+    losses = [b.train_epoch(order.permutation(150), 32) for _ in range(3)]
+    return losses, b.step_losses, b.params(), b.evaluate(x, y), b.predict(x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_fast_path_is_the_plain_path_bit_for_bit(optimizer, strategy, dtype):
+    for hidden, (output, loss) in itertools.product(["relu", "sigmoid", "tanh"], HEADS):
+        spec = MLPSpec((12, 9, 7, 5), hidden, output, loss, train_biases=(optimizer != "momentum"))
+        plain, fast = run(False, spec, optimizer, strategy, dtype), run(True, spec, optimizer, strategy, dtype)
+        assert plain[0] == fast[0] and plain[3] == fast[3], (hidden, output, loss)
+        np.testing.assert_array_equal(plain[1], fast[1])
+        np.testing.assert_array_equal(plain[4], fast[4])
+        for (w, b), (wf, bf) in zip(plain[2], fast[2]):
+            np.testing.assert_array_equal(w, wf)
+            np.testing.assert_array_equal(b, bf)
+
+
+def test_compile_selects_the_fast_class():
+    assert backend_class("numpy") is NumpyBackend
+    assert backend_class("numpy", compile=True) is NumpyFastBackend
+    spec = MLPSpec((4, 3))
+    fast = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), compile=True)
+    assert fast.info()["compile"].startswith("preallocated")
+    assert make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec()).info()["compile"] == "off"
+
+
+def test_work_buffers_are_reused_across_epochs():
+    spec = MLPSpec((6, 4, 3))
+    b = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), compile=True)
+    b.load(np.random.default_rng(0).random((20, 6)), np.arange(20) % 3)
+    b.train_epoch(np.arange(20), 8)
+    ws = b._train_ws
+    b.train_epoch(np.arange(20), 8)
+    assert b._train_ws is ws  # same batch size: no new allocation
+    b.train_epoch(np.arange(20), 5)
+    assert b._train_ws is not ws and b._train_ws.rows == 5
