@@ -16,7 +16,10 @@ def repo_files() -> list[str]:
     """Tracked files plus new ones not yet committed (git-ignored outputs excluded)."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
 
@@ -30,8 +33,9 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def dvc(args: list[str], repo: Path, env_extra: dict[str, str] | None = None,
-        timeout: int = 300) -> subprocess.CompletedProcess:
+def dvc(
+    args: list[str], repo: Path, env_extra: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     exe = VENV_BIN / "dvc"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dvc"]
     env = dict(os.environ)

@@ -14,9 +14,17 @@ from backprop_bench import compare
 N_TEST = 12
 
 
-def write_cell(runs: Path, framework: str, strategy: str, device: str = "cpu", status: str = "finished",
-               samples_per_second: float = 1000.0, final_train_loss: float = 0.5,
-               predictions: np.ndarray | None = None, reason: str = "") -> Path:
+def write_cell(
+    runs: Path,
+    framework: str,
+    strategy: str,
+    device: str = "cpu",
+    status: str = "finished",
+    samples_per_second: float = 1000.0,
+    final_train_loss: float = 0.5,
+    predictions: np.ndarray | None = None,
+    reason: str = "",
+) -> Path:
     """One cell directory as train.py writes it (docs/architecture.md "A study cell")."""
     name = f"{framework}-{strategy}-{device}"
     cell = runs / name
@@ -24,9 +32,18 @@ def write_cell(runs: Path, framework: str, strategy: str, device: str = "cpu", s
     metrics = dict(cell=name, framework=framework, strategy=strategy, device=device, status=status, reason=reason)
     if status == "finished":
         metrics.update(
-            test_accuracy=0.9, test_loss=0.3, train_seconds=3.0, first_epoch_seconds=1.5,
-            steady_epoch_seconds=0.75, samples_per_second=samples_per_second, peak_memory_mb=100.0,
-            final_train_loss=final_train_loss, epochs=3, batch_size=64, seed=0, dtype="float32",
+            test_accuracy=0.9,
+            test_loss=0.3,
+            train_seconds=3.0,
+            first_epoch_seconds=1.5,
+            steady_epoch_seconds=0.75,
+            samples_per_second=samples_per_second,
+            peak_memory_mb=100.0,
+            final_train_loss=final_train_loss,
+            epochs=3,
+            batch_size=64,
+            seed=0,
+            dtype="float32",
         )
         with open(cell / "history.csv", "w") as f:
             f.write("epoch,train_loss,train_accuracy,val_loss,val_accuracy,epoch_seconds,samples_per_second\n")
@@ -69,7 +86,10 @@ def test_table_rows_and_values(study):
     report = compare.compare(runs, reports, data)
     rows = read_csv_rows(reports / "comparison.csv")
     assert list(rows) == [  # framework order, then device, then sequential before parallel
-        "numpy-sequential-cpu", "numpy-parallel-cpu", "torch-sequential-cpu", "torch-parallel-cpu",
+        "numpy-sequential-cpu",
+        "numpy-parallel-cpu",
+        "torch-sequential-cpu",
+        "torch-parallel-cpu",
         "torch-parallel-cuda",
     ]
     # Relative speed: samples/s over NumPy's at the same strategy and device.
@@ -190,7 +210,9 @@ def test_malformed_metrics_name_the_file_and_key(study):
     metrics = json.loads(path.read_text())
     del metrics["samples_per_second"]
     path.write_text(json.dumps(metrics))
-    with pytest.raises(compare.ReportError, match=r"torch-sequential-cpu/metrics.json: missing key 'samples_per_second'"):
+    with pytest.raises(
+        compare.ReportError, match=r"torch-sequential-cpu/metrics.json: missing key 'samples_per_second'"
+    ):
         compare.compare(runs, reports, data)
     del metrics["status"]
     path.write_text(json.dumps(metrics))
@@ -213,7 +235,9 @@ def test_bad_history_and_predictions_name_the_file(study):
         compare.compare(runs, reports, data)
     history.write_text("epoch,train_loss,val_loss\n1,0.5,0.5\n")
     np.save(runs / "numpy-parallel-cpu" / "predictions.npy", np.zeros(N_TEST + 1, dtype=np.int64))
-    with pytest.raises(compare.ReportError, match=r"numpy-parallel-cpu/predictions.npy: shape \(13,\), expected \(12,\)"):
+    with pytest.raises(
+        compare.ReportError, match=r"numpy-parallel-cpu/predictions.npy: shape \(13,\), expected \(12,\)"
+    ):
         compare.compare(runs, reports, data)
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import compose
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from backprop_bench.config import to_components
 from backprop_bench.train import CONF_DIR
-from conftest import compose
 
 GROUPS = ("data", "model", "framework", "strategy", "device", "optimizer", "train", "tracking", "experiment")
 
@@ -88,6 +88,11 @@ def test_wrong_type_fails_at_compose_time():
         ("optimizer.lr=0", "optimizer.lr=0.0", "> 0"),
         ("framework.name=jax", "framework.name='jax'", "numpy, torch"),
         ("data.path=null", "data.path=None", "needs the processed .npz"),
+        ("optimizer.momentum=1.0", "optimizer.momentum=1.0", "in [0, 1)"),
+        ("strategy.name=diagonal", "strategy.name='diagonal'", "parallel, sequential"),
+        ("device.name=tpu", "device.name='tpu'", "cpu, cuda, auto"),
+        ("framework.steps_per_execution=4", "framework.steps_per_execution=4", "is a Keras option"),
+        ("framework.steps_per_execution=0", "framework.steps_per_execution=0", ">= 1"),
     ],
 )
 def test_bad_values_name_the_field_and_the_rule(override, field, rule):
@@ -95,6 +100,19 @@ def test_bad_values_name_the_field_and_the_rule(override, field, rule):
     with pytest.raises(ValueError) as err:
         to_components(cfg)
     assert field in str(err.value) and rule in str(err.value)
+
+
+def test_steps_per_execution_is_fine_for_keras():
+    c = to_components(compose("framework=keras", "framework.steps_per_execution=4"))
+    assert c.framework.steps_per_execution == 4
+
+
+def test_the_schema_holds_no_rules():
+    """Value rules run once, in to_components: building the schema objects checks only types."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_object(compose("train.epochs=-1", "optimizer.lr=0", "framework.name=jax"))
+    assert (c.train.epochs, c.optimizer.lr, c.framework.name) == (-1, 0.0, "jax")
 
 
 def test_model_rules_come_from_mlpspec():

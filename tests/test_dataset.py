@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from backprop_bench.dataset import file_sha256, load_dataset
 from conftest import make_tiny_npz
+
+from backprop_bench.dataset import load_dataset
+from backprop_bench.io import sha256_file
 
 
 def test_the_processed_npz_loads_with_its_sha256(tiny_npz):
     data = load_dataset("mnist", tiny_npz)
     assert data.x_train.shape == (64, 784) and data.y_test.shape == (32,) and data.n_features == 784
-    assert data.sha256 == file_sha256(tiny_npz) and len(data.sha256) == 64
+    assert data.sha256 == sha256_file(tiny_npz) and len(data.sha256) == 64
 
 
 def test_missing_keys_are_named_with_the_file(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 
 from backprop_bench.data import download, formats
 from backprop_bench.data.download import DownloadError
-from backprop_bench.data.formats import ConfigError, N_PIXELS
+from backprop_bench.data.formats import N_PIXELS, ConfigError
 
 
 def sha(data: bytes) -> str:
@@ -98,6 +98,11 @@ def fetch(server, sleeps, tmp_path, name="f.bin", mirrors=("/m1",), sha256=None,
     )
 
 
+def load(data: dict, cache_dir: Path):
+    """What the stage's main() does with params.yaml's `data:` section: unpack it, then load."""
+    return download.load_source(download.read_params(data), cache_dir, progress=False)
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
@@ -172,8 +177,9 @@ def test_unreachable_mirror_is_reported(sleeps, tmp_path, monkeypatch):
     with Server() as s:
         dead = s.url  # a port that nothing listens on once the server is closed
     with pytest.raises(DownloadError, match=r"cannot connect: .*\(try 2/2\)"):
-        download.fetch([dead], "f.bin", tmp_path / "f.bin", "0" * 64, attempts=2, backoff_s=0, progress=False,
-                       sleep=sleeps.append)
+        download.fetch(
+            [dead], "f.bin", tmp_path / "f.bin", "0" * 64, attempts=2, backoff_s=0, progress=False, sleep=sleeps.append
+        )
 
 
 # ----------------------------------------------------------------------------- sources
@@ -213,7 +219,7 @@ def url_params(catalog: dict) -> dict:
 def test_url_source_idx_quartet(server, tmp_path):
     train, test = make_split(30, 1), make_split(10, 2)
     params = url_params(idx_catalog(server, tmp_path, train, test))
-    (x_tr, y_tr), (x_te, y_te) = download.load_source(params, tmp_path / "cache", progress=False)
+    (x_tr, y_tr), (x_te, y_te) = load(params, tmp_path / "cache")
     np.testing.assert_array_equal(x_tr, train[0])
     np.testing.assert_array_equal(y_te, test[1])
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(
@@ -225,12 +231,12 @@ def test_url_source_csv(server, tmp_path):
     train, test = make_split(12, 3), make_split(5, 4)
     files = {}
     for role, (x, y) in (("train", train), ("test", test)):
-        formats.write_csv(tmp_path / f"{role}.csv", x, y)
+        formats.write_canonical_csv(tmp_path / f"{role}.csv", x, y)
         body = (tmp_path / f"{role}.csv").read_bytes()
         server.files[f"/csv/{role}.csv"] = body
         files[role] = {"name": f"{role}.csv", "sha256": sha(body)}
     params = url_params({"url": {"format": "csv", "mirrors": [server.url + "/csv"], "files": files}})
-    (x_tr, y_tr), (x_te, y_te) = download.load_source(params, tmp_path / "cache", progress=False)
+    (x_tr, y_tr), (x_te, y_te) = load(params, tmp_path / "cache")
     np.testing.assert_array_equal(x_tr, train[0])
     np.testing.assert_array_equal(y_te, test[1])
 
@@ -256,16 +262,24 @@ def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
     params = {
         "dataset": "mnist",
         "source": "file",
-        "file": {"format": "csv", "train_csv": str(tmp_path / "mnist_train.csv"), "test_csv": str(tmp_path / "mnist_test.csv")},
+        "file": {
+            "format": "csv",
+            "train_csv": str(tmp_path / "mnist_train.csv"),
+            "test_csv": str(tmp_path / "mnist_test.csv"),
+        },
     }
-    (x_tr, _), (_, y_te) = download.load_source(params, tmp_path / "cache")
+    (x_tr, _), (_, y_te) = load(params, tmp_path / "cache")
     np.testing.assert_array_equal(x_tr, train[0])
     np.testing.assert_array_equal(y_te, test[1])
 
     folder = tmp_path / "fashion"
     names = {}
-    for role, array in (("train_images", train[0].reshape(-1, 28, 28)), ("train_labels", train[1]),
-                        ("test_images", test[0].reshape(-1, 28, 28)), ("test_labels", test[1])):
+    for role, array in (
+        ("train_images", train[0].reshape(-1, 28, 28)),
+        ("train_labels", train[1]),
+        ("test_images", test[0].reshape(-1, 28, 28)),
+        ("test_labels", test[1]),
+    ):
         names[role] = {"name": f"{role}-ubyte.gz", "sha256": "unchecked for local files"}
         formats.write_idx(folder / names[role]["name"], array)
     params = {
@@ -274,7 +288,7 @@ def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
         "file": {"format": "idx", "dir": None},
         "catalog": {"fashion_mnist": {"url": {"format": "idx", "files": names}, "local_dir": str(folder)}},
     }
-    (x_tr, _), (_, y_te) = download.load_source(params, tmp_path / "cache")
+    (x_tr, _), (_, y_te) = load(params, tmp_path / "cache")
     np.testing.assert_array_equal(x_tr, train[0])
     np.testing.assert_array_equal(y_te, test[1])
 
@@ -284,30 +298,74 @@ def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
     [
         ({"source": "ftp"}, r"data.source='ftp': expected one of embedded, url, file"),
         ({"source": "embedded", "dataset": "fashion_mnist"}, r"data.source=embedded holds MNIST digits only"),
-        ({"source": "embedded", "embedded": {"test_size": 5000}}, r"data.embedded.test_size=5000: expected 0 < test_size < 5000"),
+        (
+            {"source": "embedded", "embedded": {"test_size": 5000}},
+            r"data.embedded.test_size=5000: expected 0 < test_size < 5000",
+        ),
         ({"source": "embedded", "embedded": {"seed": "zero"}}, r"data.embedded.seed='zero': expected an integer >= 0"),
-        ({"source": "url", "url": {"attempts": 0}, "catalog": {"mnist": {"url": {"format": "idx", "files": {
-            r: {"name": r, "sha256": "0" * 64} for r in download.IDX_ROLES}}}}},
-         r"data.url.attempts=0: expected an integer >= 1"),
-        ({"source": "url", "catalog": {"mnist": {"url": {"format": "zip"}}}}, r"data.catalog.mnist.url.format='zip': expected csv or idx"),
-        ({"source": "url", "dataset": "kmnist", "catalog": {"mnist": {}}}, r"data.dataset='kmnist': no data.catalog.kmnist in params; available: mnist"),
-        ({"source": "url", "catalog": {"mnist": {"url": {"format": "idx", "files": {}}}}},
-         r"data.catalog.mnist.url.files: needs name and sha256 for train_images, train_labels, test_images, test_labels"),
-        ({"source": "file", "catalog": {"mnist": {}}, "file": {"format": "csv"}}, r"needs data.file.train_csv and data.file.test_csv"),
-        ({"source": "file", "catalog": {"mnist": {}}, "file": {"format": "tsv"}}, r"data.file.format='tsv': expected csv or idx"),
-        ({"source": "file", "catalog": {"mnist": {"local_dir": None}}, "file": {"format": "idx"}}, r"set data.file.dir \(no data.catalog.mnist.local_dir\)"),
+        (
+            {
+                "source": "url",
+                "url": {"attempts": 0},
+                "catalog": {
+                    "mnist": {
+                        "url": {
+                            "format": "idx",
+                            "files": {r: {"name": r, "sha256": "0" * 64} for r in download.IDX_ROLES},
+                        }
+                    }
+                },
+            },
+            r"data.url.attempts=0: expected an integer >= 1",
+        ),
+        (
+            {"source": "url", "catalog": {"mnist": {"url": {"format": "zip"}}}},
+            r"data.catalog.mnist.url.format='zip': expected csv or idx",
+        ),
+        (
+            {"source": "url", "dataset": "kmnist", "catalog": {"mnist": {}}},
+            r"data.dataset='kmnist': no data.catalog.kmnist in params; available: mnist",
+        ),
+        (
+            {"source": "url", "catalog": {"mnist": {"url": {"format": "idx", "files": {}}}}},
+            r"data.catalog.mnist.url.files: needs name and sha256 for "
+            r"train_images, train_labels, test_images, test_labels",
+        ),
+        (
+            {"source": "file", "catalog": {"mnist": {}}, "file": {"format": "csv"}},
+            r"needs data.file.train_csv and data.file.test_csv",
+        ),
+        (
+            {"source": "file", "catalog": {"mnist": {}}, "file": {"format": "tsv"}},
+            r"data.file.format='tsv': expected csv or idx",
+        ),
+        (
+            {"source": "file", "catalog": {"mnist": {"local_dir": None}}, "file": {"format": "idx"}},
+            r"set data.file.dir \(no data.catalog.mnist.local_dir\)",
+        ),
+        ({"source": "url", "catalog": {"mnist": "oops"}}, r"data.catalog.mnist: expected a mapping, got 'oops'"),
+        ({"source": "url", "url": {"timeout_s": 0}}, r"data.url.timeout_s=0: expected a number >= 0.001"),
     ],
 )
 def test_config_errors_name_the_option(params, pattern, tmp_path):
     with pytest.raises(ConfigError, match=pattern):
-        download.load_source(params, tmp_path)
+        load(params, tmp_path)
+
+
+def test_read_params_unpacks_the_repo_params_into_plain_values():
+    p = download.read_params(formats.read_data_params(Path(__file__).parents[1] / "params.yaml"))
+    assert (p.source, p.dataset, p.test_size, p.split_seed) == ("embedded", "mnist", 1000, 0)
+    assert (p.attempts, p.backoff_s, p.timeout_s) == (3, 2.0, 60.0)
+    assert isinstance(p.backoff_s, float) and isinstance(p.timeout_s, float)
+    assert p.catalogs["fashion_mnist"].local_dir == "/usr/share/datasets/fashion-mnist"
+    assert p.catalog().where == "data.catalog.mnist" and p.catalog().format == "idx"
 
 
 def test_the_repo_params_catalog_is_complete():
     """params.yaml's catalogs carry a name and a 64-hex sha256 for all four IDX files."""
     data = formats.read_data_params(Path(__file__).parents[1] / "params.yaml")
     for dataset in ("mnist", "fashion_mnist"):
-        files = download._files_of(data["catalog"][dataset], "idx", dataset)
+        files = download.read_params(data).catalogs[dataset].files_for("idx")
         assert all(len(f["sha256"]) == 64 and int(f["sha256"], 16) >= 0 for f in files.values())
         assert data["catalog"][dataset]["url"]["mirrors"]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from backprop_bench.data import formats
-from backprop_bench.data.formats import CANONICAL_HEADER, DataError, N_PIXELS
+from backprop_bench.data.formats import CANONICAL_HEADER, N_PIXELS, DataError
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def canonical(tmp_path):
     """A valid canonical CSV of 6 rows; returns (path, x, y, lines)."""
     x, y = make_images(6)
     path = tmp_path / "train.csv"
-    formats.write_csv(path, x, y)
+    formats.write_canonical_csv(path, x, y)
     return path, x, y, path.read_text().splitlines()
 
 
@@ -230,8 +230,7 @@ def test_idx_wrong_magic_names_offset_0(idx_pair):
     with pytest.raises(DataError) as info:
         formats.read_idx(labels, "images")  # a labels file where images are expected
     assert str(info.value) == (
-        f"{labels}: offset 0: magic number 0x00000801, expected 0x00000803 "
-        "(IDX images: unsigned bytes, 3 dimensions)"
+        f"{labels}: offset 0: magic number 0x00000801, expected 0x00000803 (IDX images: unsigned bytes, 3 dimensions)"
     )
 
 
@@ -281,26 +280,12 @@ def test_idx_truncated_gzip(idx_pair, tmp_path):
 # ----------------------------------------------------------------------------- writing, params
 
 
-def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"good")
-    with pytest.raises(RuntimeError):
-        with formats.atomic_open(target) as f:
-            f.write(b"half")
-            raise RuntimeError("disk full")
-    assert target.read_bytes() == b"good"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temp file left behind
-    formats.atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert target.stat().st_mode & 0o777 != 0o600  # not mkstemp's private mode
-
-
 def test_write_csv_rejects_out_of_range_values(tmp_path):
     x, y = make_images(2)
     with pytest.raises(ValueError, match="labels 0-9"):
-        formats.write_csv(tmp_path / "x.csv", x, np.array([0, 10]))
+        formats.write_canonical_csv(tmp_path / "x.csv", x, np.array([0, 10]))
     with pytest.raises(ValueError, match=r"expected x \(N, 784\)"):
-        formats.write_csv(tmp_path / "x.csv", x[:, :10], y)
+        formats.write_canonical_csv(tmp_path / "x.csv", x[:, :10], y)
 
 
 def test_read_data_params(tmp_path):

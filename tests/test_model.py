@@ -11,7 +11,9 @@ from backprop_bench.model import (
     accuracy,
     as_targets,
     init_params,
+    labels_of,
     one_hot,
+    predicted_labels,
 )
 
 SPEC = MLPSpec((784, 128, 64, 10))
@@ -56,8 +58,10 @@ def test_spec_validation(kwargs, message):
     "kwargs,message",
     [
         ({"name": "rmsprop"}, "optimizer.name='rmsprop' is not one of sgd, momentum, adam"),
-        ({"lr": 0.0}, "optimizer.lr must be > 0, got 0.0"),
-        ({"lr": -1}, "optimizer.lr must be > 0, got -1"),
+        ({"lr": 0.0}, "optimizer.lr=0.0: must be > 0"),
+        ({"lr": -1}, "optimizer.lr=-1: must be > 0"),
+        ({"momentum": 1.0}, r"optimizer.momentum=1.0: must be in \[0, 1\)"),
+        ({"momentum": -0.1}, r"optimizer.momentum=-0.1: must be in \[0, 1\)"),
     ],
 )
 def test_optimizer_validation(kwargs, message):
@@ -110,9 +114,7 @@ def test_init_dtype():
 
 def test_explicit_init():
     spec = MLPSpec((2, 2, 1), "sigmoid", "sigmoid", "mse")
-    params = init_params(
-        spec, InitSpec("explicit", weights=[[[1, 2], [3, 4]], [[5], [6]]], biases=[[0.5, -0.5], 0.25])
-    )
+    params = init_params(spec, InitSpec("explicit", weights=[[[1, 2], [3, 4]], [[5], [6]]], biases=[[0.5, -0.5], 0.25]))
     np.testing.assert_array_equal(params[0][0], [[1, 2], [3, 4]])
     np.testing.assert_array_equal(params[0][1], [0.5, -0.5])
     np.testing.assert_array_equal(params[1][1], [0.25])  # a scalar bias fills the layer
@@ -156,3 +158,17 @@ def test_accuracy():
     single = np.array([[0.2], [0.7]])  # one sigmoid unit: the class is output > 0.5
     assert accuracy(single, np.array([0, 0])) == 0.5
     assert accuracy(single, np.array([[0.1], [0.9]])) == 1.0
+
+
+def test_predicted_labels_follow_the_accuracy_rule():
+    assert predicted_labels(np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])).tolist() == [1, 0]
+    assert predicted_labels(np.array([[0.2], [0.9]])).tolist() == [0, 1]
+    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    y = np.array([1, 0, 0])
+    assert np.mean(predicted_labels(probs) == labels_of(y)) == accuracy(probs, y)
+
+
+def test_labels_of_labels_or_targets():
+    assert labels_of(np.array([2, 0])).dtype == np.int64
+    assert labels_of(np.array([[0.1, 0.9], [0.7, 0.3]])).tolist() == [1, 0]
+    assert labels_of(np.array([[0.01], [0.99]])).tolist() == [0, 1]

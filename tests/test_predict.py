@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from backprop_bench.data.formats import write_csv
-from backprop_bench.predict import main, predict
 from conftest import run_in_process
+
+from backprop_bench.data.formats import write_canonical_csv
+from backprop_bench.predict import main, predict
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def test_csv(tiny_npz, tmp_path):
     npz = np.load(tiny_npz)
     pixels = np.rint(npz["x_test"] * 255).astype(np.int64)
     path = tmp_path / "test.csv"
-    write_csv(path, pixels, npz["y_test"])
+    write_canonical_csv(path, pixels, npz["y_test"])
     return path
 
 
@@ -39,8 +39,8 @@ def test_predict_from_an_mlflow_run_id(small_cfg, tracking_uri, tmp_path, test_c
 
 
 def test_predict_rejects_weights_of_another_shape(tmp_path):
-    from backprop_bench.artifacts import save_weights
     from backprop_bench.model import InitSpec, MLPSpec, init_params
+    from backprop_bench.weights import save_weights
 
     spec = MLPSpec((2, 2, 1), "sigmoid", "sigmoid", "mse")
     save_weights(tmp_path / "w.npz", spec, init_params(spec, InitSpec()))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from backprop_bench.data import formats, preprocess
-from backprop_bench.data.formats import ConfigError, N_PIXELS
+from backprop_bench.data.formats import N_PIXELS, ConfigError
 
 
 def make_split(n: int, seed: int):
@@ -23,9 +23,12 @@ def test_preprocess_scales_splits_and_stratifies():
     (x, y), (xt, yt) = make_split(200, 0), make_split(50, 1)
     out = preprocess.preprocess(x, y, xt, yt, subset=None, val_fraction=0.25, seed=3)
     assert {k: v.shape for k, v in out.items()} == {
-        "x_train": (150, N_PIXELS), "y_train": (150,),
-        "x_val": (50, N_PIXELS), "y_val": (50,),
-        "x_test": (50, N_PIXELS), "y_test": (50,),
+        "x_train": (150, N_PIXELS),
+        "y_train": (150,),
+        "x_val": (50, N_PIXELS),
+        "y_val": (50,),
+        "x_test": (50, N_PIXELS),
+        "y_test": (50,),
     }
     for split in ("train", "val", "test"):
         assert out[f"x_{split}"].dtype == np.float32 and out[f"y_{split}"].dtype == np.int64
@@ -76,16 +79,6 @@ def test_bad_seed_names_the_option(seed):
         preprocess.preprocess(x, y, xt, yt, subset=None, val_fraction=0.1, seed=seed)
 
 
-def test_npz_bytes_load_back_and_are_deterministic(tmp_path):
-    arrays = {"x_train": np.ones((3, 4), np.float32), "y_train": np.arange(3)}
-    payload = preprocess.npz_bytes(arrays)
-    assert payload == preprocess.npz_bytes(dict(arrays))  # no timestamps in the zip
-    (tmp_path / "a.npz").write_bytes(payload)
-    with np.load(tmp_path / "a.npz") as loaded:
-        assert sorted(loaded.files) == ["x_train", "y_train"]
-        np.testing.assert_array_equal(loaded["y_train"], arrays["y_train"])
-
-
 # ----------------------------------------------------------------------------- main()
 
 
@@ -93,8 +86,8 @@ def test_npz_bytes_load_back_and_are_deterministic(tmp_path):
 def stage(tmp_path):
     """A raw dir with valid CSVs and a params file; returns (argv, raw, out, params path)."""
     raw, out = tmp_path / "raw", tmp_path / "processed"
-    formats.write_csv(raw / "train.csv", *make_split(60, 2))
-    formats.write_csv(raw / "test.csv", *make_split(20, 3))
+    formats.write_canonical_csv(raw / "train.csv", *make_split(60, 2))
+    formats.write_canonical_csv(raw / "test.csv", *make_split(20, 3))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"subset": 50, "val_fraction": 0.2, "seed": 1}, "train": {"epochs": 1}}))
     return ["--params", str(params), "--raw-dir", str(raw), "--out-dir", str(out)], raw, out, params
@@ -136,7 +129,7 @@ def test_a_failed_run_leaves_the_previous_outputs_untouched(stage, capsys):
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same files, same bytes, no temp files
 
-    formats.write_csv(raw / "train.csv", *make_split(60, 2))
+    formats.write_canonical_csv(raw / "train.csv", *make_split(60, 2))
     params.write_text(yaml.safe_dump({"data": {"subset": 500, "val_fraction": 0.2, "seed": 1}}))
     assert preprocess.main(argv) == 1
     assert "data.subset=500: expected null or an integer 1..60" in capsys.readouterr().err

@@ -86,7 +86,9 @@ def test_study_stage_cmd_matches_the_contract():
     the params their command uses (no drift between params: and cmd)."""
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
     assert stage["matrix"] == {
-        "framework": "${study.frameworks}", "strategy": "${study.strategies}", "device": "${study.devices}",
+        "framework": "${study.frameworks}",
+        "strategy": "${study.strategies}",
+        "device": "${study.devices}",
     }
     used = sorted(set(re.findall(r"\$\{((?!item\.)[a-z_.]+)\}", stage["cmd"])))
     assert used == sorted(stage["params"]) == ["train.batch_size", "train.epochs", "train.seed"]

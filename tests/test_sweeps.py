@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT, run_app
 
 pytestmark = pytest.mark.slow
@@ -81,7 +80,12 @@ def test_a_crashing_cell_fails_the_others_run_and_the_exit_code_says_so(tmp_path
     assert "FAILED numpy-parallel-cpu: Diverged: diverged at epoch" in proc.stdout + proc.stderr
     parent, children = runs_of(tracking_uri)
     statuses = sorted((r.data.params["optimizer.lr"], r.info.status) for r in children)
-    assert statuses == [("0.01", "FINISHED"), ("0.01", "FINISHED"), ("1000000000000.0", "FAILED"), ("1000000000000.0", "FAILED")]
+    assert statuses == [
+        ("0.01", "FINISHED"),
+        ("0.01", "FINISHED"),
+        ("1000000000000.0", "FAILED"),
+        ("1000000000000.0", "FAILED"),
+    ]
     assert parent.info.status == "FAILED"
     assert not any(r.info.status == "RUNNING" for r in children + [parent])
 

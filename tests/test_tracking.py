@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_in_process
 
 from backprop_bench.tracking import MlflowRun, NullRun, flatten, open_run, resolve_uri
 from backprop_bench.train import Diverged
-from conftest import run_in_process
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -53,7 +53,7 @@ def test_an_exception_fails_the_run_with_its_error_and_traceback(tracking_uri, t
     with pytest.raises(ZeroDivisionError):
         with MlflowRun(tracking_uri, "backprop-bench", "r") as run:
             run.log_epoch(1, {"train_loss": 2.0})
-            1 / 0
+            _ = 1 / 0
     client, r = _only_run(tracking_uri)
     assert r.info.status == "FAILED"
     assert r.data.tags["outcome"] == "failed" and "ZeroDivisionError" in r.data.tags["error"]
@@ -96,7 +96,14 @@ def test_a_whole_run_is_logged_completely(small_cfg, tracking_uri, tmp_path):
     assert len(tags["data_sha256"]) == 64 and "git_commit" in tags and tags["sweep_id"] == ""
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"):
         assert [m.step for m in client.get_metric_history(r.info.run_id, name)] == [1, 2, 3], name
-    for name in ("test_accuracy", "test_loss", "train_seconds", "first_epoch_seconds", "steady_epoch_seconds", "peak_memory_mb"):
+    for name in (
+        "test_accuracy",
+        "test_loss",
+        "train_seconds",
+        "first_epoch_seconds",
+        "steady_epoch_seconds",
+        "peak_memory_mb",
+    ):
         assert r.data.metrics[name] == pytest.approx(metrics[name]), name
     assert r.data.metrics["steady_samples_per_second"] == pytest.approx(metrics["samples_per_second"])
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -115,9 +122,9 @@ def test_a_whole_run_is_logged_completely(small_cfg, tracking_uri, tmp_path):
 
 def test_a_skipped_run_is_finished_and_tagged_skipped(small_cfg, tracking_uri, tmp_path):
     pytest.importorskip("backprop_bench.backends.numpy_backend")
-    from backprop_bench.backends.numpy_backend import _find_cupy
+    from backprop_bench.backends.numpy_backend import find_cupy
 
-    if _find_cupy()[0] is not None:
+    if find_cupy()[0] is not None:
         pytest.skip("a GPU is usable here")
     metrics = run_in_process(small_cfg("device=cuda", uri=tracking_uri), tmp_path)
     _, r = _only_run(tracking_uri)
@@ -126,7 +133,9 @@ def test_a_skipped_run_is_finished_and_tagged_skipped(small_cfg, tracking_uri, t
 
 
 def test_a_diverging_run_is_failed_in_mlflow(small_cfg, tracking_uri, tmp_path):
-    cfg = small_cfg("model.output_activation=identity", "model.loss=mse", "optimizer=sgd", "optimizer.lr=1e12", uri=tracking_uri)
+    cfg = small_cfg(
+        "model.output_activation=identity", "model.loss=mse", "optimizer=sgd", "optimizer.lr=1e12", uri=tracking_uri
+    )
     with pytest.raises(Diverged):
         run_in_process(cfg, tmp_path)
     _, r = _only_run(tracking_uri)

@@ -11,11 +11,12 @@ import textwrap
 
 import numpy as np
 import pytest
-
-from backprop_bench.artifacts import load_weights
-from backprop_bench.dataset import load_dataset
-from backprop_bench.train import HISTORY_COLUMNS, Diverged, batch_orders, fit, predicted_labels
 from conftest import ROOT, compose, run_app, run_in_process, shrunk
+
+from backprop_bench.dataset import load_dataset
+from backprop_bench.metrics import HISTORY_COLUMNS
+from backprop_bench.train import Diverged, batch_orders, fit
+from backprop_bench.weights import load_weights
 
 
 class RecordingBackend:
@@ -70,7 +71,9 @@ def test_fit_times_only_train_epoch_between_synchronised_clock_reads(tiny_npz):
 
 
 def test_fit_with_one_epoch_has_no_steady_time(tiny_npz):
-    result = fit(RecordingBackend([1.0]), load_dataset("tiny", tiny_npz), epochs=1, batch_size=8, seed=0, eval_train=False)
+    result = fit(
+        RecordingBackend([1.0]), load_dataset("tiny", tiny_npz), epochs=1, batch_size=8, seed=0, eval_train=False
+    )
     assert result.steady_epoch_seconds is None
     assert math.isnan(result.history[0].train_accuracy)
     assert result.samples_per_second == pytest.approx(64 / result.first_epoch_seconds)
@@ -87,11 +90,6 @@ def test_divergence_names_the_step_when_the_backend_kept_step_losses(tiny_npz):
     backend.step_losses = np.array([1.0, 3.0, np.inf, np.nan])
     with pytest.raises(Diverged, match=r"diverged at epoch 1, step 3: loss inf; lr too high\?"):
         fit(backend, load_dataset("tiny", tiny_npz), epochs=1, batch_size=16, seed=0)
-
-
-def test_predicted_labels_follow_the_accuracy_rule():
-    assert predicted_labels(np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])).tolist() == [1, 0]
-    assert predicted_labels(np.array([[0.2], [0.9]])).tolist() == [0, 1]
 
 
 # ---------------------------------------------------------------- whole runs, tracking off
@@ -174,7 +172,9 @@ def test_worked_example_preset_reproduces_the_reference(strategy, loss_at_1000, 
 
 @pytest.mark.parametrize("preset", ["toy_221", "worked_example_222", "mnist_784_10_10", "mnist_784_128_64_10"])
 def test_every_preset_runs_by_name(preset, tiny_npz, tmp_path):
-    cfg = compose(f"experiment={preset}", "train.epochs=3", "tracking=off", f"out_dir={tmp_path}", f"data.path={tiny_npz}")
+    cfg = compose(
+        f"experiment={preset}", "train.epochs=3", "tracking=off", f"out_dir={tmp_path}", f"data.path={tiny_npz}"
+    )
     metrics = run_in_process(cfg, tmp_path)
     assert metrics["status"] == "finished" and metrics["epochs"] == 3
     assert math.isfinite(metrics["final_train_loss"])
@@ -227,8 +227,12 @@ def test_ctrl_c_in_a_real_run_ends_it_killed_and_keeps_its_history(tiny_npz, tmp
     args = shrunk(tiny_npz, tmp_path / "out", tracking_uri, "train.epochs=100000", f"hydra.run.dir={tmp_path / 'h'}")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backprop_bench.train", *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "backprop_bench.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     seen = []
     for line in proc.stdout:  # the app logs epoch 1, then every 10,000th

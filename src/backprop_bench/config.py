@@ -1,111 +1,77 @@
-"""Config schemas (Hydra structured configs) and the one place config becomes plain objects.
+"""The Hydra schema of conf/ (field names, types, defaults; no rules) and ``to_components``.
 
-Every config group under ``conf/`` is typed by a dataclass below. ``register_configs()``
-stores the top-level ``Config`` as ``schema`` in Hydra's ConfigStore; ``conf/config.yaml``
-lists ``schema`` first in its defaults, so each YAML option is merged *into* the typed
-node and a typo'd key or a wrong type fails when the config is composed. A wrong option
-name (``framework=foo``) fails there too, with Hydra's own "Available options" list.
-
-Value rules (``train.epochs >= 1``, ...) live in the dataclasses' ``__post_init__``; they
-run in ``to_components(cfg)``, the first thing the entry point does, before any work.
-Messages name the field and the rule, e.g. ``train.epochs=-1: must be >= 1``.
-
-Components never see ``cfg``: ``to_components`` hands them MLPSpec, InitSpec,
-OptimizerSpec and these dataclasses as plain, validated Python objects.
+``register_configs()`` stores ``Config`` as ``schema``, which conf/config.yaml lists first,
+so a typo'd key or a wrong type fails when the config is composed. ``to_components(cfg)``,
+the entry point's first call, checks every value rule once and hands the run plain objects:
+MLPSpec, InitSpec and OptimizerSpec (their own rules) and the nodes below. How the pieces
+fit: docs/architecture.md, "Config".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from backprop_bench.model import DEVICES, DTYPES, STRATEGIES, InitSpec, MLPSpec, OptimizerSpec
+from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.dataset import TOYS
+from backprop_bench.model import DEVICES, DTYPES, STRATEGIES, InitSpec, MLPSpec, OptimizerSpec, check, check_choice
 
-FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras")  # same as backends.FRAMEWORKS, no import cost
-TOY_DATASETS = ("toy_221", "worked_example_222")  # made in code (dataset.py), no file
-
-
-def _rule(ok: bool, option: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ValueError(f"{option}={value!r}: {rule}")
-
-
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    _rule(value in allowed, option, value, f"must be one of {', '.join(allowed)}")
+# Each node's defaults are its spec's, so that a value is written down once.
 
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # mnist, fashion_mnist, ... or a toy set made in code (TOY_DATASETS)
-    path: Optional[str] = None  # the processed .npz (docs/architecture.md), relative to the project root
-
-    def __post_init__(self) -> None:
-        if self.name not in TOY_DATASETS:
-            _rule(bool(self.path), "data.path", self.path, f"data.name={self.name} needs the processed .npz path")
+    name: str = MISSING  # mnist, fashion_mnist, ... or a toy set made in code (dataset.TOYS)
+    path: Optional[str] = None  # the processed .npz, relative to the project root; null for a toy set
 
 
 @dataclass
-class InitConfig:
-    scheme: str = "he_uniform"  # model.INITS
+class InitConfig:  # -> model.InitSpec
+    scheme: str = InitSpec.scheme
     seed: int = II("train.seed")  # one seed for the weights and the batch order, unless overridden
-    bias: float = 0.0  # constant initial bias of the random schemes
+    bias: float = InitSpec.bias
     weights: Optional[Any] = None  # scheme=explicit: one (in, out) nested list per layer
     biases: Optional[Any] = None  # scheme=explicit: one (out,) list or a scalar per layer
 
 
 @dataclass
-class ModelConfig:
-    sizes: List[int] = MISSING  # (in, hidden..., out)
-    hidden_activation: str = "relu"
-    output_activation: str = "softmax"
-    loss: str = "cross_entropy"
-    train_biases: bool = True
+class ModelConfig:  # -> model.MLPSpec
+    sizes: list[int] = MISSING  # (in, hidden..., out)
+    hidden_activation: str = MLPSpec.hidden_activation
+    output_activation: str = MLPSpec.output_activation
+    loss: str = MLPSpec.loss
+    train_biases: bool = MLPSpec.train_biases
     init: InitConfig = field(default_factory=InitConfig)
 
 
 @dataclass
 class FrameworkConfig:
-    name: str = MISSING
-    compile: bool = False  # torch.compile / XLA jit / Keras jit_compile, where the backend has one
-    steps_per_execution: int = 1  # Keras only
-
-    def __post_init__(self) -> None:
-        _choice("framework.name", self.name, FRAMEWORKS)
-        _rule(self.steps_per_execution >= 1, "framework.steps_per_execution", self.steps_per_execution, "must be >= 1")
+    name: str = MISSING  # backends.FRAMEWORKS
+    compile: bool = False  # the fast path: torch.compile, XLA, Keras jit_compile, NumPy preallocated buffers
+    steps_per_execution: int = 1  # Keras only: steps per compiled call
 
 
 @dataclass
 class StrategyConfig:
-    name: str = MISSING  # parallel | sequential (DESIGN.md)
-
-    def __post_init__(self) -> None:
-        _choice("strategy.name", self.name, STRATEGIES)
+    name: str = MISSING  # model.STRATEGIES
 
 
 @dataclass
 class DeviceConfig:
-    name: str = MISSING  # cpu | cuda | auto
-
-    def __post_init__(self) -> None:
-        _choice("device.name", self.name, DEVICES)
+    name: str = MISSING  # model.DEVICES
 
 
 @dataclass
-class OptimizerConfig:
-    name: str = MISSING  # sgd | momentum | adam: the rule is OptimizerSpec's docstring
-    lr: float = 0.01
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        _choice("optimizer.name", self.name, ("sgd", "momentum", "adam"))
-        _rule(self.lr > 0, "optimizer.lr", self.lr, "must be > 0")
-        _rule(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
+class OptimizerConfig:  # -> model.OptimizerSpec, whose docstring is the update rule
+    name: str = MISSING
+    lr: float = OptimizerSpec.lr
+    momentum: float = OptimizerSpec.momentum
+    beta1: float = OptimizerSpec.beta1
+    beta2: float = OptimizerSpec.beta2
+    eps: float = OptimizerSpec.eps
 
 
 @dataclass
@@ -113,14 +79,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0  # batch order (one permutation per epoch) and, by default, the initial weights
-    dtype: str = "float32"
-    shuffle: bool = True  # False: every epoch walks the samples in file order (seed 000's toy)
+    dtype: str = "float32"  # model.DTYPES
+    shuffle: bool = True  # False: every epoch walks the samples in file order (the 2-2-1 toy)
     eval_train: bool = True  # evaluate the whole train set after each epoch (train_accuracy)
-
-    def __post_init__(self) -> None:
-        _rule(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
-        _rule(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
-        _choice("train.dtype", self.dtype, DTYPES)
 
 
 @dataclass
@@ -174,21 +135,44 @@ class Components:
 
 
 def to_components(cfg: DictConfig) -> Components:
-    """Validate a composed config and turn it into plain objects. Raises ValueError naming the field."""
-    c: Config = OmegaConf.to_object(cfg)  # builds the dataclasses: every __post_init__ rule runs here
-    m = c.model
+    """Check a composed config and turn it into plain objects. Raises ValueError naming the field.
+
+    The one place config values are checked: the specs' constructors check the model,
+    init and optimizer fields; the lines below check the rest.
+    """
+    c: Config = OmegaConf.to_object(cfg)  # the dataclasses above, types already checked by OmegaConf
+    m, f, t = c.model, c.framework, c.train
     spec = MLPSpec(tuple(m.sizes), m.hidden_activation, m.output_activation, m.loss, m.train_biases)
     init = InitSpec(m.init.scheme, m.init.seed, m.init.bias, m.init.weights, m.init.biases)
     o = c.optimizer
     optimizer = OptimizerSpec(o.name, o.lr, o.momentum, o.beta1, o.beta2, o.eps)
+    check_choice("framework.name", f.name, FRAMEWORKS)
+    check(f.steps_per_execution >= 1, "framework.steps_per_execution", f.steps_per_execution, "must be >= 1")
+    check(
+        f.steps_per_execution == 1 or f.name == "keras",
+        "framework.steps_per_execution",
+        f.steps_per_execution,
+        f"is a Keras option; framework.name={f.name} takes 1",
+    )
+    check_choice("strategy.name", c.strategy.name, STRATEGIES)
+    check_choice("device.name", c.device.name, DEVICES)
+    check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    check_choice("train.dtype", t.dtype, DTYPES)
+    check(
+        c.data.name in TOYS or bool(c.data.path),
+        "data.path",
+        c.data.path,
+        f"data.name={c.data.name} needs the processed .npz path",
+    )
     return Components(
         spec=spec,
         init=init,
         optimizer=optimizer,
-        framework=c.framework,
+        framework=f,
         strategy=c.strategy.name,
         device=c.device.name,
-        train=c.train,
+        train=t,
         data=c.data,
         tracking=c.tracking,
         out_dir=c.out_dir,

@@ -1,13 +1,13 @@
 """The arrays one run trains on: the processed .npz, or a toy set made in code.
 
 The processed file's keys and shapes are docs/architecture.md's "Processed data" table.
-The two toy sets exist so that each reference preset runs by name with no file:
+The toy sets (docs/reference.md) let each reference preset run by name, with no file:
 
-    toy_221             seed 000's four samples, float targets (4, 1)
-    worked_example_222  the worked example's one sample, float targets (1, 2)
+    toy_221             the 2-2-1 toy's four samples, float targets (4, 1)
+    worked_example_222  the 2-2-2 worked example's one sample, float targets (1, 2)
 
-A toy set has no held-out data: its val and test splits are its train split, on purpose
-(the reference numbers are about fitting these samples, not about generalising).
+A toy set's val and test splits are its train split, on purpose: the reference numbers
+are about fitting these samples, not about generalising.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from backprop_bench.io import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -66,15 +68,7 @@ def load_npz(name: str, path: Path) -> Dataset:
             raise ValueError(f"{path}: y_{split} has a negative label {y.min()}")
     if arrays["x_train"].shape[0] == 0:
         raise ValueError(f"{path}: x_train has no rows")
-    return Dataset(name=name, **arrays, sha256=file_sha256(path))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return Dataset(name=name, **arrays, sha256=sha256_file(path))
 
 
 def _toy(name: str, x: list, y: list) -> Dataset:
@@ -84,12 +78,12 @@ def _toy(name: str, x: list, y: list) -> Dataset:
 
 
 def toy_221() -> Dataset:
-    """Seed 000's samples in its order: (1,1)->1, (0,0)->0, (1,0)->0.5, (0,1)->0.5."""
+    """The 2-2-1 toy's samples, in its order: (1,1)->1, (0,0)->0, (1,0)->0.5, (0,1)->0.5."""
     return _toy("toy_221", [[1, 1], [0, 0], [1, 0], [0, 1]], [[1.0], [0.0], [0.5], [0.5]])
 
 
 def worked_example_222() -> Dataset:
-    """The worked example: inputs (0.05, 0.10), targets (0.01, 0.99)."""
+    """The 2-2-2 worked example: inputs (0.05, 0.10), targets (0.01, 0.99)."""
     return _toy("worked_example_222", [[0.05, 0.10]], [[0.01, 0.99]])
 
 

@@ -12,8 +12,8 @@ backend: a difference between frameworks can then never come from initialisation
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "identity")
 LOSSES = ("cross_entropy", "mse", "half_sse")
 INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "explicit")
 DTYPES = ("float32", "float64")
+OPTIMIZERS = ("sgd", "momentum", "adam")  # the rules: OptimizerSpec's docstring
+STRATEGIES = ("parallel", "sequential")  # docs/backends.md, "The strategies"
+DEVICES = ("cpu", "cuda", "auto")  # auto: cuda when the backend can use a GPU here, else cpu
 
 # One layer's parameters: W (in, out) and b (out,).
 Layer = tuple[np.ndarray, np.ndarray]
@@ -45,9 +48,9 @@ class MLPSpec:
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
         if len(self.sizes) < 2 or any(s < 1 for s in self.sizes):
             raise ValueError(f"model.sizes must list at least 2 positive layer sizes, got {list(self.sizes)}")
-        _check_choice("model.hidden_activation", self.hidden_activation, HIDDEN_ACTIVATIONS)
-        _check_choice("model.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
-        _check_choice("model.loss", self.loss, LOSSES)
+        check_choice("model.hidden_activation", self.hidden_activation, HIDDEN_ACTIVATIONS)
+        check_choice("model.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        check_choice("model.loss", self.loss, LOSSES)
         if self.loss == "cross_entropy" and self.output_activation != "softmax":
             raise ValueError(
                 f"model.loss=cross_entropy needs model.output_activation=softmax, got {self.output_activation!r}"
@@ -86,12 +89,12 @@ class InitSpec:
     biases: Sequence | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.init.scheme", self.scheme, INITS)
+        check_choice("model.init.scheme", self.scheme, INITS)
 
 
 def init_params(spec: MLPSpec, init: InitSpec, dtype: str = "float64") -> Params:
     """Make the initial (W, b) of every layer, in NumPy, deterministically from the seed."""
-    _check_choice("train.dtype", dtype, DTYPES)
+    check_choice("train.dtype", dtype, DTYPES)
     if init.scheme == "explicit":
         params = _explicit_params(spec, init)
     else:
@@ -151,18 +154,21 @@ class OptimizerSpec:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        _check_choice("optimizer.name", self.name, ("sgd", "momentum", "adam"))
-        if not self.lr > 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        check_choice("optimizer.name", self.name, OPTIMIZERS)
+        check(self.lr > 0, "optimizer.lr", self.lr, "must be > 0")
+        check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
 
 
-STRATEGIES = ("parallel", "sequential")
-DEVICES = ("cpu", "cuda", "auto")
-
-
-def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
+def check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
+    """Raise ValueError naming the option, its value and the allowed values."""
     if value not in allowed:
         raise ValueError(f"{option}={value!r} is not one of {', '.join(allowed)}")
+
+
+def check(ok: bool, option: str, value: object, rule: str) -> None:
+    """Raise ValueError "option=value: rule" unless ok, e.g. "train.epochs=-1: must be >= 1"."""
+    if not ok:
+        raise ValueError(f"{option}={value!r}: {rule}")
 
 
 def one_hot(labels: np.ndarray, n_classes: int, dtype: str = "float64") -> np.ndarray:
@@ -179,6 +185,19 @@ def as_targets(y: np.ndarray, n_out: int, dtype: str) -> np.ndarray:
     if y.shape[1] != n_out:
         raise ValueError(f"targets have {y.shape[1]} columns, the model has {n_out} outputs")
     return y.astype(dtype)
+
+
+def predicted_labels(probs: np.ndarray) -> np.ndarray:
+    """(N, out) outputs -> (N,) int64 labels by accuracy's rule: argmax, or output > 0.5 for one output."""
+    probs = np.asarray(probs)
+    if probs.shape[1] == 1:
+        return (probs[:, 0] > 0.5).astype(np.int64)
+    return probs.argmax(axis=1).astype(np.int64)
+
+
+def labels_of(y: np.ndarray) -> np.ndarray:
+    """(N,) labels as int64, or labels from (N, out) float targets by the same rule."""
+    return y.astype(np.int64) if y.ndim == 1 else predicted_labels(y)
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:

@@ -4,10 +4,9 @@
         --csv data/raw/test.csv --framework torch --out preds.csv
     python -m backprop_bench.predict --run-id 3f2c... --csv data/raw/test.csv   # from MLflow
 
-The CSV is docs/architecture.md's canonical format (label,p0..p783; formats.read_csv
-also takes it without header). Pixels are scaled exactly as preprocess does, so on the
-test split the printed accuracy is the run's own test_accuracy. ``--out`` writes one
-column, ``prediction``, one row per CSV row.
+The CSV is the canonical raw format (label,p0..p783, header optional), scaled as
+preprocess does, so on the test split the printed accuracy is the run's test_accuracy.
+``--out`` writes one column, ``prediction``, one row per CSV row.
 """
 
 from __future__ import annotations
@@ -19,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop_bench.artifacts import load_weights, write_csv
-from backprop_bench.model import OptimizerSpec, accuracy
+from backprop_bench.backends import FRAMEWORKS, make_backend
+from backprop_bench.io import write_csv
+from backprop_bench.model import DEVICES, OptimizerSpec, accuracy, predicted_labels
+from backprop_bench.weights import load_weights
 
 
 def predict(weights: Path, x: np.ndarray, framework: str = "numpy", device: str = "cpu") -> np.ndarray:
     """(N, out) output activations of the network stored in ``weights`` on x (N, in)."""
-    from backprop_bench.backends import make_backend
-
     spec, params = load_weights(weights)
     if x.shape[1] != spec.sizes[0]:
         raise ValueError(f"the CSV has {x.shape[1]} pixel columns, the network in {weights} takes {spec.sizes[0]}")
@@ -37,19 +36,15 @@ def predict(weights: Path, x: np.ndarray, framework: str = "numpy", device: str 
 
 
 def weights_from_run(run_id: str, tracking_uri: str | None, dst: Path) -> Path:
-    """Download a run's weights.npz artifact (tracking.resolve_uri picks the store)."""
-    from mlflow.tracking import MlflowClient
+    """Download a run's weights.npz artifact into dst (tracking.resolve_uri picks the store)."""
+    from backprop_bench.tracking import download_artifact
 
-    from backprop_bench.tracking import resolve_uri
-
-    client = MlflowClient(resolve_uri(tracking_uri, Path.cwd()))
-    return Path(client.download_artifacts(run_id, "weights.npz", str(dst)))
+    return download_artifact(run_id, "weights.npz", tracking_uri, Path.cwd(), dst)
 
 
 def main(argv: list[str] | None = None) -> int:
     from backprop_bench.data.formats import read_csv
     from backprop_bench.data.preprocess import scale
-    from backprop_bench.train import predicted_labels
 
     p = argparse.ArgumentParser(prog="python -m backprop_bench.predict", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -57,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--run-id", help="an MLflow run id: its weights.npz artifact is used")
     p.add_argument("--tracking-uri", help="with --run-id: default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     p.add_argument("--csv", type=Path, required=True, help="images in the canonical CSV format")
-    p.add_argument("--framework", default="numpy", choices=("numpy", "torch", "tensorflow", "keras"))
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--framework", default="numpy", choices=FRAMEWORKS)
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--out", type=Path, help="write the predicted labels here (CSV)")
     args = p.parse_args(argv)
 

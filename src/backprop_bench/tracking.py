@@ -1,28 +1,10 @@
 """The MLflow adapter: the one module that imports mlflow (lazily, inside functions).
 
-One training run = one ``MlflowRun`` context manager. It talks to MLflow only through
-an ``MlflowClient`` bound to its own tracking URI, so no global "active run" exists that
-could leak between runs, tests or sweep cells; leaving the ``with`` block always ends
-the run:
-
-    normal exit            FINISHED  (tag outcome=finished, or outcome=skipped: see below)
-    an exception           FAILED    (tags outcome=failed, error=<message>; traceback.txt artifact)
-    Ctrl-C                 KILLED    (tag outcome=killed)
-
-A *skipped* cell (the device is not available here) ends FINISHED with tag
-``outcome=skipped`` and ``skip_reason``: the cell did what it should, and FAILED would
-make a CPU-only sweep look broken. Filter real results with ``tags.outcome = 'finished'``.
-
-Per-epoch metrics are buffered and sent with ``log_batch`` at most every
-``flush_seconds`` (and at the end, also on a crash or Ctrl-C), so a killed run keeps its
-history without paying a database round trip per epoch.
-
-Several processes may share one sqlite file (joblib sweeps): creating the database and
-the experiment happens under a file lock, and writes that meet "database is locked" are
-retried with backoff.
-
-A multirun gets one parent run (``SweepCallback``, registered in conf/config.yaml); each
-cell's run links to it through the ``mlflow.parentRunId`` tag and carries ``sweep_id``.
+One run = one ``MlflowRun`` context manager, talking to MLflow through an ``MlflowClient``
+bound to its own URI (no global active run). Leaving the block ends the run FINISHED,
+FAILED (an exception) or KILLED (Ctrl-C); ``tracking=off`` gives a ``NullRun`` with the
+same methods. A multirun gets one parent run (``SweepCallback``). Statuses, tags, what
+is logged and how sqlite is shared: docs/architecture.md, "MLflow".
 """
 
 from __future__ import annotations
@@ -35,10 +17,13 @@ import random
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import TracebackType
+from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +103,10 @@ class NullRun:
 
     run_id = ""
 
-    def __enter__(self) -> "NullRun":
+    def __enter__(self) -> NullRun:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> bool:
         return False
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -156,13 +141,15 @@ class MlflowRun(NullRun):
         self._last_flush = time.monotonic()
         self.client = None
 
-    def __enter__(self) -> "MlflowRun":
+    def __enter__(self) -> MlflowRun:
         self.client, experiment_id = _client_and_experiment(self.uri, self.experiment)
         run = _retry(self.client.create_run, experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         if exc_type is None:
             status, outcome = "FINISHED", None  # the caller tagged finished/skipped
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -217,6 +204,14 @@ class MlflowRun(NullRun):
         _retry(self.client.log_artifact, self.run_id, str(path))
 
 
+def download_artifact(run_id: str, name: str, uri: str | None, project_root: Path, dst: Path) -> Path:
+    """Fetch one artifact of a run into dst; the store is resolve_uri(uri, project_root)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_uri(uri, project_root))
+    return Path(_retry(client.download_artifacts, run_id, name, str(dst)))
+
+
 def open_run(
     enabled: bool,
     uri: str | None,
@@ -226,6 +221,7 @@ def open_run(
     tags: Mapping[str, Any],
     parent_run_id: str | None = None,
 ) -> NullRun:
+    """An MlflowRun on resolve_uri(uri, project_root), or a NullRun when tracking is off."""
     if not enabled:
         return NullRun()
     return MlflowRun(resolve_uri(uri, project_root), experiment, run_name, tags, parent_run_id)
@@ -252,24 +248,25 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.run: MlflowRun | None = None
 
-    def on_multirun_start(self, config, **kwargs) -> None:
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = config.tracking
         if not tracking.enabled:
             return
-        from backprop_bench.artifacts import atomic_write_text
+        from backprop_bench.io import atomic_write
 
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_id = uuid.uuid4().hex[:12]
         uri = resolve_uri(tracking.uri, Path(config.hydra.runtime.cwd or os.getcwd()))
         overrides = " ".join(config.hydra.overrides.task)
-        self.run = MlflowRun(uri, tracking.experiment, f"sweep-{sweep_id}", {"sweep_id": sweep_id, "sweep_overrides": overrides, "sweep_dir": str(sweep_dir)})
+        tags = {"sweep_id": sweep_id, "sweep_overrides": overrides, "sweep_dir": str(sweep_dir)}
+        self.run = MlflowRun(uri, tracking.experiment, f"sweep-{sweep_id}", tags)
         self.run.__enter__()
         info = {"sweep_id": sweep_id, "parent_run_id": self.run.run_id, "uri": uri}
-        atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info) + "\n")
+        atomic_write(sweep_dir / SWEEP_FILE, json.dumps(info) + "\n")
         atexit.register(self._close, ended=False)
         log.info("MLflow sweep %s: parent run %s in %s", sweep_id, self.run.run_id, uri)
 
-    def on_multirun_end(self, config, **kwargs) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._close(ended=True)
 
     def _close(self, ended: bool) -> None:
@@ -291,44 +288,3 @@ class SweepCallback(Callback):
             status = "FINISHED"
         run.set_tags({"outcome": status.lower(), "n_cells": len(children)})
         _retry(run.client.set_terminated, run.run_id, status)
-
-
-# ---------------------------------------------------------------- plots (artifacts)
-
-
-def plot_curves(history: list[Mapping[str, float]], path: str | Path, title: str) -> Path:
-    """Loss (left) and accuracy (right) per epoch, train and val."""
-    from matplotlib.figure import Figure  # no pyplot: files only, no GUI backend, no global state
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 4))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for split in ("train", "val"):
-        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], label=split)
-        ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], label=split)
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title=title)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
-    ax_loss.legend()
-    ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
-
-
-def plot_confusion(y_true, y_pred, n_classes: int, path: str | Path, title: str) -> Path:
-    """Counts of (true, predicted) label pairs on the test split."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.subplots()
-    ax.imshow(counts, cmap="Blues")
-    for (i, j), n in np.ndenumerate(counts):
-        color = "white" if n > counts.max() / 2 else "black"  # readable on dark cells
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=color)
-    ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(n_classes), yticks=range(n_classes))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)

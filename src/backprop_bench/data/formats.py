@@ -1,32 +1,22 @@
 """Read and validate MNIST-style data as CSV or IDX, and write the canonical CSV.
 
-The canonical raw CSV (docs/architecture.md) is
+    label,p0,p1,...,p783        the canonical raw CSV: this header, then one image per
+    5,0,0,...,0                 line, the label 0-9 and 784 pixels 0-255 (row-major 28x28)
 
-    label,p0,p1,...,p783        header, line 1
-    5,0,0,...,0                 one image per line: label 0-9, then 784 pixels 0-255
-
-Readers accept more than they write: a header or none (detected), the label first or
-last, plain or gzip-compressed. Every problem raises `DataError` naming the file, the
-line (1-based, as an editor counts it, header included), the column and what was
-expected. For IDX files the message names the byte offset instead.
-
-Speed: the 60k-row training CSV is ~110 MB of text, too much for a per-cell Python
-loop. `parse_int_rows` checks and converts a block of lines with NumPy byte
-arithmetic; only when a vectorised check fails does it walk the first suspect line in
-Python to say precisely what is wrong there.
+Readers also take no header, the label last, and gzip. Every problem raises `DataError`
+naming the file, the row (1-based, header included) and column, or the IDX byte offset,
+and what was expected (docs/architecture.md, "Data stages").
 """
 
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
 
 import numpy as np
+
+from backprop_bench.io import atomic_write
 
 N_PIXELS = 784  # 28 x 28, row-major
 N_COLUMNS = N_PIXELS + 1  # label + pixels
@@ -62,9 +52,7 @@ def read_bytes(path: str | Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except EOFError as err:  # the stream stops before gzip's end-of-stream marker
-        raise DataError(
-            f"{path}: truncated gzip ({len(raw)} bytes read): expected a complete gzip stream"
-        ) from err
+        raise DataError(f"{path}: truncated gzip ({len(raw)} bytes read): expected a complete gzip stream") from err
     except (OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: corrupt gzip: {err}") from err
 
@@ -135,6 +123,10 @@ def _check_header(path: Path, header: list[str], label_column: str) -> None:
         )
 
 
+# Speed: the 60k-row training CSV is ~110 MB of text, too much for a per-cell Python loop.
+# parse_int_rows checks and converts a block of lines with NumPy byte arithmetic; only when
+# a vectorised check fails does it walk the first suspect line in Python, to say exactly
+# what is wrong there.
 def parse_int_rows(
     data: bytes,
     path: Path,
@@ -252,7 +244,7 @@ def check_row(
             raise DataError(f"{at}{cell!r} is not an integer, expected {rule}")
 
 
-def write_csv(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
+def write_canonical_csv(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
     """Write the canonical CSV atomically: header `label,p0..p783`, then one row per image.
 
     x: (N, 784) integers 0-255; y: (N,) integers 0-9.
@@ -267,35 +259,7 @@ def write_csv(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
     digits = [str(i) for i in range(256)]  # a lookup beats formatting 47M ints one by one
     lines = [",".join(map(digits.__getitem__, row)) for row in table.tolist()]
     text = ",".join(CANONICAL_HEADER) + "\n" + "\n".join(lines) + ("\n" if lines else "")
-    atomic_write_bytes(path, text.encode("ascii"))
-
-
-@contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """Open a temp file beside `path` for writing; rename it over `path` only if the
-    block succeeds. Readers never see half a file, and a failure leaves the old one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    with atomic_open(path) as f:
-        f.write(payload)
+    return atomic_write(path, text.encode("ascii"))
 
 
 def read_data_params(path: str | Path) -> dict:
@@ -361,16 +325,15 @@ def read_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.
     labels = read_idx(labels_path, "labels")
     if len(images) != len(labels):
         raise DataError(
-            f"{labels_path}: offset 4: {len(labels)} labels, expected {len(images)} "
-            f"(one per image in {images_path})"
+            f"{labels_path}: offset 4: {len(labels)} labels, expected {len(images)} (one per image in {images_path})"
         )
     return images.reshape(len(images), N_PIXELS), labels.astype(np.int64)
 
 
-def write_idx(path: str | Path, array: np.ndarray, compress: bool = True) -> None:
+def write_idx(path: str | Path, array: np.ndarray, compress: bool = True) -> Path:
     """Write uint8 images (N, 28, 28) or labels (N,) as IDX (gzip by default). For tests
     and for making local mirrors."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     payload = head + array.tobytes()
-    atomic_write_bytes(path, gzip.compress(payload, mtime=0) if compress else payload)
+    return atomic_write(path, gzip.compress(payload, mtime=0) if compress else payload)

@@ -1,27 +1,18 @@
 """Stage `preprocess`: validate the raw CSVs, scale, subset, split off validation, and write
-`data/processed/mnist.npz` and `data/processed/stats.json`.
+data/processed/mnist.npz and data/processed/stats.json.
 
     python -m backprop_bench.data.preprocess                  # reads params.yaml `data:`
     python -m backprop_bench.data.preprocess --params my.yaml
 
-params.yaml `data:` keys read here (and listed for this stage in dvc.yaml):
-  subset        null, or an int: a stratified subset of that many train rows
-  val_fraction  share of the (subset) train rows held out for validation, stratified
-  seed          seeds the subset and validation draws
-
-mnist.npz (docs/architecture.md): x_train/x_val/x_test (N, 784) float32 in [0, 1],
-y_train/y_val/y_test (N,) int64.
+Reads data.subset, data.val_fraction and data.seed. mnist.npz: x_train/x_val/x_test
+(N, 784) float32 in [0, 1], y_train/y_val/y_test (N,) int64 (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +20,7 @@ import numpy as np
 from backprop_bench.data import formats
 from backprop_bench.data.formats import ConfigError, DataError
 from backprop_bench.data.split import stratified_split
+from backprop_bench.io import sha256_file, write_json, write_npz
 
 SPLITS = ("train", "val", "test")
 
@@ -80,50 +72,40 @@ def preprocess(
     }
 
 
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An .npz (as np.load reads it) with fixed zip timestamps: the same arrays give the
-    same bytes, so DVC sees an unchanged output and does not rerun what depends on it."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
-    return buf.getvalue()
-
-
 def make_stats(arrays: dict[str, np.ndarray], inputs: dict[str, str | Path], options: dict) -> dict:
     """Row and per-class counts per split, plus the sha256 of each input file."""
     ys = {s: arrays[f"y_{s}"] for s in SPLITS}
     return {
         "rows": {s: int(len(y)) for s, y in ys.items()},
         "class_counts": {s: np.bincount(y, minlength=formats.N_CLASSES).tolist() for s, y in ys.items()},
-        "inputs": {name: {"path": str(p), "sha256": _sha256(Path(p))} for name, p in inputs.items()},
+        "inputs": {name: {"path": str(p), "sha256": sha256_file(p)} for name, p in inputs.items()},
         "options": options,
         "pixels": "x / 255 as float32, in [0, 1]",
     }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run(train_csv: Path, test_csv: Path, out_npz: Path, out_stats: Path, subset, val_fraction, seed) -> dict:
+def run(
+    train_csv: Path,
+    test_csv: Path,
+    out_npz: Path,
+    out_stats: Path,
+    subset: int | None,
+    val_fraction: float,
+    seed: int,
+) -> dict:
     """Read, validate and write. Nothing is written unless everything before succeeded,
     so a bad input leaves the previous outputs as they were."""
     x_train, y_train = formats.read_csv(train_csv)
     x_test, y_test = formats.read_csv(test_csv)
     arrays = preprocess(x_train, y_train, x_test, y_test, subset, val_fraction, seed)
-    payload = npz_bytes(arrays)
     stats = make_stats(
         arrays,
         {"train": train_csv, "test": test_csv},
         {"subset": subset, "val_fraction": val_fraction, "seed": seed},
     )
-    stats["outputs"] = {out_npz.name: hashlib.sha256(payload).hexdigest()}
-    stats_text = json.dumps(stats, indent=2) + "\n"
-    formats.atomic_write_bytes(out_npz, payload)
-    formats.atomic_write_bytes(out_stats, stats_text.encode())
+    write_npz(out_npz, arrays)  # deterministic bytes: the same arrays leave DVC's hash unchanged
+    stats["outputs"] = {out_npz.name: sha256_file(out_npz)}
+    write_json(out_stats, stats)
     return stats
 
 

@@ -1,43 +1,12 @@
-"""artifacts.py: atomic writes, and weights.npz that round-trips with its spec."""
+"""weights.py: weights.npz round-trips with its spec; errors name the file and the key."""
 
 from __future__ import annotations
-
-import os
-import stat
 
 import numpy as np
 import pytest
 
-from backprop_bench.artifacts import atomic_write, atomic_write_text, load_weights, save_weights, write_json
 from backprop_bench.model import InitSpec, MLPSpec, init_params
-
-
-def test_atomic_write_replaces_whole_and_cleans_up_on_failure(tmp_path):
-    path = tmp_path / "sub" / "f.txt"
-    atomic_write_text(path, "old")
-    assert path.read_text() == "old"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
-
-    def half_then_crash(f):
-        f.write(b"new but half")
-        raise RuntimeError("disk on fire")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(path, half_then_crash)
-    assert path.read_text() == "old"  # the old file is untouched
-    assert os.listdir(path.parent) == ["f.txt"]  # no temp file left
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def test_json_refuses_nan(tmp_path):
-    with pytest.raises(ValueError):
-        write_json(tmp_path / "m.json", {"x": float("nan")})
-    assert not (tmp_path / "m.json").exists()
+from backprop_bench.weights import load_weights, save_weights
 
 
 def test_weights_round_trip_with_their_spec(tmp_path):
@@ -50,6 +19,14 @@ def test_weights_round_trip_with_their_spec(tmp_path):
         assert w2.dtype == np.float32 and np.array_equal(w, w2) and np.array_equal(b, b2)
 
 
+def test_the_same_weights_give_the_same_bytes(tmp_path):
+    spec = MLPSpec((4, 3, 2))
+    params = init_params(spec, InitSpec(seed=1))
+    save_weights(tmp_path / "a.npz", spec, params)
+    save_weights(tmp_path / "b.npz", spec, params)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
 def test_weights_errors_name_the_file_and_key(tmp_path):
     np.savez(tmp_path / "nospec.npz", W0=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="nospec.npz: no 'spec' key"):
@@ -59,3 +36,8 @@ def test_weights_errors_name_the_file_and_key(tmp_path):
     save_weights(tmp_path / "w.npz", spec, [params[0], (params[1][0][:2], params[1][1])])
     with pytest.raises(ValueError, match=r"w.npz: W1 has shape \(2, 2\), the spec needs \(3, 2\)"):
         load_weights(tmp_path / "w.npz")
+    save_weights(tmp_path / "skipped.npz", spec, [])
+    with pytest.raises(ValueError, match=r"skipped.npz: missing key W0 \(a skipped run leaves no weights\)"):
+        load_weights(tmp_path / "skipped.npz")
+    with pytest.raises(FileNotFoundError, match="nope.npz: no such weights file"):
+        load_weights(tmp_path / "nope.npz")

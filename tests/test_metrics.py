@@ -1,0 +1,173 @@
+"""metrics.py: metrics.json (CellMetrics) and history.csv round-trip, and every malformed
+file is named with the key or column that is wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backprop_bench.metrics import (
+    FINISHED,
+    FINISHED_KEYS,
+    HISTORY_COLUMNS,
+    NULLABLE_KEYS,
+    REQUIRED_KEYS,
+    SKIPPED,
+    STATUSES,
+    CellMetrics,
+    EpochStats,
+    MetricsError,
+    read_history,
+    read_metrics,
+    write_history,
+    write_metrics,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CELL = dict(cell="numpy-parallel-cpu", framework="numpy", strategy="parallel", device="cpu")
+FINISHED_CELL = CellMetrics(
+    **CELL,
+    status=FINISHED,
+    test_accuracy=0.9,
+    test_loss=0.3,
+    train_seconds=3.0,
+    first_epoch_seconds=1.5,
+    steady_epoch_seconds=0.75,
+    samples_per_second=1000.0,
+    peak_memory_mb=100.0,
+    final_train_loss=0.5,
+    final_val_accuracy=None,
+    n_train=3600,
+    epochs=3,
+    batch_size=64,
+    seed=0,
+    dtype="float32",
+    resolved_device="cpu",
+    framework_version="2.0",
+    device_name="a CPU",
+    blas="openblas",
+    mlflow_run_id="abc",
+)
+
+
+def test_history_columns_are_the_epoch_stats_fields():
+    assert (
+        HISTORY_COLUMNS
+        == tuple(f.name for f in fields(EpochStats))
+        == (
+            "epoch",
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "epoch_seconds",
+            "samples_per_second",
+        )
+    )
+
+
+def test_statuses_and_key_groups_are_fields():
+    assert STATUSES == ("finished", "skipped", "failed")
+    names = {f.name for f in fields(CellMetrics)}
+    assert set(REQUIRED_KEYS) | set(FINISHED_KEYS) | set(NULLABLE_KEYS) <= names
+
+
+def test_a_finished_cell_round_trips(tmp_path):
+    write_metrics(tmp_path / "metrics.json", FINISHED_CELL)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(on_disk) == [f.name for f in fields(CellMetrics)]  # every field, in order
+    assert on_disk["final_val_accuracy"] is None
+    assert read_metrics(tmp_path / "metrics.json") == FINISHED_CELL
+
+
+def test_a_skipped_cell_has_only_the_keys_every_cell_has(tmp_path):
+    skipped = CellMetrics(**CELL, status=SKIPPED, reason="no GPU", mlflow_run_id="")
+    assert skipped.to_dict() == {**CELL, "status": "skipped", "reason": "no GPU", "mlflow_run_id": ""}
+    write_metrics(tmp_path / "metrics.json", skipped)
+    assert read_metrics(tmp_path / "metrics.json") == skipped
+
+
+def test_unknown_keys_are_ignored_and_optional_ones_default():
+    m = CellMetrics.from_dict({**CELL, "status": "skipped", "reason": "", "extra": 1}, "m.json")
+    assert m.mlflow_run_id == "" and m.test_accuracy is None
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d.pop("status"), r"m.json: missing key 'status' \(every cell needs: cell, framework"),
+        (
+            lambda d: d.update(status="done"),
+            r"m.json: key 'status' is 'done', expected one of finished, skipped, failed",
+        ),
+        (lambda d: d.pop("samples_per_second"), r"m.json: missing key 'samples_per_second' \(a finished cell needs"),
+        (lambda d: d.update(train_seconds=None), r"m.json: key 'train_seconds' is None, expected a number"),
+        (lambda d: d.update(test_accuracy="0.9"), r"m.json: key 'test_accuracy' is '0.9', expected a number"),
+        (lambda d: d.update(epochs=True), r"m.json: key 'epochs' is True, expected a number"),
+    ],
+)
+def test_malformed_metrics_name_the_file_and_key(change, message):
+    d = FINISHED_CELL.to_dict()
+    change(d)
+    with pytest.raises(MetricsError, match=message):
+        CellMetrics.from_dict(d, "m.json")
+
+
+def test_nullable_numbers_may_be_none():
+    d = FINISHED_CELL.to_dict() | {"steady_epoch_seconds": None, "final_val_accuracy": None}
+    assert CellMetrics.from_dict(d, "m.json") == replace(FINISHED_CELL, steady_epoch_seconds=None)
+
+
+def test_unreadable_metrics_files_are_named(tmp_path):
+    with pytest.raises(MetricsError, match=r"nope.json: not found \(has the cell's train stage run\?\)"):
+        read_metrics(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(MetricsError, match=r"bad.json: line 1 column 2: not valid JSON"):
+        read_metrics(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(MetricsError, match=r"list.json: expected one JSON object, got list"):
+        read_metrics(tmp_path / "list.json")
+
+
+def test_history_round_trips_with_nan(tmp_path):
+    history = [
+        EpochStats(1, 2.0, 0.5, math.nan, math.nan, 0.25, 400.0),
+        EpochStats(2, 1.0, 0.75, math.nan, math.nan, 0.2, 500.0),
+    ]
+    write_history(tmp_path / "history.csv", history)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines == [",".join(HISTORY_COLUMNS), "1,2.0,0.5,nan,nan,0.25,400.0", "2,1.0,0.75,nan,nan,0.2,500.0"]
+    table = read_history(tmp_path / "history.csv")
+    assert list(table) == list(HISTORY_COLUMNS) and table["epoch"].tolist() == [1.0, 2.0]
+    assert np.isnan(table["val_loss"]).all()
+    write_history(tmp_path / "empty.csv", [])
+    assert (tmp_path / "empty.csv").read_text().strip() == ",".join(HISTORY_COLUMNS)
+
+
+def test_bad_history_names_the_file_row_and_column(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,train_loss\n1,0.5\n")
+    expected = r"history.csv: missing column 'val_loss' \(expected at least epoch, train_loss, val_loss\)"
+    with pytest.raises(MetricsError, match=expected):
+        read_history(path, ("epoch", "train_loss", "val_loss"))
+    assert read_history(path, ("epoch", "train_loss"))["train_loss"].tolist() == [0.5]  # other columns are not needed
+    path.write_text("epoch,train_loss,val_loss\n1,nan,0.5\n2,oops,0.4\n")
+    with pytest.raises(MetricsError, match=r"history.csv: row 3, column 'train_loss': 'oops' is not a number"):
+        read_history(path, ("epoch", "train_loss", "val_loss"))
+    with pytest.raises(MetricsError, match=r"gone.csv: not found"):
+        read_history(tmp_path / "gone.csv")
+
+
+def test_the_architecture_doc_documents_every_field():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.MULTILINE))
+    missing = [f.name for f in fields(CellMetrics) + fields(EpochStats) if f.name not in documented]
+    assert not missing, f"docs/architecture.md has no table row for {missing}"
+    for status in STATUSES:
+        assert f"`{status}`" in doc
