@@ -1,0 +1,268 @@
+"""Side-by-side speed benchmark: every backend x strategy x mode, beside the machine's matmul limit.
+
+    python -m backprop_bench.bench                  # the full grid (make bench), minutes on 2 cores
+    python -m backprop_bench.bench --frameworks numpy,torch --batches 256 --rounds 3
+    python -m backprop_bench.bench --samples 4096 --rounds 1 --peak-size 256   # plumbing check
+
+Writes reports/bench.json and reports/bench.md and prints the markdown. Unless
+--keep-blas-env, the bench re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
+(its own process only). docs/benchmark.md explains the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.bench import cells as C
+from backprop_bench.bench import peak as P
+from backprop_bench.bench import report as R
+from backprop_bench.io import atomic_write
+from backprop_bench.model import MLPSpec, OptimizerSpec
+
+BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"  # set in the re-executed child: JSON of what was removed
+
+
+# ----------------------------------------------------------------------------- BLAS environment
+
+
+def without_blas_env(environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(a copy of environ without the OpenBLAS tuning variables, the ones removed)."""
+    removed = {k: environ[k] for k in BLAS_ENV_VARS if k in environ}
+    env = {k: v for k, v in environ.items() if k not in removed}
+    return env, removed
+
+
+def reexec_without_blas_env(argv: list[str]) -> None:
+    """Replace this process by a fresh bench without the OpenBLAS variables, if any are set.
+
+    OpenBLAS reads them once, when NumPy loads it, so only a fresh process is clean.
+    Returns only when there is nothing to remove.
+    """
+    env, removed = without_blas_env(dict(os.environ))
+    if not removed:
+        return
+    env[_UNSET_MARK] = json.dumps(removed)
+    print(f"bench: re-executing without {', '.join(removed)} (keep them with --keep-blas-env)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "backprop_bench.bench", *argv], env)
+
+
+def blas_env_report(kept: bool) -> dict:
+    """{in_effect: {name: value or None}, unset_by_bench: {name: value}, keep_blas_env}."""
+    return {
+        "in_effect": {k: os.environ.get(k) for k in BLAS_ENV_VARS},
+        "unset_by_bench": json.loads(os.environ.get(_UNSET_MARK, "{}")),
+        "keep_blas_env": kept,
+    }
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked; a bad one exits with a message naming it."""
+    ap = argparse.ArgumentParser(prog="python -m backprop_bench.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list (default: all four)")
+    ap.add_argument("--strategies", default="parallel,sequential")
+    ap.add_argument("--batches", default="64,256", help="comma list of batch sizes")
+    ap.add_argument(
+        "--devices",
+        "--device",
+        dest="devices",
+        default="cpu,cuda",
+        help="cpu and/or cuda; cuda cells are skipped without a GPU",
+    )
+    ap.add_argument(
+        "--rounds",
+        "--epochs",
+        dest="rounds",
+        type=int,
+        default=5,
+        help="timed epochs per cell, one per interleaved round (after one warm-up epoch)",
+    )
+    ap.add_argument("--samples", type=int, default=C.N_TRAIN, help="train-set rows (default 60000)")
+    ap.add_argument(
+        "--data",
+        choices=("auto", "fashion-mnist", "synthetic"),
+        default="auto",
+        help="auto: Fashion-MNIST when its files are there, else seeded synthetic data",
+    )
+    ap.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="where Fashion-MNIST lives: its data.catalog.fashion_mnist (local_dir, file names)",
+    )
+    ap.add_argument("--data-dir", type=Path, default=None, help="override the catalog's local_dir")
+    ap.add_argument(
+        "--keras-spe",
+        default=C.DEFAULT_KERAS_SPE,
+        help="comma list of steps_per_execution values, one keras jit-speN mode each ('' or 1: none)",
+    )
+    ap.add_argument(
+        "--stock",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each framework's stock idiom (bench/stock.py), parallel only",
+    )
+    ap.add_argument("--peak-size", type=int, default=2048, help="square sgemm size for the peak")
+    ap.add_argument("--peak-repeats", type=int, default=7, help="timing samples per matmul shape")
+    ap.add_argument("--peak-seconds", type=float, default=0.05, help="minimum length of one timing sample, s")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", type=Path, default=Path("reports"))
+    ap.add_argument(
+        "--keep-blas-env",
+        action="store_true",
+        help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (default: re-exec without them)",
+    )
+    args = ap.parse_args(argv)
+    args.argv = list(argv or [])
+    args.frameworks, args.strategies, args.devices = map(_list, (args.frameworks, args.strategies, args.devices))
+    for option in ("batches", "keras_spe"):
+        try:
+            setattr(args, option, [int(v) for v in _list(getattr(args, option))])
+        except ValueError:
+            ap.error(
+                f"--{option.replace('_', '-')} {getattr(args, option)!r}: "
+                "expected comma-separated integers, e.g. 64,256"
+            )
+    for option, values, allowed in (
+        ("--frameworks", args.frameworks, FRAMEWORKS),
+        ("--strategies", args.strategies, ("parallel", "sequential")),
+        ("--devices", args.devices, ("cpu", "cuda")),
+    ):
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            ap.error(f"{option}: {', '.join(bad) or 'empty'}: expected a comma list of {', '.join(allowed)}")
+    if args.rounds < 1 or not args.batches or args.samples < max(args.batches) or min(args.batches) < 1:
+        ap.error(
+            f"need --rounds >= 1 and 1 <= batch <= --samples, got --rounds {args.rounds}, "
+            f"--batches {args.batches}, --samples {args.samples}"
+        )
+    return args
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def measure_peaks(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """NumPy's peak, and torch's when torch is benchmarked; notes on what was left out."""
+    libraries = ["numpy"] + (["torch"] if "torch" in args.frameworks else [])
+    peaks = [
+        P.measure_peak(lib, C.SIZES, args.batches, args.peak_size, args.peak_repeats, args.peak_seconds)
+        for lib in libraries
+    ]
+    notes = (
+        []
+        if "torch" in libraries
+        else ["torch peak not measured: torch is not among --frameworks (a NumPy-only bench never imports it)."]
+    )
+    return peaks, notes
+
+
+def build_all(
+    cells: list[C.Cell], spec: MLPSpec, x: np.ndarray, y: np.ndarray, seed: int, optimizer: OptimizerSpec
+) -> tuple[dict[str, C.Model], dict[str, dict]]:
+    """Every cell's backend (imports and set-up stay out of the rounds) and each
+    framework-mode's info()."""
+    made, info = {}, {}
+    for cell in cells:
+        backend = C.build(cell, spec, x, y, seed, optimizer)
+        if backend is None:
+            continue
+        made[cell.name] = backend
+        key = f"{cell.framework}-{cell.mode}"
+        if key not in info:
+            try:
+                info[key] = backend.info()
+            except Exception as err:
+                info[key] = {"error": f"{type(err).__name__}: {err}"}
+    return made, info
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark; returns what it wrote to bench.json."""
+    spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
+    x, y, data = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
+    print(f"bench: data {data}", file=sys.stderr)
+    peaks, notes = measure_peaks(args)
+    numpy_peak = peaks[0]["square"]["median"]
+    ceiling = P.ceiling(peaks, args.batches)
+
+    cells = C.plan_cells(args.frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock)
+    made, info = build_all(cells, spec, x, y, args.seed, optimizer)
+    rng = np.random.default_rng(args.seed)
+    orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
+    rounds_done = C.run_cells(cells, made, orders)
+    for p in peaks:  # the same square sgemm again: how much the machine drifted meanwhile
+        p["square_after"] = P.square_gflops(p["library"], args.peak_size, args.peak_repeats, args.peak_seconds)
+
+    rows = R.cell_rows(cells, spec, args.samples, numpy_peak, ceiling)
+    result = {
+        "sizes": list(C.SIZES),
+        "dtype": "float32",
+        "optimizer": f"{optimizer.name} lr={optimizer.lr}",
+        "data": data,
+        "batches": args.batches,
+        "rounds": rounds_done,  # complete interleaved rounds (fewer than asked if interrupted)
+        "rounds_requested": args.rounds,
+        "gflop_per_epoch": spec.needed_flops(args.samples) / 1e9,
+        "peak": {
+            "square_n": args.peak_size,
+            "numpy_square_median": numpy_peak,
+            "libraries": peaks,
+            "ceiling": ceiling,
+            "notes": notes,
+        },
+        "cells": rows,
+        "gpu_note": R.gpu_note(rows, args.devices),
+        "versions": P.versions(),
+        "backend_info": info,
+        "blas": P.blas_info(),
+        "blas_env": blas_env_report(args.keep_blas_env),
+        "machine": P.machine(),
+        "command": " ".join(["python -m backprop_bench.bench", *args.argv]),
+    }
+    numpy_ceiling = {b: peaks[0][f"mlp_b{b}"] / numpy_peak for b in args.batches}
+    result["goals"] = R.evaluate_goals(rows, args.peak_size, matmul_ceiling=numpy_ceiling)
+    atomic_write(args.out_dir / "bench.json", json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
+    md = R.markdown(result)
+    atomic_write(args.out_dir / "bench.md", md)
+    print(md)
+    return result
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, re-exec without the OpenBLAS variables if needed, run; 0 on success."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if not args.keep_blas_env:
+        reexec_without_blas_env(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: still write the report
+    try:
+        run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The bench's figures and its report: one row per cell, paired ratios, the goals, markdown.
+
+Rows carry seconds per epoch (min, median), samples/s, GFLOP/s, % of the square-sgemm peak,
+% of the matmul ceiling (the MLP's own products timed alone), and ratios paired per round:
+speed-up over torch eager, time over the framework's fastest configuration, sequential
+over parallel. The project's goals are defined in docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+
+from backprop_bench.bench.cells import STOCK, Cell, framework_modes, is_stock
+from backprop_bench.model import MLPSpec
+
+# The project's speed goals (docs/benchmark.md), judged on CPU cells of one run.
+GOAL_PEAK_FRACTION = {256: 0.70, 64: 0.50}  # NumPy parallel GFLOP/s over the square-sgemm median
+GOAL_NUMPY_OVER_TORCH_B64 = 2.0  # NumPy samples/s over torch eager's, batch 64, parallel
+GOAL_SEQ_OVER_PAR = 1.15  # sequential epoch time over parallel, per framework, worst mode/batch
+GOAL_WITHIN_BEST = 1.2  # a backend's mode over its framework's fastest configuration (stock included)
+GOAL_FRAMEWORKS = ("torch", "tensorflow", "keras")  # the frameworks with a stock idiom to beat
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of numerator[r] / denominator[r]: the two epochs of a round ran
+    seconds to minutes apart, so machine drift cancels in each ratio, and the median drops
+    the round where a neighbour's burst hit only one of the two."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def cell_rows(
+    cells: list[Cell], spec: MLPSpec, n_samples: int, numpy_peak: float | None, ceiling: dict[int, dict] | None = None
+) -> list[dict]:
+    """Each cell's record plus its figures. numpy_peak: NumPy's square-sgemm median GFLOP/s;
+    ceiling: {batch: {gflops, library}} of the MLP's own products (peak.ceiling)."""
+    gflop = spec.needed_flops(n_samples) / 1e9
+    rows = []
+    for c in cells:
+        row = asdict(c) | {"cell": c.name}
+        if c.status == "ok":
+            med = statistics.median(c.epoch_seconds)
+            cpu = c.device == "cpu"  # a CPU matmul rate says nothing of a GPU's
+            top = (ceiling or {}).get(c.batch)
+            row |= {
+                "min_epoch_seconds": min(c.epoch_seconds),
+                "median_epoch_seconds": med,
+                "samples_per_second": n_samples / med,
+                "gflops": gflop / med,
+                "peak_fraction": gflop / med / numpy_peak if numpy_peak and cpu else None,
+                "ceiling_fraction": gflop / med / top["gflops"] if top and cpu else None,
+            }
+        rows.append(row)
+    _pair(rows)
+    return rows
+
+
+def _pair(rows: list[dict]) -> None:
+    """Add the paired ratios: vs_torch_eager, seq_over_par, vs_framework_best."""
+    ok = _ok(rows)
+    by_key = {(r["framework"], r["mode"], r["strategy"], r["batch"], r["device"]): r for r in ok}
+    for r in ok:
+        eager = by_key.get(("torch", "eager", r["strategy"], r["batch"], r["device"]))
+        if eager:  # > 1: this cell is that many times faster than torch eager
+            r["vs_torch_eager"] = paired_ratio(eager["epoch_seconds"], r["epoch_seconds"])
+        par = by_key.get((r["framework"], r["mode"], "parallel", r["batch"], r["device"]))
+        if r["strategy"] == "sequential" and par:
+            r["seq_over_par"] = paired_ratio(r["epoch_seconds"], par["epoch_seconds"])
+        peers = _ok(rows, framework=r["framework"], batch=r["batch"], device=r["device"])
+        best = _fastest(peers)  # any mode and strategy, stock idioms included
+        r["vs_framework_best"] = paired_ratio(r["epoch_seconds"], best["epoch_seconds"])  # >= 1: slower
+        r["framework_best"] = best["cell"]
+
+
+def _ok(rows: list[dict], **match) -> list[dict]:
+    return [r for r in rows if "median_epoch_seconds" in r and all(r[k] == v for k, v in match.items())]
+
+
+def _fastest(rows: list[dict]) -> dict | None:
+    return min(rows, key=lambda r: r["median_epoch_seconds"]) if rows else None
+
+
+# ----------------------------------------------------------------------------- goals
+
+
+def evaluate_goals(
+    rows: list[dict], square_n: int = 2048, device: str = "cpu", matmul_ceiling: dict[int, float] | None = None
+) -> list[dict]:
+    """The project's goals, each {goal, met (True/False/None = not evaluated), detail}.
+
+    NumPy goals judge NumPy's fastest mode. matmul_ceiling: {batch: fraction of the square
+    peak that the MLP's own products reach with NumPy's BLAS}: no NumPy code can pass it.
+    """
+    out = []
+    for batch, need in sorted(GOAL_PEAK_FRACTION.items(), reverse=True):
+        r = _fastest(_ok(rows, framework="numpy", strategy="parallel", batch=batch, device=device))
+        frac = None if r is None else r["peak_fraction"]
+        top = (matmul_ceiling or {}).get(batch)
+        out.append(
+            {
+                "goal": f"NumPy parallel >= {need:.0%} of the {square_n}^2 sgemm peak at batch {batch}",
+                "met": None if frac is None else frac >= need,
+                "detail": "not measured"
+                if frac is None
+                else f"{frac:.1%} ({r['gflops']:.1f} GFLOP/s, {r['mode']})"
+                + (
+                    ""
+                    if top is None
+                    else f"; the step's products alone, at their own shapes, reach {top:.1%}"
+                    f" ({frac / top:.0%} of that ceiling)"
+                ),
+            }
+        )
+    np64 = _fastest(_ok(rows, framework="numpy", strategy="parallel", batch=64, device=device))
+    ratio = None if np64 is None else np64.get("vs_torch_eager")
+    out.append(
+        {
+            "goal": f"NumPy >= {GOAL_NUMPY_OVER_TORCH_B64:g}x torch eager samples/s at batch 64 (parallel)",
+            "met": None if ratio is None else ratio >= GOAL_NUMPY_OVER_TORCH_B64,
+            "detail": "not measured" if ratio is None else f"{ratio:.2f}x ({np64['mode']})",
+        }
+    )
+    for fw in framework_modes([]):
+        seq = [r for r in _ok(rows, framework=fw, strategy="sequential", device=device) if "seq_over_par" in r]
+        worst = max(seq, key=lambda r: r["seq_over_par"]) if seq else None
+        out.append(
+            {
+                "goal": f"{fw}: sequential <= {GOAL_SEQ_OVER_PAR}x parallel (worst mode/batch)",
+                "met": None if worst is None else worst["seq_over_par"] <= GOAL_SEQ_OVER_PAR,
+                "detail": "not measured"
+                if worst is None
+                else f"{worst['seq_over_par']:.2f}x ({worst['mode']}, b{worst['batch']})",
+            }
+        )
+    for fw in GOAL_FRAMEWORKS:
+        out.append(_within_best(rows, fw, device, plain_only=False))
+        out.append(_within_best(rows, fw, device, plain_only=True))
+    return out
+
+
+def _within_best(rows: list[dict], fw: str, device: str, plain_only: bool) -> dict:
+    """The backend's fastest mode (or its plain mode) over the fastest configuration of the
+    framework (backend modes and stock idioms), parallel, worst batch. Medians."""
+    plain = framework_modes([])[fw][0][0]
+    worst = None  # (ratio, batch, backend mode, best configuration)
+    for batch in sorted({r["batch"] for r in _ok(rows, framework=fw, device=device)}):
+        peers = _ok(rows, framework=fw, strategy="parallel", batch=batch, device=device)
+        mine = _fastest([r for r in peers if (r["mode"] == plain if plain_only else not is_stock(r["mode"]))])
+        if mine is None or len(peers) < 2:
+            continue
+        best = _fastest(peers)
+        ratio = mine["median_epoch_seconds"] / best["median_epoch_seconds"]
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, batch, mine["mode"], best["mode"])
+    what = f"plain mode ({plain}, the study's default)" if plain_only else "backend's fastest mode"
+    return {
+        "goal": f"{fw}: {what} within {GOAL_WITHIN_BEST}x of the framework's fastest configuration",
+        "met": None if worst is None else worst[0] <= GOAL_WITHIN_BEST,
+        "detail": "not measured (needs two configurations)"
+        if worst is None
+        else f"worst {worst[0]:.2f}x: {worst[2]} against {worst[3]} (b{worst[1]}, parallel)",
+    }
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.0f}"
+
+
+def _header(result: dict) -> list[str]:
+    d, m, env = result["data"], result["machine"], result["blas_env"]
+    blas = "; ".join(
+        " ".join(str(b[k]) for k in ("internal_api", "version", "architecture") if b[k])
+        + f" ({b['file']}, {b['num_threads']} threads)"
+        for b in result["blas"]
+    )
+    return [
+        "# Backprop bench",
+        "",
+        f"MLP {'-'.join(map(str, result['sizes']))}, float32, {result['optimizer']}; data: {d['source']} "
+        f"({d['n']} x {result['sizes'][0]}, {d['path'] or d.get('why', '')}); "
+        f"{result['gflop_per_epoch']:.2f} GFLOP of needed matmul work per epoch; {result['rounds']} timed "
+        f"round{'' if result['rounds'] == 1 else 's'} (one epoch of every cell each, interleaved) "
+        "after one warm-up epoch.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores_usable']} usable cores. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
+        + ".",
+        "",
+        f"BLAS (architecture = the kernel that ran): {blas}.",
+        "",
+        f"OpenBLAS environment: in effect {env['in_effect']}, unset by the bench: "
+        f"{env['unset_by_bench'] or 'nothing'}" + (" (--keep-blas-env)" if env["keep_blas_env"] else "") + ".",
+    ]
+
+
+def _peak_table(result: dict) -> list[str]:
+    p, batches = result["peak"], result["batches"]
+    lines = [
+        "",
+        "## Matmul peak (float32, median GFLOP/s)",
+        "",
+        f"| library | {p['square_n']}^2 | {p['square_n']}^2 after the rounds | "
+        + " | ".join(f"MLP shapes b{b}" for b in batches)
+        + " |",
+        "|---|---:|---:|" + "---:|" * len(batches),
+    ]
+    for lib in p["libraries"]:
+        lines.append(
+            f"| {lib['library']} | {lib['square']['median']:.1f} | {lib['square_after']['median']:.1f} | "
+            + " | ".join(f"{lib[f'mlp_b{b}']:.1f}" for b in batches)
+            + " |"
+        )
+    gflop = result["gflop_per_epoch"]
+    floors = ", ".join(f"b{b} {gflop / c['gflops']:.3f} s ({c['library']})" for b, c in p["ceiling"].items())
+    lines.append(f"\nMatmul floor of one epoch (its products alone, at the fastest rate above): {floors}.")
+    return lines + [f"\n{note}" for note in p["notes"]]
+
+
+def _cell_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## Cells (epoch = one pass over the train set)",
+        "",
+        "| cell | status | first epoch s | min s | median s | samples/s | GFLOP/s | % peak | % ceiling "
+        "| x torch eager | / fw best | seq/par |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["status"] == "skipped" and r["device"] != "cpu":
+            continue  # summarised in the GPU section
+        lines.append(
+            f"| {r['cell']} | {r['status']} | {_f(r['first_epoch_seconds'], '.3f')} | "
+            f"{_f(r.get('min_epoch_seconds'), '.3f')} | {_f(r.get('median_epoch_seconds'), '.3f')} | "
+            f"{_f(r.get('samples_per_second'), ',.0f')} | {_f(r.get('gflops'), '.1f')} | "
+            f"{_pct(r.get('peak_fraction'))} | {_pct(r.get('ceiling_fraction'))} | "
+            f"{_f(r.get('vs_torch_eager'), '.2f')} | {_f(r.get('vs_framework_best'), '.2f')} | "
+            f"{_f(r.get('seq_over_par'), '.2f')} |"
+        )
+    problems = [r for r in rows if r["status"] == "failed" or (r["status"] == "skipped" and r["device"] == "cpu")]
+    if problems:
+        lines += ["", "Cells that did not run:", ""] + [f"- {r['cell']}: {r['reason']}" for r in problems]
+    return lines
+
+
+LEGEND = (
+    "How to read it (docs/benchmark.md): % peak = GFLOP/s over NumPy's {n}^2 sgemm median; % ceiling = "
+    "GFLOP/s over the MLP's own products timed alone (the matmul floor). x torch eager = torch eager's "
+    "epoch time over this cell's (> 1: faster); / fw best = this cell's time over its framework's fastest "
+    "cell at that batch ({stock}-* idioms included; 1.00 = it is the fastest); seq/par = sequential over "
+    "parallel, same mode and batch. All three ratios are paired: the median over rounds of the ratio of "
+    "the two epochs run in the same round. Plain modes (the study's defaults): {plain}. {stock}-* cells "
+    "are each framework's own idiom (bench/stock.py), parallel only. numpy-fast is the preallocated-buffer "
+    "path, the cell that reports named numpy-plain before the plain/fast split; numpy-plain is now the "
+    "readable path."
+)
+
+
+def markdown(result: dict) -> str:
+    """The whole report as markdown (what bench.md holds and the bench prints)."""
+    lines = _header(result) + _peak_table(result) + _cell_table(result["cells"])
+    lines += ["", "## GPU", "", result["gpu_note"], "", "## The project's goals (docs/benchmark.md)", ""]
+    mark = {True: "met", False: "MISSED", None: "not evaluated"}
+    lines += [f"- {g['goal']}: **{mark[g['met']]}** — {g['detail']}" for g in result["goals"]]
+    plain = ", ".join(f"{fw} {modes[0][0]}" for fw, modes in framework_modes([]).items())
+    lines += ["", LEGEND.format(n=result["peak"]["square_n"], stock=STOCK, plain=plain)]
+    if result["rounds"] < result["rounds_requested"]:
+        lines.append(
+            f"\nInterrupted: {result['rounds']} of {result['rounds_requested']} rounds done "
+            "(a cell may hold one more epoch than the complete rounds)."
+        )
+    if result["rounds"] < 3:
+        lines.append(f"\nOnly {result['rounds']} timed round(s): the timing rules ask for at least 3.")
+    return "\n".join(lines) + "\n"
+
+
+def gpu_note(rows: list[dict], devices: list[str]) -> str:
+    """One line on the GPU cells: not requested, how many ran, or why none did."""
+    gpu = [r for r in rows if r["device"] != "cpu"]
+    if not gpu:
+        return "GPU cells not requested (--devices " + ",".join(devices) + ")."
+    ran = [r for r in gpu if r["status"] == "ok"]
+    if ran:
+        return f"{len(ran)} of {len(gpu)} GPU cells ran; see the table."
+    reasons = sorted({r["reason"] for r in gpu if r["status"] == "skipped"})
+    if not reasons:
+        return "no GPU cell ran: every one failed (see the cells that did not run)."
+    return "no GPU available: GPU cells not run (" + "; ".join(reasons) + ")."

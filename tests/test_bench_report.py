@@ -1,0 +1,141 @@
+"""bench/report.py: each cell's figures, the paired ratios, the project's goals, the markdown.
+
+.venv/bin/python -m pytest tests/test_bench_report.py -x -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from backprop_bench.bench import report
+from backprop_bench.bench.cells import SIZES, Cell
+from backprop_bench.model import MLPSpec
+
+SPEC = MLPSpec(SIZES)
+
+
+def test_a_rows_figures_follow_from_its_epochs():
+    cell = Cell("numpy", "fast", True, 1, "parallel", 256, "cpu", status="ok", epoch_seconds=[0.5, 0.4, 0.6])
+    (row,) = report.cell_rows([cell], SPEC, 60_000, numpy_peak=100.0)
+    assert row["median_epoch_seconds"] == 0.5 and row["min_epoch_seconds"] == 0.4
+    assert row["samples_per_second"] == pytest.approx(120_000)
+    assert row["gflops"] == pytest.approx(SPEC.needed_flops(60_000) / 1e9 / 0.5)
+    assert row["peak_fraction"] == pytest.approx(row["gflops"] / 100.0)
+    assert row["ceiling_fraction"] is None  # no ceiling given
+    assert row["vs_framework_best"] == 1.0 and row["framework_best"] == row["cell"]
+
+
+def test_cells_are_set_against_the_matmul_ceiling_on_cpu_only():
+    cpu = Cell("numpy", "fast", True, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[1.0])
+    gpu = Cell("numpy", "fast", True, 1, "parallel", 64, "cuda", status="ok", epoch_seconds=[0.1])
+    rows = report.cell_rows(
+        [cpu, gpu], SPEC, 60_000, numpy_peak=100.0, ceiling={64: {"gflops": 40.0, "library": "torch"}}
+    )
+    gflop = SPEC.needed_flops(60_000) / 1e9
+    assert rows[0]["ceiling_fraction"] == pytest.approx(gflop / 40.0)
+    assert rows[1]["ceiling_fraction"] is None and rows[1]["peak_fraction"] is None
+
+
+def test_ratios_pair_the_epochs_of_each_round():
+    """One lucky parallel epoch must not make sequential look slow: ratios are per round."""
+    cells = [
+        Cell("torch", "eager", False, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[1.0, 1.0, 0.6]),
+        Cell("torch", "eager", False, 1, "sequential", 64, "cpu", status="ok", epoch_seconds=[1.0, 1.1, 1.0]),
+        Cell("numpy", "fast", True, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[0.5, 0.4, 0.3]),
+    ]
+    rows = {r["cell"]: r for r in report.cell_rows(cells, SPEC, 60_000, numpy_peak=100.0)}
+    seq = rows["torch-eager-sequential-b64-cpu"]
+    assert seq["seq_over_par"] == pytest.approx(1.1)  # median of 1.0, 1.1, 1.667; min/min would say 1.67
+    assert rows["numpy-fast-parallel-b64-cpu"]["vs_torch_eager"] == pytest.approx(2.0)  # 2.0, 2.5, 2.0
+    assert report.paired_ratio([2.0, 4.0], [1.0, 1.0]) == pytest.approx(3.0)
+    # Against the framework's fastest cell (by median, any mode or strategy), paired too.
+    assert seq["framework_best"] == "torch-eager-parallel-b64-cpu"
+    assert seq["vs_framework_best"] == pytest.approx(1.1)
+
+
+def test_the_framework_best_includes_the_stock_idiom():
+    cells = [
+        Cell("torch", "compile", True, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[1.3, 1.2]),
+        Cell("torch", "stock-compile", True, 1, "parallel", 64, "cpu", status="ok", epoch_seconds=[1.0, 1.0]),
+        Cell("torch", "eager", False, 1, "parallel", 256, "cpu", status="ok", epoch_seconds=[2.0, 2.0]),
+        Cell("torch", "eager", False, 1, "parallel", 64, "cpu", status="failed"),
+    ]
+    rows = {r["cell"]: r for r in report.cell_rows(cells, SPEC, 60_000, numpy_peak=None)}
+    assert rows["torch-compile-parallel-b64-cpu"]["vs_framework_best"] == pytest.approx(1.25)
+    assert rows["torch-compile-parallel-b64-cpu"]["framework_best"] == "torch-stock-compile-parallel-b64-cpu"
+    assert rows["torch-eager-parallel-b256-cpu"]["vs_framework_best"] == 1.0  # alone at its batch
+    assert "vs_framework_best" not in rows["torch-eager-parallel-b64-cpu"]
+
+
+def _row(framework, mode, strategy, batch, seconds, fraction=None):
+    return {
+        "framework": framework,
+        "mode": mode,
+        "strategy": strategy,
+        "batch": batch,
+        "device": "cpu",
+        "median_epoch_seconds": seconds,
+        "samples_per_second": 60_000 / seconds,
+        "gflops": 27.26 / seconds,
+        "peak_fraction": fraction,
+    }
+
+
+def _by_start(goals: list[dict]):
+    got = {g["goal"]: g for g in goals}
+    return lambda s: next(g for k, g in got.items() if k.startswith(s))
+
+
+def test_goals_are_judged_from_the_rows():
+    rows = [
+        _row("numpy", "fast", "parallel", 256, 0.40, fraction=0.72),
+        _row("numpy", "fast", "parallel", 64, 0.60, fraction=0.45) | {"vs_torch_eager": 1.40 / 0.60},
+        _row("numpy", "fast", "sequential", 64, 0.72) | {"seq_over_par": 1.2},
+        _row("torch", "eager", "parallel", 64, 1.40),
+        _row("torch", "compile", "parallel", 64, 1.00),
+    ]
+    by_start = _by_start(report.evaluate_goals(rows))
+    assert by_start("NumPy parallel >= 70%")["met"] is True
+    assert by_start("NumPy parallel >= 50%")["met"] is False
+    assert by_start("NumPy >= 2x torch")["met"] is True and "2.33x" in by_start("NumPy >= 2x torch")["detail"]
+    assert by_start("numpy: sequential")["met"] is False
+    assert by_start("torch: sequential")["met"] is None  # not measured is not "met"
+    assert by_start("torch: plain mode")["met"] is False
+    assert "1.40x: eager against compile (b64" in by_start("torch: plain mode")["detail"]
+    assert by_start("torch: backend's fastest")["met"] is True  # compile is the fastest torch here
+    assert by_start("keras: plain mode")["met"] is None
+    assert by_start("keras: backend's fastest")["met"] is None
+
+
+def test_numpy_goals_judge_numpys_fastest_mode():
+    rows = [
+        _row("numpy", "plain", "parallel", 256, 0.80, fraction=0.36),
+        _row("numpy", "fast", "parallel", 256, 0.40, fraction=0.72),
+    ]
+    goal = _by_start(report.evaluate_goals(rows))("NumPy parallel >= 70%")
+    assert goal["met"] is True and "fast" in goal["detail"]
+
+
+def test_backends_are_judged_against_the_stock_idiom_and_numpy_against_its_ceiling():
+    rows = [
+        _row("numpy", "fast", "parallel", 256, 0.40, fraction=0.60),
+        _row("torch", "eager", "parallel", 64, 1.40),
+        _row("torch", "compile", "parallel", 64, 1.30),
+        _row("torch", "stock-compile", "parallel", 64, 1.00),
+        _row("keras", "fit", "parallel", 256, 1.0),
+        _row("keras", "stock-fit", "parallel", 256, 1.1),
+    ]
+    by_start = _by_start(report.evaluate_goals(rows, matmul_ceiling={256: 0.75}))
+    torch_best = by_start("torch: backend's fastest")
+    assert torch_best["met"] is False and "1.30x: compile against stock-compile (b64" in torch_best["detail"]
+    keras_best = by_start("keras: backend's fastest")
+    assert keras_best["met"] is True and "1.00x: fit against fit" in keras_best["detail"]
+    numpy256 = by_start("NumPy parallel >= 70%")
+    assert numpy256["met"] is False and "reach 75.0% (80% of that ceiling)" in numpy256["detail"]
+
+
+def test_gpu_note_says_why_no_gpu_cell_ran():
+    skipped = {"device": "cuda", "status": "skipped", "reason": "build: DeviceUnavailable: no GPU"}
+    assert report.gpu_note([], ["cpu"]) == "GPU cells not requested (--devices cpu)."
+    assert report.gpu_note([skipped], ["cpu", "cuda"]).startswith("no GPU available: GPU cells not run (build")
+    assert report.gpu_note([skipped | {"status": "ok"}], ["cuda"]) == "1 of 1 GPU cells ran; see the table."
