@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast bench mlflow-ui clean
+.PHONY: setup run lint format test test-fast bench mlflow-ui clean
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -28,7 +28,17 @@ run: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
 	$(PY) -m backprop_bench.compare --print-only
 
-test: setup
+# ruff: lint + format check over the whole tree (rules: pyproject.toml [tool.ruff]).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The README's test command: lint first (seconds), then the whole suite.
+test: setup lint
 	$(PY) -m pytest
 
 test-fast: setup
