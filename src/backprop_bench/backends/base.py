@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import platform
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -94,6 +95,22 @@ class Backend:
         """framework_version, device_name, blas (and anything else worth a tag)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------ native mode (docs/native.md)
+    # Class-level: the trainer asks for the weights and the orders before any backend exists.
+
+    @classmethod
+    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
+        """The framework's own default initial weights for spec, as NumPy [(W (in, out), b (out,))]
+        in dtype: drawn from the framework's own RNG seeded with seed, deterministic, and without
+        touching any global RNG state."""
+        raise NotImplementedError
+
+    @classmethod
+    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+        """One permutation of range(n) per epoch (int64 NumPy), made by the framework's own
+        shuffling machinery seeded with seed: deterministic, no global RNG state touched."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ the protocol, shared
 
     def load(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -162,6 +179,12 @@ def check_args(framework: str, spec: MLPSpec, init: Params, strategy: str, dtype
             raise ValueError(
                 f"init layer {layer}: W must be ({i}, {o}) and b ({o},), got {np.shape(w)} and {np.shape(b)}"
             )
+
+
+def as_params(layers: Iterable[tuple], dtype: str) -> Params:
+    """[(W, b)] in any array type NumPy reads -> C-contiguous NumPy arrays in dtype (native_init's return)."""
+    check_choice("train.dtype", dtype, DTYPES)
+    return [(np.ascontiguousarray(w, dtype=dtype), np.ascontiguousarray(b, dtype=dtype)) for w, b in layers]
 
 
 def check_batch(order: np.ndarray, n_loaded: int | None, batch_size: int) -> np.ndarray:

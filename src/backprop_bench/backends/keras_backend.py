@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from backprop_bench.backends import _tf_common as tfc  # noqa: E402
 from backprop_bench.backends._tf_common import tf  # noqa: E402
-from backprop_bench.backends.base import n_steps  # noqa: E402
+from backprop_bench.backends.base import as_params, n_steps  # noqa: E402
 from backprop_bench.model import MLPSpec, OptimizerSpec, Params  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
@@ -102,12 +102,50 @@ class KerasBackend(tfc.TfBackend):
                 self.model.fit(x, t, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
             return self.model.loss_buffer[:steps].numpy()  # one read per epoch
 
+    # ------------------------------------------------------------ native mode (docs/native.md)
+
+    @classmethod
+    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
+        """keras.layers.Dense's defaults: kernel GlorotUniform, U(-r, r) with r = sqrt(6 / (fan_in +
+        fan_out)), seeded with native_seed(seed, layer) (a stateless draw); bias zeros. Drawn in
+        float32 (Keras's floatx) on the CPU, then cast to dtype."""
+        layers = []
+        with tf.device("/CPU:0"):
+            for layer, (fan_in, fan_out) in enumerate(spec.shapes()):
+                kernel = keras.initializers.GlorotUniform(seed=native_seed(seed, layer))
+                layers.append((kernel((fan_in, fan_out), dtype="float32").numpy(), np.zeros(fan_out)))
+        return as_params(layers, dtype)
+
+    @classmethod
+    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+        """fit(x, y, shuffle=True)'s epoch order, seeded locally. On TensorFlow, Keras's array data
+        adapter draws tf.random.shuffle(tf.range(n)) once per epoch, a stateful op that only a global
+        seed (keras.utils.set_random_seed) makes repeatable. Here keras.random.shuffle draws the same
+        kind of uniform permutation (an argsort of a stateless uniform draw) from a local
+        SeedGenerator(native_seed(seed, SHUFFLE_SLOT)), one per epoch: fit's distribution, not its stream."""
+        with tf.device("/CPU:0"):  # a named generator: no auto-name counter bumped
+            gen = keras.random.SeedGenerator(native_seed(seed, SHUFFLE_SLOT), name="native_orders")
+        for _ in range(epochs):
+            with tf.device("/CPU:0"):  # closed before each yield: an open scope would leak to the caller
+                order = keras.random.shuffle(tf.range(n, dtype=tf.int64), seed=gen)
+            yield order.numpy().astype(np.int64)
+
     def _info(self) -> dict[str, str]:
         return tfc.device_info(self.device) | {
             "framework_version": f"keras {keras.__version__} / tensorflow {tf.__version__}",
             "keras_version": keras.__version__,
             "steps_per_execution": str(self.steps_per_execution),
         }
+
+
+# Native mode gives every Keras draw its own integer seed, seed * 1000 + slot: slot l for layer l's
+# kernel, SHUFFLE_SLOT for the shuffle generator. Keras seeds an int s as the Philox key [s, 0],
+# so one shared seed would make the epoch-0 shuffle an argsort of the first layer's very draws.
+SHUFFLE_SLOT = 999
+
+
+def native_seed(seed: int, slot: int) -> int:
+    return seed * 1000 + slot
 
 
 @contextlib.contextmanager

@@ -9,9 +9,11 @@ those calls (``_step``). Shapes: a (n, in), W (in, out), b (out,), d = dL/dz (n,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name
+from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name
 from backprop_bench.model import MLPSpec, OptimizerSpec, Params
 
 # ---------------------------------------------------------------- activations
@@ -230,6 +232,24 @@ class NumpyBackend(Backend):
     def synchronize(self) -> None:
         if self.xp is not np:
             self.xp.cuda.Device().synchronize()
+
+    # ------------------------------------------------------------ native mode (docs/native.md)
+    # A RandomState(seed) replays the stream np.random.seed(seed) gives the legacy global
+    # generator, which is what the from-scratch tutorials seed, without touching that global.
+
+    @classmethod
+    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
+        """The tutorials' documented default ("Xavier"): W = randn(fan_in, fan_out) * sqrt(1/fan_in),
+        b = 0, layer by layer from one RandomState(seed), in float64 and then cast to dtype."""
+        rs = np.random.RandomState(seed)
+        return as_params([(rs.randn(i, o) * np.sqrt(1.0 / i), np.zeros(o)) for i, o in spec.shapes()], dtype)
+
+    @classmethod
+    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+        """np.random.permutation(n) once per epoch after np.random.seed(seed), from one RandomState."""
+        rs = np.random.RandomState(seed)
+        for _ in range(epochs):
+            yield rs.permutation(n).astype(np.int64)
 
     def _info(self) -> dict[str, str]:
         if self.xp is np:

@@ -8,11 +8,15 @@ a TensorArray, read back once at the end. compile=True traces it with XLA (jit_c
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import numpy as np
 
 from backprop_bench.backends import _tf_common as tfc
 from backprop_bench.backends._tf_common import tf
-from backprop_bench.model import Params
+from backprop_bench.backends.base import as_params
+from backprop_bench.model import MLPSpec, Params
 
 
 class TensorflowBackend(tfc.TfBackend):
@@ -46,3 +50,28 @@ class TensorflowBackend(tfc.TfBackend):
 
     def _info(self) -> dict[str, str]:
         return tfc.device_info(self.device)
+
+    # ------------------------------------------------------------ native mode (docs/native.md)
+
+    @classmethod
+    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
+        """Glorot (Xavier) uniform W ~ U(-r, r), r = sqrt(6 / (fan_in + fan_out)), and b = 0, as TF's
+        low-level (Core API) MLP guide writes it by hand; drawn in float32, layer by layer, from one
+        local tf.random.Generator.from_seed(seed) (Philox), never TF's global generator."""
+        layers = []
+        with tf.device("/CPU:0"):  # the generator and its draws on the CPU: a GPU run starts the same
+            g = tf.random.Generator.from_seed(seed, alg="philox")
+            for fan_in, fan_out in spec.shapes():
+                r = math.sqrt(6.0 / (fan_in + fan_out))
+                layers.append((g.uniform((fan_in, fan_out), -r, r, dtype=tf.float32).numpy(), np.zeros(fan_out)))
+        return as_params(layers, dtype)
+
+    @classmethod
+    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+        """tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True), one pass per
+        epoch: a full buffer, so a uniform shuffle, reshuffled by each new iterator. batch(n) only
+        hands the pass over in one piece (order kept). tf.data pairs the op seed with TF's global seed
+        when one is set (tf.random.set_seed), else with a fixed default; the project sets none."""
+        ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(n)
+        for _ in range(epochs):
+            yield next(iter(ds)).numpy().astype(np.int64)

@@ -9,13 +9,14 @@ compile=True runs the step through torch.compile(fullgraph=True), never falling 
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name, n_steps
+from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name, n_steps
 from backprop_bench.model import MLPSpec, OptimizerSpec, Params
 
 # Each hidden activation beside its derivative, written from its output a = f(z)
@@ -191,6 +192,37 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize(self._dev)
+
+    # ------------------------------------------------------------ native mode (docs/native.md)
+    # A local torch.Generator replaces torch.manual_seed: same stream, no global state touched.
+
+    @classmethod
+    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
+        """nn.Linear(in, out)'s reset_parameters, layer by layer from one generator seeded with seed:
+        kaiming_uniform_(a=sqrt(5)) on the (out, in) weight, i.e. U(-1/sqrt(in), 1/sqrt(in)), then the
+        bias from the same U. Drawn in float32 (torch's default dtype, cast to dtype as .double() would):
+        the weights of Linear layers built after torch.manual_seed(seed), W transposed to (in, out)."""
+        g, f32 = torch.Generator().manual_seed(seed), torch.float32
+        layers = []
+        for fan_in, fan_out in spec.shapes():
+            w = torch.nn.init.kaiming_uniform_(torch.empty(fan_out, fan_in, dtype=f32), a=math.sqrt(5), generator=g)
+            bound = 1 / math.sqrt(fan_in)
+            b = torch.nn.init.uniform_(torch.empty(fan_out, dtype=f32), -bound, bound, generator=g)
+            layers.append((w.T.numpy(), b.numpy()))
+        return as_params(layers, dtype)
+
+    @classmethod
+    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+        """The order of DataLoader(data, shuffle=True, generator=torch.Generator().manual_seed(seed)),
+        epoch by epoch: each iter() draws the workers' base seed from g (even with no workers), then
+        RandomSampler yields torch.randperm(n, generator=g) and, once exhausted, draws one more
+        randperm(n) for its empty tail. All three draws are made here, so the stream stays in step."""
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            torch.empty((), dtype=torch.int64).random_(generator=g)  # _BaseDataLoaderIter's base seed
+            order = torch.randperm(n, generator=g)
+            torch.randperm(n, generator=g)  # RandomSampler's tail, randperm(n)[: num_samples % n] = []
+            yield order.numpy().astype(np.int64)
 
     def _info(self) -> dict[str, str]:
         on_gpu = self.device == "cuda"
