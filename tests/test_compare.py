@@ -1,141 +1,285 @@
-"""The compare stage on fake-but-valid study cells built in a temp dir (no training, no network)."""
+"""The compare stage on a fake-but-valid study built in a temp dir (no training, no network).
+
+The study: numpy and torch x sequential and parallel x controlled and native x seeds 0-2 on
+cpu, each run written as study.py's runs write it (docs/architecture.md, "A study cell").
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from backprop_bench import compare
+from backprop_bench import compare, stats
+from backprop_bench.io import write_npy
+from backprop_bench.metrics import CellMetrics, EpochStats, write_history, write_metrics
+from backprop_bench.study import read_study_params
 
-N_TEST = 12
+N_TEST, SEEDS = 12, 3
+FRAMEWORKS, STRATEGIES, MODES = ("numpy", "torch"), ("sequential", "parallel"), ("controlled", "native")
+Y_TEST = np.arange(N_TEST) % 10
+# Native mode's wrong test rows per (framework, strategy, seed); every other prediction is right.
+WRONG = {("torch", "parallel", 0): [3, 7], ("torch", "parallel", 1): [3], ("numpy", "sequential", 0): [5]}
 
 
-def write_cell(
-    runs: Path,
-    framework: str,
-    strategy: str,
-    device: str = "cpu",
-    status: str = "finished",
-    samples_per_second: float = 1000.0,
-    final_train_loss: float = 0.5,
-    predictions: np.ndarray | None = None,
-    reason: str = "",
-) -> Path:
-    """One cell directory as train.py writes it (docs/architecture.md "A study cell")."""
-    name = f"{framework}-{strategy}-{device}"
-    cell = runs / name
-    cell.mkdir(parents=True)
-    metrics = dict(cell=name, framework=framework, strategy=strategy, device=device, status=status, reason=reason)
-    if status == "finished":
-        metrics.update(
-            test_accuracy=0.9,
-            test_loss=0.3,
-            train_seconds=3.0,
-            first_epoch_seconds=1.5,
-            steady_epoch_seconds=0.75,
-            samples_per_second=samples_per_second,
-            peak_memory_mb=100.0,
-            final_train_loss=final_train_loss,
-            epochs=3,
-            batch_size=64,
-            seed=0,
-            dtype="float32",
-        )
-        with open(cell / "history.csv", "w") as f:
-            f.write("epoch,train_loss,train_accuracy,val_loss,val_accuracy,epoch_seconds,samples_per_second\n")
-            for epoch, loss in enumerate([1.0, 0.7, final_train_loss], start=1):
-                f.write(f"{epoch},{loss},0.8,{loss + 0.1},0.8,0.75,{samples_per_second}\n")
-        np.save(cell / "predictions.npy", predictions.astype(np.int64))
-    (cell / "metrics.json").write_text(json.dumps(metrics))
-    return cell
+def accuracy(framework: str, strategy: str, mode: str, seed: int) -> float:
+    return 0.90 + 0.01 * (framework == "torch") + 0.004 * (mode == "native") + 0.001 * seed**2
+
+
+def final_loss(framework: str, strategy: str, mode: str, seed: int) -> float:
+    parallel = 0.40 + 0.01 * seed + 0.005 * (framework == "torch")
+    return parallel + (0.02 + 0.002 * seed if strategy == "sequential" else 0.0)  # sequential above, every seed
+
+
+def samples_per_second(framework: str, strategy: str, mode: str, seed: int) -> float:
+    base = {("numpy", "sequential"): 2000, ("numpy", "parallel"): 2500, ("torch", "sequential"): 1000}
+    return base.get((framework, strategy), 500) + 10.0 * seed + 3.0 * seed**2
+
+
+def run_folder(runs: Path, framework: str, strategy: str, mode: str, seed: int, device: str = "cpu") -> Path:
+    return runs / f"{framework}-{device}" / f"{strategy}-{mode}-s{seed}"
+
+
+def write_run(runs: Path, framework: str, strategy: str, mode: str, seed: int, device: str = "cpu", **status) -> Path:
+    """One run folder: metrics.json, history.csv, predictions.npy (skipped: metrics.json alone)."""
+    folder = run_folder(runs, framework, strategy, mode, seed, device)
+    cell = dict(cell=f"{framework}-{strategy}-{device}", framework=framework, strategy=strategy, device=device)
+    if status:
+        write_metrics(folder / "metrics.json", CellMetrics(**cell, mode=mode, seed=seed, **status))
+        return folder
+    loss, sps = final_loss(framework, strategy, mode, seed), samples_per_second(framework, strategy, mode, seed)
+    metrics = CellMetrics(
+        **cell,
+        status="finished",
+        mode=mode,
+        seed=seed,
+        test_accuracy=accuracy(framework, strategy, mode, seed),
+        test_loss=0.3,
+        train_seconds=3.0,
+        first_epoch_seconds=1.5,
+        steady_epoch_seconds=0.75 + 0.01 * seed,
+        samples_per_second=sps,
+        peak_memory_mb=100.0,
+        final_train_loss=loss,
+        n_train=1000,
+        epochs=3,
+        batch_size=64,
+        dtype="float32",
+    )
+    write_metrics(folder / "metrics.json", metrics)
+    losses = (1.0 + 0.1 * seed, 0.7, loss)
+    write_history(
+        folder / "history.csv", [EpochStats(e, x, 0.8, x + 0.1, 0.8, 0.75, sps) for e, x in enumerate(losses, 1)]
+    )
+    predictions = Y_TEST.copy()
+    wrong = WRONG.get((framework, strategy, seed), []) if mode == "native" else []
+    predictions[wrong] = (predictions[wrong] + 1) % 10
+    write_npy(folder / "predictions.npy", predictions.astype(np.int64))
+    return folder
+
+
+def write_params(path: Path, frameworks=FRAMEWORKS, devices=("cpu",), modes=MODES, seeds=SEEDS) -> Path:
+    path.write_text(
+        f"train:\n  epochs: 3\n  batch_size: 64\nstudy:\n  frameworks: {list(frameworks)}\n"
+        f"  strategies: {list(STRATEGIES)}\n  devices: {list(devices)}\n  modes: {list(modes)}\n  seeds: {seeds}\n"
+    )
+    return path
 
 
 @pytest.fixture
 def study(tmp_path):
-    """Five cells: numpy and torch under both strategies, plus a skipped cuda cell.
-
-    Test labels are 0..9,0,1. numpy is right everywhere; torch parallel gets test rows 3
-    and 7 wrong, so the frameworks disagree on exactly those two.
-    """
     runs = tmp_path / "runs"
-    y_test = np.arange(N_TEST) % 10
-    wrong = y_test.copy()
-    wrong[[3, 7]] = (y_test[[3, 7]] + 1) % 10
-    write_cell(runs, "numpy", "sequential", samples_per_second=2000.0, final_train_loss=0.40, predictions=y_test)
-    write_cell(runs, "numpy", "parallel", samples_per_second=2500.0, final_train_loss=0.42, predictions=y_test)
-    write_cell(runs, "torch", "sequential", samples_per_second=1000.0, final_train_loss=0.41, predictions=y_test)
-    write_cell(runs, "torch", "parallel", samples_per_second=500.0, final_train_loss=0.45, predictions=wrong)
-    write_cell(runs, "torch", "parallel", device="cuda", status="skipped", reason="no CUDA device here")
+    for f in FRAMEWORKS:
+        for s in STRATEGIES:
+            for m in MODES:
+                for seed in range(SEEDS):
+                    write_run(runs, f, s, m, seed)
     data = tmp_path / "mnist.npz"
-    rng = np.random.default_rng(0)
-    np.savez(data, x_test=rng.random((N_TEST, 784), dtype=np.float32), y_test=y_test.astype(np.int64))
-    return runs, data, tmp_path / "reports"
+    x_test = np.random.default_rng(0).random((N_TEST, 784), dtype=np.float32)
+    np.savez(data, x_test=x_test, y_test=Y_TEST.astype(np.int64))
+    return runs, data, tmp_path / "reports", write_params(tmp_path / "params.yaml")
 
 
-def read_csv_rows(path: Path) -> dict[str, dict]:
+def run_compare(study, params: Path | None = None) -> str:
+    runs, data, reports, default = study
+    return compare.compare(runs, reports, data, read_study_params(params or default))[0]
+
+
+def read_csv_rows(path: Path) -> dict[tuple, dict]:
     with open(path, newline="") as f:
-        return {row["cell"]: row for row in csv.DictReader(f)}
+        return {(r["framework"], r["strategy"], r["device"], r["mode"]): r for r in csv.DictReader(f)}
 
 
-def test_table_rows_and_values(study):
-    runs, data, reports = study
-    report = compare.compare(runs, reports, data)
-    rows = read_csv_rows(reports / "comparison.csv")
-    assert list(rows) == [  # framework order, then device, then sequential before parallel
-        "numpy-sequential-cpu",
-        "numpy-parallel-cpu",
-        "torch-sequential-cpu",
-        "torch-parallel-cpu",
-        "torch-parallel-cuda",
-    ]
-    # Relative speed: samples/s over NumPy's at the same strategy and device.
-    assert float(rows["numpy-parallel-cpu"]["speed_vs_numpy"]) == pytest.approx(1.0)
-    assert float(rows["torch-sequential-cpu"]["speed_vs_numpy"]) == pytest.approx(1000.0 / 2000.0)
-    assert float(rows["torch-parallel-cpu"]["speed_vs_numpy"]) == pytest.approx(500.0 / 2500.0)
-    # Sequential minus parallel final loss, the same on both rows of a framework.
-    for strategy in ("sequential", "parallel"):
-        assert float(rows[f"numpy-{strategy}-cpu"]["seq_minus_par_final_loss"]) == pytest.approx(0.40 - 0.42)
-        assert float(rows[f"torch-{strategy}-cpu"]["seq_minus_par_final_loss"]) == pytest.approx(0.41 - 0.45)
-    # The skipped cell is a row with its status and reason, and no numbers.
-    skipped = rows["torch-parallel-cuda"]
-    assert skipped["status"] == "skipped" and skipped["reason"] == "no CUDA device here"
-    assert skipped["test_accuracy"] == skipped["speed_vs_numpy"] == ""
-    assert "| torch | parallel | cuda | skipped |" in report
-    assert "| 0.20× |" in report and "| -4.00e-02 |" in report
-    # Disagreements: rows 3 and 7, where numpy (right) and torch parallel (wrong) differ.
-    assert "disagree on 2 of 12 test digits; right on those: numpy 2, torch 0" in report
+def values(fn, framework: str, strategy: str, mode: str) -> list[float]:
+    return [fn(framework, strategy, mode, seed) for seed in range(SEEDS)]
 
 
-def test_a_one_epoch_cell_has_no_steady_epoch_time(study):
-    runs, data, reports = study
-    path = runs / "numpy-sequential-cpu" / "metrics.json"
-    metrics = json.loads(path.read_text())
-    metrics["steady_epoch_seconds"] = None  # what train.py writes after a single epoch
-    path.write_text(json.dumps(metrics))
-    compare.compare(runs, reports, data)
-    row = read_csv_rows(reports / "comparison.csv")["numpy-sequential-cpu"]
-    assert row["steady_epoch_seconds"] == "" and float(row["samples_per_second"]) == 2000.0
+def test_table_rows_hold_the_intervals_over_seeds(study):
+    report = run_compare(study)
+    rows = read_csv_rows(study[2] / "comparison.csv")
+    # controlled block, then native; in each, params.yaml's framework order, sequential first
+    assert list(rows) == [(f, s, "cpu", m) for m in MODES for f in FRAMEWORKS for s in STRATEGIES]
+    for (f, s, _, m), row in rows.items():
+        assert (row["status"], row["n_finished"], row["n_seeds"], row["note"]) == ("finished", "3", "3", "")
+        for key, fn in (("test_accuracy", accuracy), ("final_train_loss", final_loss)):
+            expected = stats.mean_interval(values(fn, f, s, m))
+            assert float(row[key]) == pytest.approx(expected.mean, rel=1e-12)
+            assert float(row[f"{key}_hw"]) == pytest.approx(expected.half_width, rel=1e-12)
+        sps = stats.mean_interval(values(samples_per_second, f, s, m))
+        assert float(row["samples_per_second_hw"]) == pytest.approx(sps.half_width, rel=1e-12)
+        numpy_sps = np.mean(values(samples_per_second, "numpy", s, m))
+        assert float(row["speed_vs_numpy"]) == pytest.approx(sps.mean / numpy_sps, rel=1e-12)
+    acc = stats.mean_interval(values(accuracy, "torch", "parallel", "native"))
+    sps = stats.mean_interval(values(samples_per_second, "torch", "parallel", "native"))
+    speed = sps.mean / np.mean(values(samples_per_second, "numpy", "parallel", "native"))
+    line = f"| torch | parallel | cpu | native | 3/3 | {100 * acc.mean:.2f} ± {100 * acc.half_width:.2f} % |"
+    assert line in report
+    assert f"| {sps.mean:,.0f} ± {sps.half_width:,.0f} | {speed:.2f}× |" in report
+
+
+def test_paired_section_tests_sequential_minus_parallel_by_seed(study):
+    report = run_compare(study)
+    section = report.split("## sequential − parallel, paired by seed")[1].split("##")[0]
+    for f in FRAMEWORKS:
+        for m in MODES:
+            t = stats.paired_test(values(final_loss, f, "sequential", m), values(final_loss, f, "parallel", m))
+            assert t.p_value == 0.25 and t.verdict.startswith("not distinguishable from zero at 3 seeds")
+            low, high = t.interval.low, t.interval.high
+            line = f"| {f} | cpu | {m} | final train loss | 3 | {t.mean_diff:+.4f} | [{low:+.4f}, {high:+.4f}] | 0.25 |"
+            assert line + f" {t.verdict} |" in section
+    # the same strategy's accuracy in both: every difference is zero
+    assert "| numpy | cpu | controlled | test accuracy (pp) | 3 | +0.00 | [+0.00, +0.00] | 1 |" in section
+    assert "every difference is zero" in section
+
+
+def test_summary_json_is_small_and_numeric(study):
+    run_compare(study)
+    summary = json.loads((study[2] / "summary.json").read_text())
+    assert summary.keys() == set(FRAMEWORKS)
+    for f in FRAMEWORKS:
+        assert summary[f].keys() == set(STRATEGIES)
+        for s in STRATEGIES:
+            entry = summary[f][s]
+            assert entry.keys() == {"acc", "acc_hw", "sps"}  # controlled mode, first device only
+            assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry.values())
+            acc = stats.mean_interval(values(accuracy, f, s, "controlled"))
+            assert entry["acc"] == pytest.approx(acc.mean, rel=1e-3)
+            assert entry["acc_hw"] == pytest.approx(acc.half_width, rel=1e-3)
+            assert entry["sps"] == pytest.approx(np.mean(values(samples_per_second, f, s, "controlled")), rel=1e-3)
+            assert isinstance(entry["sps"], int) == (entry["sps"] >= 1000)  # from 1000 up: no ".0", no exponent
+
+
+def test_four_significant_digits():
+    assert compare._sig(0.9103333) == 0.9103 and compare._sig(0.0021345) == 0.002135
+    assert compare._sig(136314.2) == 136300 and isinstance(compare._sig(136314.2), int)
+    assert compare._sig(0.0) == 0.0 and compare._sig(-12.3456) == -12.35
+
+
+def test_a_missing_run_is_reported_not_fatal(study, tmp_path):
+    runs = study[0]
+    shutil.rmtree(run_folder(runs, "torch", "parallel", "native", 2))  # its stage has not run
+    params = write_params(tmp_path / "more.yaml", frameworks=("numpy", "torch", "keras"))  # keras: nothing ran
+    report = run_compare(study, params)
+    rows = read_csv_rows(study[2] / "comparison.csv")
+    partial = rows[("torch", "parallel", "cpu", "native")]
+    assert (partial["status"], partial["n_finished"]) == ("incomplete", "2")
+    assert partial["note"] == "seed 2 missing: no metrics.json: not run yet, or the run failed (see its stage's log)"
+    acc = stats.mean_interval(values(accuracy, "torch", "parallel", "native")[:2])
+    assert float(partial["test_accuracy_hw"]) == pytest.approx(acc.half_width)
+    keras = rows[("keras", "sequential", "cpu", "controlled")]
+    assert (keras["status"], keras["n_finished"], keras["test_accuracy"], keras["speed_vs_numpy"]) == (
+        "missing",
+        "0",
+        "",
+        "",
+    )
+    assert "| keras | sequential | cpu | controlled | 0/3 | – | – | – | – | – |" in report
+    assert "36 runs: 23 finished, 13 missing" in report
+    seed1 = "they disagree on 1 of 12 test digits; right on those: numpy 1, torch 0 (not finished: keras)"
+    assert f"- parallel, cpu, seed 1: {seed1}" in report
+    assert "- parallel, cpu, seed 2: fewer than two frameworks finished" in report  # numpy alone
+    # torch native pairs the two seeds both strategies finished
+    assert "| torch | cpu | native | final train loss | 2 |" in report
+    assert (
+        "| keras | cpu | controlled | final train loss | 0 | – | – | – | no seed finished under both strategies |"
+        in report
+    )
+    assert "keras" not in json.loads((study[2] / "summary.json").read_text())
+
+
+def test_a_skipped_run_is_listed_with_its_reason(study, tmp_path):
+    runs = study[0]
+    for s in STRATEGIES:
+        for seed in range(SEEDS):
+            write_run(
+                runs, "torch", s, "controlled", seed, device="cuda", status="skipped", reason="no CUDA device here"
+            )
+    params = write_params(tmp_path / "gpu.yaml", frameworks=("torch",), devices=("cpu", "cuda"), modes=("controlled",))
+    report = run_compare(study, params)
+    row = read_csv_rows(study[2] / "comparison.csv")[("torch", "parallel", "cuda", "controlled")]
+    assert (row["status"], row["note"]) == ("skipped", "seed 0, 1, 2 skipped: no CUDA device here")
+    assert "| torch | parallel | cuda | controlled | 0/3 |" in report
+    assert "Native mode is not in this study" in report
+    assert json.loads((study[2] / "summary.json").read_text()).keys() == {"torch"}  # cpu: the first device
+
+
+def test_native_spread_and_disagreements(study):
+    report = run_compare(study)
+    section = report.split("## Native mode: do frameworks differ?")[1]
+    for s in STRATEGIES:
+        groups = {f: [100 * a for a in values(accuracy, f, s, "native")] for f in FRAMEWORKS}
+        assert f"- {s}, cpu: {stats.spread(groups).describe()}" in section
+    assert "- parallel, cpu, seed 0: they disagree on 2 of 12 test digits; right on those: numpy 2, torch 0" in section
+    assert "- parallel, cpu, seed 1: they disagree on 1 of 12 test digits; right on those: numpy 1, torch 0" in section
+    assert "- parallel, cpu, seed 2: they disagree on 0 of 12 test digits\n" in section
+    assert (
+        "- sequential, cpu, seed 0: they disagree on 1 of 12 test digits; right on those: numpy 0, torch 1" in section
+    )
+    # pooled agreement, parallel: (10 + 11 + 12) / 36 test digits
+    parallel = section.split("parallel, cpu, seeds pooled:")[1]
+    assert "| numpy | 100.0 % | 91.7 % |" in parallel and "| torch | 91.7 % | 100.0 % |" in parallel
+    assert "same label on 72 of 72 test digits" in section  # controlled: 2 strategies x 3 seeds x 12
+
+
+def test_agreement_matrix_on_constructed_predictions():
+    y = np.array([0, 1, 2, 3])
+    seed0 = {"a": y, "b": np.array([0, 1, 2, 0]), "c": np.array([1, 1, 2, 0])}
+    seed1 = {"a": y, "b": y}  # c did not finish this seed
+    share = compare.agreement_matrix([seed0, seed1], ["a", "b", "c", "d"])
+    assert share[:3, :3] == pytest.approx(np.array([[1, 7 / 8, 2 / 4], [7 / 8, 1, 3 / 4], [2 / 4, 3 / 4, 1]]))
+    assert np.isnan(share[3]).all() and np.isnan(share[:, 3]).all()  # d never finished
+    assert list(compare.find_disagreements(seed0)) == [0, 3]
+
+
+def test_a_one_epoch_run_has_no_steady_epoch_time(study):
+    runs, data, reports, params = study
+    for seed in range(SEEDS):
+        path = run_folder(runs, "numpy", "sequential", "controlled", seed) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["steady_epoch_seconds"] = None  # what train.py writes after a single epoch
+        path.write_text(json.dumps(metrics))
+    run_compare(study)
+    row = read_csv_rows(reports / "comparison.csv")[("numpy", "sequential", "cpu", "controlled")]
+    assert row["steady_epoch_seconds"] == row["steady_epoch_seconds_hw"] == "" and row["samples_per_second"] != ""
     metrics["train_seconds"] = None  # but only that one may be null
     path.write_text(json.dumps(metrics))
-    with pytest.raises(compare.ReportError, match=r"metrics.json: key 'train_seconds' is None, expected a number"):
-        compare.compare(runs, reports, data)
+    with pytest.raises(compare.ReportError, match=r"s2/metrics.json: key 'train_seconds' is None, expected a number"):
+        run_compare(study)
 
 
 def test_loc_is_counted_from_the_real_backend_files(study):
-    runs, data, reports = study
-    compare.compare(runs, reports, data)
-    rows = read_csv_rows(reports / "comparison.csv")
-    for framework in ("numpy", "torch"):
+    report = run_compare(study)
+    rows = read_csv_rows(study[2] / "comparison.csv")
+    for framework in FRAMEWORKS:
         source = compare.BACKENDS_DIR / f"{framework}_backend.py"
-        loc = int(rows[f"{framework}-parallel-cpu"]["backend_loc"])
+        loc = int(rows[(framework, "parallel", "cpu", "native")]["backend_loc"])
         assert loc == compare.count_loc(source)
-        raw_lines = len(source.read_text().splitlines())
-        assert 0 < loc < raw_lines  # comments, docstrings and blank lines are left out
-    report = (reports / "comparison.md").read_text()
+        assert 0 < loc < len(source.read_text().splitlines())  # comments, docstrings and blank lines are left out
     assert "non-blank lines" in report  # the report says how it counts
 
 
@@ -169,34 +313,24 @@ def test_count_loc_leaves_out_comments_docstrings_and_blanks(tmp_path):
 
 
 def test_plots_are_written(study):
-    runs, data, reports = study
-    compare.compare(runs, reports, data)
-    for name in ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png"):
+    run_compare(study)
+    reports = study[2]
+    for name in compare.PNGS:
         png = (reports / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     assert sorted(p.name for p in reports.iterdir()) == sorted(compare.REPORT_FILES)  # no temp files left
 
 
-def test_cells_from_the_study_grid(study, tmp_path):
-    runs, data, reports = study
-    params = tmp_path / "params.yaml"
-    params.write_text("study:\n  frameworks: [numpy, keras]\n  strategies: [parallel]\n  devices: [cpu]\n")
-    cells = compare.study_cells(params)
-    assert cells == ["numpy-parallel-cpu", "keras-parallel-cpu"]
-    compare.compare(runs, reports, data, cells)
-    rows = read_csv_rows(reports / "comparison.csv")
-    assert list(rows) == cells  # torch cells left over in runs/ are not in this study
-    assert rows["keras-parallel-cpu"]["status"] == "missing"
-
-
-def test_main_prints_the_table_and_print_only_reprints_it(study, capsys):
-    runs, data, reports = study
-    args = ["--runs-dir", str(runs), "--reports-dir", str(reports), "--data", str(data), "--params", "none.yaml"]
+def test_main_prints_one_line_and_print_only_prints_the_report(study, capsys):
+    runs, data, reports, params = study
+    args = ["--runs-dir", str(runs), "--reports-dir", str(reports), "--data", str(data), "--params", str(params)]
     assert compare.main(args) == 0
     printed = capsys.readouterr().out
-    assert "| numpy | parallel | cpu | finished | 90.00 |" in printed
+    assert printed == f"compare: wrote {reports}/ (24 runs: 24 finished); print it with --print-only\n"
     assert compare.main(["--reports-dir", str(reports), "--print-only"]) == 0
-    assert capsys.readouterr().out == printed == (reports / "comparison.md").read_text()
+    assert capsys.readouterr().out == (reports / "comparison.md").read_text()
+    assert compare.main([*args[:-1], str(params.parent / "none.yaml")]) == 1
+    assert "none.yaml: params file not found" in capsys.readouterr().err
 
 
 def test_print_only_without_a_report_says_what_to_run(tmp_path, capsys):
@@ -205,42 +339,58 @@ def test_print_only_without_a_report_says_what_to_run(tmp_path, capsys):
 
 
 def test_malformed_metrics_name_the_file_and_key(study):
-    runs, data, reports = study
-    path = runs / "torch-sequential-cpu" / "metrics.json"
+    reports = study[2]
+    path = run_folder(study[0], "torch", "sequential", "controlled", 0) / "metrics.json"
     metrics = json.loads(path.read_text())
     del metrics["samples_per_second"]
     path.write_text(json.dumps(metrics))
-    with pytest.raises(
-        compare.ReportError, match=r"torch-sequential-cpu/metrics.json: missing key 'samples_per_second'"
-    ):
-        compare.compare(runs, reports, data)
+    where = r"torch-cpu/sequential-controlled-s0/metrics.json"
+    with pytest.raises(compare.ReportError, match=where + r": missing key 'samples_per_second'"):
+        run_compare(study)
+    path.write_text(json.dumps(metrics | {"samples_per_second": 1.0, "seed": 5}))  # a run in the wrong folder
+    with pytest.raises(compare.ReportError, match=where + r": key 'seed' is 5, expected 0"):
+        run_compare(study)
     del metrics["status"]
     path.write_text(json.dumps(metrics))
     with pytest.raises(compare.ReportError, match=r"metrics.json: missing key 'status'"):
-        compare.compare(runs, reports, data)
+        run_compare(study)
     path.write_text("{not json")
     with pytest.raises(compare.ReportError, match=r"metrics.json: line 1 column 2: not valid JSON"):
-        compare.compare(runs, reports, data)
+        run_compare(study)
     assert not reports.exists()  # nothing half-written
 
 
 def test_bad_history_and_predictions_name_the_file(study):
-    runs, data, reports = study
-    history = runs / "numpy-parallel-cpu" / "history.csv"
-    history.write_text("epoch,train_loss\n1,0.5\n")
-    with pytest.raises(compare.ReportError, match=r"numpy-parallel-cpu/history.csv: missing column 'val_loss'"):
-        compare.compare(runs, reports, data)
-    history.write_text("epoch,train_loss,val_loss\n1,nan,0.5\n2,oops,0.4\n")
+    folder = run_folder(study[0], "numpy", "parallel", "native", 1)
+    (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
+    with pytest.raises(compare.ReportError, match=r"parallel-native-s1/history.csv: missing column 'train_loss'"):
+        run_compare(study)
+    (folder / "history.csv").write_text("epoch,train_loss\n1,nan\n2,oops\n")
     with pytest.raises(compare.ReportError, match=r"history.csv: row 3, column 'train_loss': 'oops' is not a number"):
-        compare.compare(runs, reports, data)
-    history.write_text("epoch,train_loss,val_loss\n1,0.5,0.5\n")
-    np.save(runs / "numpy-parallel-cpu" / "predictions.npy", np.zeros(N_TEST + 1, dtype=np.int64))
+        run_compare(study)
+    (folder / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
+    write_npy(folder / "predictions.npy", np.zeros(N_TEST + 1, dtype=np.int64))
     with pytest.raises(
-        compare.ReportError, match=r"numpy-parallel-cpu/predictions.npy: shape \(13,\), expected \(12,\)"
+        compare.ReportError, match=r"parallel-native-s1/predictions.npy: shape \(13,\), expected \(12,\)"
     ):
-        compare.compare(runs, reports, data)
+        run_compare(study)
+    (folder / "predictions.npy").unlink()
+    with pytest.raises(compare.ReportError, match=r"parallel-native-s1/predictions.npy: not found"):
+        run_compare(study)
 
 
-def test_no_cells_is_an_error(tmp_path):
-    with pytest.raises(compare.ReportError, match="no cells found"):
-        compare.compare(tmp_path / "runs", tmp_path / "reports", tmp_path / "mnist.npz")
+def test_no_runs_at_all_is_a_report_of_missing_rows(study, tmp_path):
+    runs, data, reports, params = study
+    report = compare.compare(tmp_path / "empty", reports, data, read_study_params(params))[0]
+    assert "24 runs: 24 missing" in report and "fewer than two frameworks finished" in report
+    assert json.loads((reports / "summary.json").read_text()) == {}
+    with pytest.raises(compare.ReportError, match=r"nothing.npz: not found"):
+        compare.compare(runs, reports, tmp_path / "nothing.npz", read_study_params(params))
+
+
+def test_one_seed_has_no_interval(study, tmp_path):
+    report = run_compare(study, write_params(tmp_path / "one.yaml", seeds=1))
+    row = read_csv_rows(study[2] / "comparison.csv")[("numpy", "sequential", "cpu", "controlled")]
+    assert row["test_accuracy_hw"] == "" and math.isclose(float(row["test_accuracy"]), accuracy("numpy", "", "", 0))
+    assert "| numpy | sequential | cpu | controlled | 1/1 | 90.00 % |" in report
+    assert json.loads((study[2] / "summary.json").read_text())["numpy"]["sequential"].keys() == {"acc", "sps"}

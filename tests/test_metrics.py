@@ -87,8 +87,9 @@ def test_a_finished_cell_round_trips(tmp_path):
 
 
 def test_a_skipped_cell_has_only_the_keys_every_cell_has(tmp_path):
-    skipped = CellMetrics(**CELL, status=SKIPPED, reason="no GPU", mlflow_run_id="")
-    assert skipped.to_dict() == {**CELL, "status": "skipped", "reason": "no GPU", "mlflow_run_id": ""}
+    skipped = CellMetrics(**CELL, status=SKIPPED, reason="no GPU", mode="native", seed=2, mlflow_run_id="")
+    every_cell = {"status": "skipped", "reason": "no GPU", "mode": "native", "seed": 2, "mlflow_run_id": ""}
+    assert skipped.to_dict() == {**CELL, **every_cell}
     write_metrics(tmp_path / "metrics.json", skipped)
     assert read_metrics(tmp_path / "metrics.json") == skipped
 

@@ -10,6 +10,7 @@ import pytest
 
 from backprop_bench import plots
 from backprop_bench.metrics import EpochStats
+from backprop_bench.stats import Interval
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -23,28 +24,6 @@ def history(n: int = 4) -> list[EpochStats]:
     return [EpochStats(e, 1.0 / e, 0.5 + 0.1 * e, math.nan, math.nan, 0.1, 1000.0) for e in range(1, n + 1)]
 
 
-def cell(framework: str, strategy: str, status: str = "finished") -> dict:
-    row = dict(
-        cell=f"{framework}-{strategy}-cpu",
-        framework=framework,
-        strategy=strategy,
-        device="cpu",
-        status=status,
-        test_accuracy=0.9,
-        train_seconds=3.0,
-        first_epoch_seconds=1.0,
-    )
-    if status == "finished":
-        row["history"] = {
-            "epoch": np.arange(1.0, 4.0),
-            "train_loss": np.array([1.0, 0.7, 0.5]),
-            "val_loss": np.array([1.1, 0.8, 0.6]),
-        }
-    else:
-        row.update(test_accuracy=None, train_seconds=None, first_epoch_seconds=None)
-    return row
-
-
 def test_run_plots(tmp_path):
     assert is_png(plots.plot_curves(history(), tmp_path / "curves.png", "numpy-parallel-cpu"))
     y = np.arange(20) % 10
@@ -53,19 +32,13 @@ def test_run_plots(tmp_path):
 
 
 def test_report_plots(tmp_path):
-    cells = [
-        cell("numpy", "sequential"),
-        cell("numpy", "parallel"),
-        cell("torch", "parallel"),
-        cell("keras", "parallel", status="skipped"),
-    ]
-    assert is_png(plots.plot_loss_curves(cells, tmp_path / "loss.png"))
-    assert is_png(plots.plot_time_bars(cells, tmp_path / "time.png"))
-    assert is_png(plots.plot_accuracy_bars(cells, tmp_path / "acc.png"))
     y = np.arange(12) % 10
     predictions = {"numpy": y, "torch": np.where(np.arange(12) == 3, (y + 1) % 10, y)}
     x = np.random.default_rng(0).random((12, 784))
     assert is_png(plots.plot_disagreements(predictions, np.array([3]), x, y, tmp_path / "dis.png"))
+    assert is_png(
+        plots.plot_disagreements(predictions, np.array([3]), x, y, tmp_path / "cap.png", caption="native, seed 0")
+    )
     # nothing to show: one panel that says why
     assert is_png(plots.plot_disagreements({"numpy": y}, np.array([], dtype=int), x, y, tmp_path / "none.png"))
 
@@ -91,3 +64,46 @@ def test_importing_plots_does_not_import_matplotlib():
     code = "import sys, backprop_bench.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def interval(mean: float, half_width: float, n: int = 3) -> Interval:
+    return Interval(mean, mean - half_width, mean + half_width, half_width, n)
+
+
+def run(framework: str, strategy: str, mode: str, seed: int, status: str = "finished") -> dict:
+    row = dict(framework=framework, strategy=strategy, device="cpu", mode=mode, seed=seed, status=status)
+    if status == "finished":
+        loss = np.array([1.0, 0.7, 0.5]) + 0.05 * seed + 0.1 * (framework == "torch")
+        row["history"] = {"epoch": np.arange(1.0, 4.0), "train_loss": loss}
+    return row
+
+
+def test_loss_bands(tmp_path):
+    runs = [
+        run(f, s, m, seed, status="missing" if (f, seed) == ("torch", 2) else "finished")
+        for f in ("numpy", "torch")
+        for s in ("sequential", "parallel")
+        for m in ("controlled", "native")
+        for seed in range(3)
+    ]
+    assert is_png(plots.plot_loss_bands(runs, tmp_path / "loss.png"))
+    assert is_png(plots.plot_loss_bands([run("numpy", "parallel", "native", 0, "missing")], tmp_path / "none.png"))
+
+
+def test_interval_bars(tmp_path):
+    rows = [
+        dict(framework="numpy", strategy="parallel", device="cpu", mode="controlled", status="finished"),
+        dict(framework="numpy", strategy="parallel", device="cpu", mode="native", status="finished"),
+        dict(framework="torch", strategy="parallel", device="cpu", mode="controlled", status="finished"),
+        dict(framework="torch", strategy="parallel", device="cpu", mode="native", status="missing"),
+        dict(framework="keras", strategy="parallel", device="cuda", mode="controlled", status="skipped"),
+    ]
+    values = [interval(0.91, 0.002), interval(0.905, 0.004), interval(0.912, math.nan, n=1), None, None]
+    accuracy = [r | {"test_accuracy": v} for r, v in zip(rows, values)]
+    assert is_png(
+        plots.plot_interval_bars(accuracy, "test_accuracy", tmp_path / "acc.png", "test accuracy %", scale=100)
+    )
+    speeds = [r | {"samples_per_second": v} for r, v in zip(rows, [interval(80000, 900), interval(60000, 2000), None])]
+    assert is_png(plots.plot_interval_bars(speeds[:3], "samples_per_second", tmp_path / "sps.png", "samples/s", ",.0f"))
+    nothing = [r | {"samples_per_second": None} for r in rows]
+    assert is_png(plots.plot_interval_bars(nothing, "samples_per_second", tmp_path / "none.png", "samples/s"))

@@ -1,11 +1,12 @@
-"""End to end: the whole DVC pipeline (download, preprocess, the study's train cells,
-compare) in a temporary copy of the repository, shrunk through params.yaml to a tiny
-subset, 1 epoch and the numpy and torch parallel cells; then a second `dvc repro` must rerun only what
-an edit to torch_backend.py changed, and a third must be a no-op."""
+"""End to end: the whole DVC pipeline (download, preprocess, the study's stages, compare) in
+a temporary copy of the repository, shrunk through params.yaml to a tiny subset, 1 epoch,
+numpy and torch x both strategies x both modes x 2 seeds; then a second `dvc repro` must
+rerun only what an edit to torch_backend.py changed, and a third must be a no-op."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -16,8 +17,10 @@ from repo_copy import ROOT, copy_repo
 from repo_copy import dvc as run_dvc
 
 FRAMEWORKS = ["numpy", "torch"]
-STRATEGIES = ["parallel"]  # one strategy keeps this test to three cell runs
-CELLS = [f"{f}-{s}-cpu" for f in FRAMEWORKS for s in STRATEGIES]
+STRATEGIES = ["sequential", "parallel"]
+MODES = ["controlled", "native"]
+SEEDS = 2
+STAGES = [f"study@{f}-cpu" for f in FRAMEWORKS]
 
 
 def dvc(args: list[str], repo: Path, mlflow_uri: str) -> subprocess.CompletedProcess:
@@ -35,44 +38,71 @@ def shrink_study(repo: Path) -> None:
     params = yaml.safe_load(path.read_text())
     params["data"]["subset"] = 300  # 270 train + 30 val rows; the test split stays 1,000
     params["train"].update(epochs=1, batch_size=32)
-    params["study"] = {"frameworks": FRAMEWORKS, "strategies": STRATEGIES, "devices": ["cpu"]}
+    params["study"] = {
+        "frameworks": FRAMEWORKS,
+        "strategies": STRATEGIES,
+        "devices": ["cpu"],
+        "modes": MODES,
+        "seeds": SEEDS,
+    }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
     repo = copy_repo(tmp_path / "repo")
     shrink_study(repo)
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     first = dvc(["repro"], repo, mlflow_uri)
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
-    assert stages_run(first) == ["download", "preprocess", *(f"train@{c}" for c in CELLS), "compare"]
+    ran = stages_run(first)
+    assert ran[:2] == ["download", "preprocess"] and ran[-1] == "compare"
+    assert set(STAGES) <= set(ran)
 
-    # The report: one row per cell, all finished, and the table printed by the stage.
+    # Every expected run exists in MLflow exactly once, finished, under its stage's parent.
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id], max_results=1000)
+    names = [r.info.run_name for r in runs]
+    expected = [
+        f"{f}-{s}-cpu-{m}-s{seed}" for f in FRAMEWORKS for s in STRATEGIES for m in MODES for seed in range(SEEDS)
+    ]
+    assert sorted(n for n in names if not n.startswith("study-")) == sorted(expected)
+    assert sorted(n for n in names if n.startswith("study-")) == [f"study-{f}-cpu" for f in FRAMEWORKS]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+    # The report: one row per framework x strategy x mode, every seed finished, with intervals.
     with open(repo / "reports/comparison.csv", newline="") as f:
-        rows = {row["cell"]: row for row in csv.DictReader(f)}
-    assert sorted(rows) == sorted(CELLS)
-    assert {row["status"] for row in rows.values()} == {"finished"}
-    assert float(rows["numpy-parallel-cpu"]["speed_vs_numpy"]) == 1.0
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(FRAMEWORKS) * len(STRATEGIES) * len(MODES)
+    assert all(row["test_accuracy_hw"] != "" for row in rows)  # 2 seeds: an interval
     table = (repo / "reports/comparison.md").read_text()
-    for cell in CELLS:
-        framework, strategy, device = cell.split("-")
-        assert f"| {framework} | {strategy} | {device} | finished |" in table
-    assert table.split("\n\n")[1] in first.stdout  # compare prints the table at the end
+    assert "## sequential − parallel, paired by seed" in table and " ± " in table
+    assert "Native mode" in table
+    summary = json.loads((repo / "reports/summary.json").read_text())
+    assert sorted(summary) == sorted(FRAMEWORKS)
+    assert set(summary["numpy"]["parallel"]) == {"acc", "acc_hw", "sps"}
     for name in ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png"):
         assert (repo / "reports" / name).stat().st_size > 0
     assert (tmp_path / "mlflow.db").is_file() and not (repo / "mlflow.db").exists()
 
-    # An edit to one backend reruns that backend's cells and the report, nothing else.
+    # The stability map ran in the same pipeline and marks a divergence.
+    stability = json.loads((repo / "reports/stability.json").read_text())
+    diverged = [r for r in stability["runs"] if r["status"] == "diverged"]
+    assert diverged and all(r["diverged_epoch"] >= 1 for r in diverged)
+    assert (repo / "reports/stability.png").stat().st_size > 0
+
+    # An edit to one backend reruns that framework's stage and the report, nothing else.
     torch_backend = repo / "src/backprop_bench/backends/torch_backend.py"
     torch_backend.write_text(torch_backend.read_text() + "\n# an edit\n")
-    numpy_stamp = (repo / "runs/numpy-parallel-cpu/metrics.json").stat().st_mtime_ns
+    numpy_stamp = (repo / "runs/numpy-cpu/parallel-controlled-s0/metrics.json").stat().st_mtime_ns
     second = dvc(["repro"], repo, mlflow_uri)
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
-    assert stages_run(second) == ["train@torch-parallel-cpu", "compare"]
-    assert (repo / "runs/numpy-parallel-cpu/metrics.json").stat().st_mtime_ns == numpy_stamp
+    assert stages_run(second) == ["study@torch-cpu", "compare"]
+    assert (repo / "runs/numpy-cpu/parallel-controlled-s0/metrics.json").stat().st_mtime_ns == numpy_stamp
 
     # Nothing changed: a no-op.
     third = dvc(["repro"], repo, mlflow_uri)
@@ -82,20 +112,22 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
 
 
 def test_study_stage_cmd_matches_the_contract():
-    """dvc.yaml's train cells call the app as the pipeline contract says, and track exactly
-    the params their command uses (no drift between params: and cmd)."""
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    assert stage["matrix"] == {
-        "framework": "${study.frameworks}",
-        "strategy": "${study.strategies}",
-        "device": "${study.devices}",
-    }
-    used = sorted(set(re.findall(r"\$\{((?!item\.)[a-z_.]+)\}", stage["cmd"])))
-    assert used == sorted(stage["params"]) == ["train.batch_size", "train.epochs", "train.seed"]
-    assert "out_dir=runs/${item.framework}-${item.strategy}-${item.device}" in stage["cmd"]
+    """dvc.yaml's study stages call the runner as the pipeline contract says, and track exactly
+    the params the runner reads (no drift between params: and the code)."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["study"]
+    assert stage["matrix"] == {"framework": "${study.frameworks}", "device": "${study.devices}"}
+    assert stage["cmd"] == "python -m backprop_bench.study --framework ${item.framework} --device ${item.device}"
+    assert sorted(stage["params"]) == [
+        "study.modes",
+        "study.seeds",
+        "study.strategies",
+        "train.batch_size",
+        "train.epochs",
+    ]
+    assert stage["outs"] == ["runs/${item.framework}-${item.device}"]
     assert "src/backprop_bench/backends/${item.framework}_backend.py" in stage["deps"]
     other_backends = [d for d in stage["deps"] if re.search(r"backends/(numpy|torch|tensorflow|keras)_backend", d)]
-    assert other_backends == []  # a cell depends on its own backend module only
+    assert other_backends == []  # a stage depends on its own backend module only
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(params["study"]) == {"frameworks", "strategies", "devices"}
-    assert set(params["train"]) == {"epochs", "batch_size", "seed"}
+    assert set(params["study"]) == {"frameworks", "strategies", "devices", "modes", "seeds"}
+    assert set(params["train"]) == {"epochs", "batch_size"}

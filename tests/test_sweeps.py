@@ -57,10 +57,10 @@ def test_a_grid_with_impossible_cells_skips_them_and_finishes_the_rest(tmp_path,
     assert parent.info.status == "FINISHED"
     outcome = {r.info.run_name: (r.info.status, r.data.tags["outcome"]) for r in children}
     assert outcome == {
-        "numpy-sequential-cpu-s0": ("FINISHED", "finished"),
-        "numpy-parallel-cpu-s0": ("FINISHED", "finished"),
-        "numpy-sequential-cuda-s0": ("FINISHED", "skipped"),
-        "numpy-parallel-cuda-s0": ("FINISHED", "skipped"),
+        "numpy-sequential-cpu-controlled-s0": ("FINISHED", "finished"),
+        "numpy-parallel-cpu-controlled-s0": ("FINISHED", "finished"),
+        "numpy-sequential-cuda-controlled-s0": ("FINISHED", "skipped"),
+        "numpy-parallel-cuda-controlled-s0": ("FINISHED", "skipped"),
     }
 
 

@@ -80,7 +80,7 @@ def test_a_whole_run_is_logged_completely(small_cfg, tracking_uri, tmp_path):
     metrics = run_in_process(small_cfg("train.epochs=3", "strategy=sequential", uri=tracking_uri), tmp_path)
     client, r = _only_run(tracking_uri)
     assert r.info.run_id == metrics["mlflow_run_id"]
-    assert r.info.status == "FINISHED" and r.info.run_name == "numpy-sequential-cpu-s0"
+    assert r.info.status == "FINISHED" and r.info.run_name == "numpy-sequential-cpu-controlled-s0"
     params = r.data.params
     assert params["train.epochs"] == "3" and params["strategy.name"] == "sequential"
     assert params["model.sizes"] == "[784, 128, 64, 10]" and params["optimizer.lr"] == "0.01"

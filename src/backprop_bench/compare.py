@@ -1,11 +1,12 @@
-"""Stage `compare`: the study's cells (runs/<cell>/) become one table and four plots.
+"""Stage `compare`: every run of the study becomes reports/comparison.{md,csv}, summary.json
+(the few numbers `dvc exp show` displays) and four PNGs (plots.py).
 
-    python -m backprop_bench.compare                # runs/ -> reports/, then prints the table
-    python -m backprop_bench.compare --print-only   # print the existing reports/comparison.md
+    python -m backprop_bench.compare                # runs/ -> reports/, prints one line
+    python -m backprop_bench.compare --print-only   # print reports/comparison.md
 
-Reads each cell's metrics.json, history.csv and predictions.npy (metrics.py) and the test
-split of data/processed/mnist.npz; writes reports/comparison.{md,csv} and the PNGs of
-REPORT_FILES. What each column means: docs/architecture.md, "The report".
+Seeds are pooled per framework, strategy, device and mode: means with 95 % t intervals,
+sequential − parallel paired by seed, and in native mode how far the frameworks differ
+(stats.py). Every column and key: docs/architecture.md, "The report".
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import ast
 import io
 import itertools
-import math
 import sys
 import tokenize
 from dataclasses import asdict
@@ -24,107 +24,73 @@ from typing import Any
 import numpy as np
 
 from backprop_bench import plots
-from backprop_bench.backends import FRAMEWORKS
-from backprop_bench.io import atomic_write, write_csv
+from backprop_bench.io import atomic_write, write_csv, write_json
 from backprop_bench.metrics import FINISHED, MetricsError, read_history, read_metrics
+from backprop_bench.stats import Interval, mean_interval, paired_test, smallest_p, spread
+from backprop_bench.study import StudyParams, read_study_params, run_dir
 
-MISSING = "missing"  # a report row only: the cell's metrics.json is not there (its stage has not run)
-STRATEGY_ROW = {"sequential": 0, "parallel": 1}  # row order within a framework and device
-PLOTTED_COLUMNS = ("epoch", "train_loss", "val_loss")  # the history.csv columns the report reads
+MISSING, INCOMPLETE = "missing", "incomplete"  # a run without metrics.json; a row with some seeds not finished
 BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
-# Modules that more than one backend is built on: counted in each of their totals.
-SHARED_MODULES = {"tensorflow": ("_tf_common.py",), "keras": ("_tf_common.py",)}
-REPORT_FILES = (
-    "comparison.md",
-    "comparison.csv",
-    "loss_curves.png",
-    "time_bars.png",
-    "accuracy_bars.png",
-    "disagreements.png",
-)
-CSV_COLUMNS = (
-    "cell",
-    "framework",
-    "strategy",
-    "device",
-    "status",
-    "test_accuracy",
-    "train_seconds",
-    "first_epoch_seconds",
-    "steady_epoch_seconds",
-    "samples_per_second",
-    "speed_vs_numpy",
-    "seq_minus_par_final_loss",
-    "backend_loc",
-    "reason",
-)
+SHARED_MODULES = {"tensorflow": ("_tf_common.py",), "keras": ("_tf_common.py",)}  # counted in each backend's LOC
+PNGS = ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png")
+REPORT_FILES = ("comparison.md", "comparison.csv", "summary.json", *PNGS)
+KEYS = ("framework", "strategy", "device", "mode")  # one row of the table: its runs differ only in seed
+POOLED = {  # metrics.json key -> (markdown header, scale, format, suffix); the csv adds <key>_hw
+    "test_accuracy": ("test accuracy", 100.0, ".2f", " %"),
+    "final_train_loss": ("final train loss", 1.0, ".4f", ""),
+    "steady_epoch_seconds": ("steady epoch s", 1.0, ".3f", ""),
+    "samples_per_second": ("samples/s", 1.0, ",.0f", ""),
+}
+PAIRED = {"final_train_loss": ("final train loss", 1.0, "+.4f"), "test_accuracy": ("test accuracy (pp)", 100.0, "+.2f")}
+CSV_COLUMNS = (*KEYS, "status", "n_finished", "n_seeds", *(k + s for k in POOLED for s in ("", "_hw")))
+CSV_COLUMNS += ("speed_vs_numpy", "backend_loc", "note")
+HALVES = (("", "mean"), ("_hw", "half_width"))  # comparison.csv: an interval as <key> and <key>_hw
 
-# A cell, as the functions below pass it around: CellMetrics' fields as a dict, plus
-# `history` (PLOTTED_COLUMNS, each (E,)) and `predictions_path` when finished.
-Cell = dict[str, Any]
+Run = dict[str, Any]  # CellMetrics' fields, plus `history` and `predictions` (N_test,) when finished
+Key = tuple[str, str, str, str]  # KEYS
+Groups = dict[Key, list[Run]]  # the runs of one row, seed i at [i]
 
 
 class ReportError(ValueError):
-    """A cell's files are missing or malformed. The message names the file and what is wrong."""
+    """A run's files are missing or malformed. The message names the file and what is wrong."""
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def study_cells(params_path: Path) -> list[str] | None:
-    """The grid of params.yaml `study:` as cell names, or None if the file has no study."""
-    if not params_path.is_file():
-        return None
-    import yaml  # PyYAML comes with DVC and OmegaConf
-
-    study = (yaml.safe_load(params_path.read_text()) or {}).get("study")
-    if study is None:
-        return None
-    for key in ("frameworks", "strategies", "devices"):
-        if not isinstance(study.get(key), list):
-            raise ReportError(f"{params_path}: study.{key} must be a list, got {study.get(key)!r}")
-    grid = itertools.product(study["frameworks"], study["strategies"], study["devices"])
-    return [f"{f}-{s}-{d}" for f, s, d in grid]
-
-
-def load_cells(runs_dir: Path, cells: list[str] | None = None) -> list[Cell]:
-    """Each cell's checked metrics, plus `history` and `predictions_path` when finished.
-
-    cells=None reads every runs_dir/*/metrics.json. A named cell without a metrics.json is
-    a MISSING row: its stage has not run yet.
-    """
-    if cells is None:
-        cells = sorted(p.parent.name for p in runs_dir.glob("*/metrics.json"))
-    loaded = []
-    for name in cells:
-        cell_dir = runs_dir / name
-        if not (cell_dir / "metrics.json").exists():
-            framework, strategy, device = (name.split("-") + ["?", "?", "?"])[:3]
-            loaded.append(
-                dict(
-                    cell=name,
-                    framework=framework,
-                    strategy=strategy,
-                    device=device,
-                    status=MISSING,
-                    reason=f"{cell_dir / 'metrics.json'} not found: its train stage has not run",
-                )
-            )
-            continue
-        try:
-            cell = asdict(read_metrics(cell_dir / "metrics.json"))
-            if cell["status"] == FINISHED:
-                cell["history"] = read_history(cell_dir / "history.csv", PLOTTED_COLUMNS)
-                cell["predictions_path"] = cell_dir / "predictions.npy"
-        except MetricsError as err:
-            raise ReportError(str(err)) from None
-        loaded.append(cell)
-    return sorted(loaded, key=_row_order)
+def load_run(runs_dir: Path, framework: str, strategy: str, device: str, mode: str, seed: int, n_test: int) -> Run:
+    """One run's checked metrics.json, plus its history and predictions when finished."""
+    folder = runs_dir / Path(run_dir(framework, device, strategy, mode, seed)).relative_to("runs")
+    expected = dict(framework=framework, strategy=strategy, device=device, mode=mode, seed=seed)
+    if not (folder / "metrics.json").is_file():
+        return expected | dict(
+            status=MISSING, reason="no metrics.json: not run yet, or the run failed (see its stage's log)"
+        )
+    try:
+        run = asdict(read_metrics(folder / "metrics.json"))
+        for key, want in expected.items():
+            if run[key] != want:
+                raise ReportError(f"{folder / 'metrics.json'}: key {key!r} is {run[key]!r}, expected {want!r}")
+        if run["status"] == FINISHED:
+            run["history"] = read_history(folder / "history.csv", ("epoch", "train_loss"))
+            run["predictions"] = pred = np.load(folder / "predictions.npy").astype(np.int64)
+            if pred.shape != (n_test,):
+                raise ReportError(f"{folder / 'predictions.npy'}: shape {pred.shape}, expected ({n_test},)")
+    except MetricsError as err:
+        raise ReportError(str(err)) from None
+    except FileNotFoundError as err:
+        raise ReportError(f"{err.filename}: not found (a finished run writes it)") from None
+    return run
 
 
-def _row_order(cell: Cell) -> tuple:
-    rank = FRAMEWORKS.index(cell["framework"]) if cell["framework"] in FRAMEWORKS else len(FRAMEWORKS)
-    return (rank, cell["framework"], cell["device"], STRATEGY_ROW.get(cell["strategy"], 2), cell["cell"])
+def load_study(runs_dir: Path, p: StudyParams, n_test: int) -> Groups:
+    """Every run the study expects, per row in table order: mode, device, framework, strategy."""
+    grid = itertools.product(p.modes, p.devices, p.frameworks, p.strategies)
+    return {(f, s, d, m): [load_run(runs_dir, f, s, d, m, i, n_test) for i in range(p.seeds)] for m, d, f, s in grid}
+
+
+def finished(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r["status"] == FINISHED]
 
 
 # ----------------------------------------------------------------------------- cost of writing it
@@ -167,94 +133,102 @@ def backend_loc(framework: str, backends_dir: Path = BACKENDS_DIR) -> tuple[int 
     return total, " + ".join(parts)
 
 
-# ----------------------------------------------------------------------------- the table
+# ----------------------------------------------------------------------------- the main table
 
 
-def build_rows(cells: list[Cell], backends_dir: Path = BACKENDS_DIR) -> list[dict]:
-    """One row per cell, with the two columns that need other cells.
-
-    speed_vs_numpy: samples/s over NumPy's at the same strategy and device (> 1: faster).
-    seq_minus_par_final_loss: final train loss under sequential minus under parallel, same
-    framework and device; the same number on both rows of the pair.
-    """
-    finished = {(c["framework"], c["strategy"], c["device"]): c for c in cells if c["status"] == FINISHED}
+def build_rows(groups: Groups, backends_dir: Path = BACKENDS_DIR) -> list[dict]:
+    """One row per group: each POOLED key as a stats.Interval over the finished seeds (None if
+    none); speed_vs_numpy: mean samples/s over NumPy's at the same strategy, device and mode."""
+    locs = {key[0]: backend_loc(key[0], backends_dir) for key in groups}
     rows = []
-    for c in cells:
-        loc, loc_detail = backend_loc(c["framework"], backends_dir) if c["framework"] in FRAMEWORKS else (None, "")
-        row = {key: c.get(key) for key in CSV_COLUMNS}
-        row.update(backend_loc=loc, backend_loc_detail=loc_detail, speed_vs_numpy=None, seq_minus_par_final_loss=None)
-        if c["status"] == FINISHED:
-            numpy_cell = finished.get(("numpy", c["strategy"], c["device"]))
-            if numpy_cell is not None and numpy_cell["samples_per_second"] > 0:
-                row["speed_vs_numpy"] = c["samples_per_second"] / numpy_cell["samples_per_second"]
-            seq = finished.get((c["framework"], "sequential", c["device"]))
-            par = finished.get((c["framework"], "parallel", c["device"]))
-            if seq is not None and par is not None:
-                row["seq_minus_par_final_loss"] = seq["final_train_loss"] - par["final_train_loss"]
+    for key, runs in groups.items():
+        done, statuses, why = finished(runs), {r["status"] for r in runs}, {}
+        for r in runs:
+            if r["status"] != FINISHED:
+                why.setdefault(f"{r['status']}: {r['reason']}".rstrip(": "), []).append(str(r["seed"]))
+        row = dict(zip(KEYS, key), n_finished=len(done), n_seeds=len(runs))
+        row["status"] = statuses.pop() if len(statuses) == 1 else INCOMPLETE
+        row["note"] = "; ".join(f"seed {', '.join(seeds)} {text}" for text, seeds in why.items())
+        for k in POOLED:
+            values = [r[k] for r in done if r[k] is not None]
+            row[k] = mean_interval(values, name=f"{k} of {' '.join(key)}") if values else None
+        row["backend_loc"], row["backend_loc_detail"] = locs[key[0]]
         rows.append(row)
+    sps = {tuple(r[k] for k in KEYS): r["samples_per_second"] for r in rows}
+    for r in rows:
+        ref = sps.get(("numpy", r["strategy"], r["device"], r["mode"]))
+        ok = r["samples_per_second"] is not None and ref is not None and ref.mean > 0
+        r["speed_vs_numpy"] = r["samples_per_second"].mean / ref.mean if ok else None
     return rows
 
 
-def _fmt(value: float | int | None, spec: str, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _fmt(value: Interval | float | None, scale: float = 1.0, spec: str = ".2f", suffix: str = "") -> str:
+    """`mean ± half-width` for an Interval of two seeds or more, the plain number otherwise."""
+    if value is None or (not isinstance(value, Interval) and not np.isfinite(value)):
         return "–"
-    return f"{value:{spec}}{suffix}"
+    if not isinstance(value, Interval):
+        return f"{value * scale:{spec}}{suffix}"
+    hw = f" ± {value.half_width * scale:{spec}}" if value.n > 1 else ""
+    return f"{value.mean * scale:{spec}}{hw}{suffix}"
 
 
-MD_HEADER = (
-    "framework",
-    "strategy",
-    "device",
-    "status",
-    "test acc %",
-    "train s",
-    "steady epoch s",
-    "samples/s",
-    "speed vs NumPy",
-    "seq − par final loss",
-    "backend LOC",
-    "note",
-)
+def _md(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return (
+        "\n".join(
+            out + ["| " + " | ".join(x.replace("|", "/").replace("\n", " ") for x in line) + " |" for line in lines]
+        )
+        + "\n"
+    )
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(MD_HEADER) + " |", "|" + "|".join("---" for _ in MD_HEADER) + "|"]
-    for r in rows:
-        acc = None if r["test_accuracy"] is None else 100 * r["test_accuracy"]
-        cells = (
-            r["framework"],
-            r["strategy"],
-            r["device"],
-            r["status"],
-            _fmt(acc, ".2f"),
-            _fmt(r["train_seconds"], ".2f"),
-            _fmt(r["steady_epoch_seconds"], ".3f"),
-            _fmt(r["samples_per_second"], ",.0f"),
-            _fmt(r["speed_vs_numpy"], ".2f", "×"),
-            _fmt(r["seq_minus_par_final_loss"], "+.2e"),
-            _fmt(r["backend_loc"], "d"),
-            (r["reason"] or "").replace("|", "/").replace("\n", " "),
-        )
-        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
-    return "\n".join(lines) + "\n"
+    header = [*KEYS, "seeds", *(h for h, *_ in POOLED.values()), "speed vs NumPy", "backend LOC", "note"]
+    return _md(
+        header,
+        [
+            [*(r[k] for k in KEYS), f"{r['n_finished']}/{r['n_seeds']}"]
+            + [_fmt(r[k], *fmt[1:]) for k, fmt in POOLED.items()]
+            + [_fmt(r["speed_vs_numpy"], 1, ".2f", "×"), str(r["backend_loc"] or "–"), r["note"]]
+            for r in rows
+        ],
+    )
 
 
 def csv_rows(rows: list[dict]) -> list[list]:
-    """The rows as comparison.csv's lines: CSV_COLUMNS in order, "" where there is no value."""
-    return [["" if r.get(k) is None else r[k] for k in CSV_COLUMNS] for r in rows]
+    """comparison.csv's lines, CSV_COLUMNS in order: an interval as <key> (mean) and <key>_hw, "" for none."""
+    flat = [r | {k + s: getattr(r[k], a) if r[k] else None for k in POOLED for s, a in HALVES} for r in rows]
+    return [["" if f.get(c) is None or f[c] != f[c] else f[c] for c in CSV_COLUMNS] for f in flat]
 
 
-# ----------------------------------------------------------------------------- disagreements
+# ----------------------------------------------------------------------------- sequential − parallel
 
 
-def pick_per_framework(cells: list[Cell]) -> dict[str, Cell]:
-    """One finished cell per framework for the disagreement figure: parallel on cpu if there
-    is one (every framework's default), else its first finished cell."""
-    picked: dict[str, Cell] = {}
-    for c in sorted(cells, key=lambda c: (c["strategy"] != "parallel", c["device"] != "cpu", _row_order(c))):
-        if c["status"] == FINISHED:
-            picked.setdefault(c["framework"], c)
-    return dict(sorted(picked.items(), key=lambda kv: _row_order(kv[1])))
+def paired_section(groups: Groups) -> str:
+    """Per framework, device, mode and PAIRED quantity: stats.paired_test over the seeds where
+    both strategies finished."""
+    lines = []
+    for (framework, strategy, device, mode), seq_runs in groups.items():
+        if strategy != "sequential" or (framework, "parallel", device, mode) not in groups:
+            continue
+        seq = {r["seed"]: r for r in finished(seq_runs)}
+        par = {r["seed"]: r for r in finished(groups[(framework, "parallel", device, mode)])}
+        seeds = sorted(seq.keys() & par.keys())
+        for key, (name, scale, spec) in PAIRED.items():
+            line = [framework, device, mode, name, str(len(seeds))]
+            if not seeds:
+                lines.append(line + ["–", "–", "–", "no seed finished under both strategies"])
+                continue
+            t = paired_test([seq[s][key] for s in seeds], [par[s][key] for s in seeds])
+            ci = f"[{t.interval.low * scale:{spec}}, {t.interval.high * scale:{spec}}]" if t.n > 1 else "–"
+            lines.append(line + [f"{t.mean_diff * scale:{spec}}", ci, f"{t.p_value:.3g}", t.verdict])
+    if not lines:
+        return "The study does not run both strategies: nothing to pair.\n"
+    header = ["framework", "device", "mode", "sequential − parallel", "seeds", "mean", "95 % interval", "p", "verdict"]
+    return _md(header, lines)
+
+
+# ----------------------------------------------------------------------------- do frameworks differ?
 
 
 def find_disagreements(predictions: dict[str, np.ndarray]) -> np.ndarray:
@@ -263,73 +237,134 @@ def find_disagreements(predictions: dict[str, np.ndarray]) -> np.ndarray:
     return np.flatnonzero((stacked != stacked[0]).any(axis=0))
 
 
-def load_predictions(picked: dict[str, Cell], n_test: int) -> dict[str, np.ndarray]:
-    predictions = {}
-    for framework, c in picked.items():
-        path = c["predictions_path"]
-        try:
-            pred = np.load(path)
-        except FileNotFoundError:
-            raise ReportError(f"{path}: not found (a finished cell writes its test predictions)") from None
-        if pred.shape != (n_test,):
-            raise ReportError(f"{path}: shape {pred.shape}, expected ({n_test},): one label per test row")
-        predictions[framework] = pred.astype(np.int64)
-    return predictions
+def agreement_matrix(per_seed: list[dict[str, np.ndarray]], frameworks: list[str]) -> np.ndarray:
+    """(F, F): share of test digits on which frameworks i and j predict the same label, pooled
+    over the seeds where both finished (per_seed: framework -> (N_test,) labels); nan if none."""
+    same, total = np.zeros((len(frameworks),) * 2), np.zeros((len(frameworks),) * 2)
+    for preds in per_seed:
+        for (i, a), (j, b) in itertools.product(enumerate(frameworks), repeat=2):
+            if a in preds and b in preds:
+                same[i, j] += np.count_nonzero(preds[a] == preds[b])
+                total[i, j] += len(preds[a])
+    with np.errstate(invalid="ignore"):
+        return same / total
 
 
-def disagreement_summary(predictions: dict[str, np.ndarray], picked: dict[str, Cell], y_test: np.ndarray) -> str:
-    if len(predictions) < 2:
-        return "Fewer than two frameworks finished: nothing to compare predictions with.\n"
-    where = find_disagreements(predictions)
-    cells = ", ".join(c["cell"] for c in picked.values())
-    text = f"Cells compared: {cells}. They disagree on {len(where)} of {len(y_test)} test digits"
-    if len(where) == 0:
-        return text + ".\n"
-    right = ", ".join(f"{f} {int((p[where] == y_test[where]).sum())}" for f, p in predictions.items())
-    return text + f"; right on those: {right}.\n"
+def seed_predictions(groups: Groups, p: StudyParams, strategy: str, device: str, mode: str) -> list[dict]:
+    """Per seed: framework -> (N_test,) test predictions, for the frameworks that finished it."""
+    runs = {f: groups[(f, strategy, device, mode)] for f in p.frameworks}
+    return [{f: rs[i]["predictions"] for f, rs in runs.items() if rs[i]["status"] == FINISHED} for i in range(p.seeds)]
+
+
+def disagreement_line(preds: dict[str, np.ndarray], y_test: np.ndarray) -> str:
+    if len(preds) < 2:
+        return "fewer than two frameworks finished"
+    where = find_disagreements(preds)
+    right = ", ".join(f"{f} {np.count_nonzero(pred[where] == y_test[where])}" for f, pred in preds.items())
+    text = f"they disagree on {len(where)} of {len(y_test)} test digits"
+    return text + (f"; right on those: {right}" if len(where) else "")
+
+
+def native_section(groups: Groups, p: StudyParams, y_test: np.ndarray) -> str:
+    """Native mode: test accuracy's spread over frameworks vs over seeds, the test digits the
+    frameworks label differently (per seed) and pairwise agreement; then controlled mode in one line."""
+    out, combos = [], list(itertools.product(p.strategies, p.devices))
+    if "native" not in p.modes:
+        out.append("Native mode is not in this study (params.yaml study.modes).\n")
+    else:
+        out.append("Test accuracy (%): spread across frameworks vs across seeds (one-way ANOVA over seeds).\n")
+        for strategy, device in combos:
+            runs = {f: finished(groups[(f, strategy, device, "native")]) for f in p.frameworks}
+            accs = {f: [100 * r["test_accuracy"] for r in rs] for f, rs in runs.items() if rs}  # in %
+            text = spread(accs).describe() if len(accs) > 1 else "fewer than two frameworks finished"
+            out.append(f"- {strategy}, {device}: {text}")
+        out.append("\nTest digits the frameworks label differently, and who is right on those:\n")
+        for strategy, device in combos:
+            for i, preds in enumerate(seed_predictions(groups, p, strategy, device, "native")):
+                absent = [f for f in p.frameworks if f not in preds]
+                note = f" (not finished: {', '.join(absent)})" if absent and len(preds) > 1 else ""
+                out.append(f"- {strategy}, {device}, seed {i}: {disagreement_line(preds, y_test)}{note}")
+        out.append("\nPairwise agreement: share of test digits on which two frameworks predict the same label.")
+        for strategy, device in combos:
+            share = agreement_matrix(seed_predictions(groups, p, strategy, device, "native"), list(p.frameworks))
+            lines = [[a] + [_fmt(x, 100, ".1f", " %") for x in row] for a, row in zip(p.frameworks, share)]
+            out.append(f"\n{strategy}, {device}, seeds pooled:\n\n" + _md(["", *p.frameworks], lines).rstrip())
+    if "controlled" in p.modes:
+        out.append(controlled_line([s for c in combos for s in seed_predictions(groups, p, *c, "controlled")]))
+    return "\n".join(out) + "\n"
+
+
+def controlled_line(per_seed: list[dict[str, np.ndarray]]) -> str:
+    """Controlled runs of one seed share weights and batches: they should predict the same labels."""
+    compared = [preds for preds in per_seed if len(preds) > 1]
+    if not compared:
+        return "\nIn controlled mode fewer than two frameworks finished any seed."
+    total = sum(len(next(iter(preds.values()))) for preds in compared)
+    same = total - sum(len(find_disagreements(preds)) for preds in compared)
+    return (
+        f"\nIn controlled mode the frameworks predict the same label on {same} of {total} test digits "
+        "(every strategy, device and seed): by construction, up to float rounding."
+    )
 
 
 # ----------------------------------------------------------------------------- the stage
 
 
-def loc_note(rows: list[dict]) -> str:
-    details = {r["framework"]: r["backend_loc_detail"] for r in rows if r.get("backend_loc_detail")}
-    shared = sorted({m for f in details for m in SHARED_MODULES.get(f, ()) if (BACKENDS_DIR / m).is_file()})
-    note = (
-        "Backend LOC (the cost of writing it) is counted from the source when this report is made: "
-        "non-blank lines of `src/backprop_bench/backends/<framework>_backend.py` that are not only a "
-        "comment or part of a docstring."
-    )
-    if shared:
-        note += f" The shared module(s) {', '.join(shared)} count in full in each backend built on them."
-    return note + " " + "; ".join(f"{f}: {d}" for f, d in details.items()) + ".\n"
+def _sig(x: float, digits: int = 4) -> float | int:
+    """x rounded to `digits` significant digits; an int from 1000 up (narrower in dvc exp show)."""
+    r = round(x, digits - 1 - int(np.floor(np.log10(abs(x))))) if x else 0.0
+    return int(r) if abs(r) >= 1000 else r
 
 
-def render_report(rows: list[dict], disagreement: str) -> str:
-    return (
-        "# Comparison of the study's cells\n\n" + markdown_table(rows) + "\n"
-        "Speed vs NumPy: samples/s over NumPy's at the same strategy and device. "
-        "seq − par final loss: final-epoch mean train loss under sequential minus under parallel, "
-        "same framework and device. Test accuracy on the test split; times are the training loop only.\n\n"
-        + loc_note(rows)
-        + "\n"
-        + disagreement
-        + "\nPlots: loss_curves.png, time_bars.png, accuracy_bars.png, disagreements.png.\n"
-    )
+def summary(rows: list[dict], p: StudyParams) -> dict[str, dict[str, dict[str, float]]]:
+    """summary.json: framework -> strategy -> {acc, acc_hw, sps} in controlled mode (else the first
+    mode) on the first device; acc_hw needs two seeds; a row with nothing finished is left out."""
+    mode = "controlled" if "controlled" in p.modes else p.modes[0]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        acc, sps = r["test_accuracy"], r["samples_per_second"]
+        if r["mode"] == mode and r["device"] == p.devices[0] and acc is not None:
+            entry = {"acc": _sig(acc.mean)} | ({"acc_hw": _sig(acc.half_width)} if acc.n > 1 else {})
+            out.setdefault(r["framework"], {})[r["strategy"]] = entry | ({"sps": _sig(sps.mean)} if sps else {})
+    return out
+
+
+REPORT = """\
+# Comparison of the study's runs
+
+{counts}.
+
+**How to read this.** *Controlled* mode starts every framework from the same initial weights and batch
+order, so they do the same arithmetic and agree up to float rounding: differences there are numerics,
+and the speed columns compare like with like. *Native* mode gives each framework its own default
+initialisation and shuffling (seeded), as its users get them: differences there are real, and the
+question is whether they exceed what a change of seed does. `mean ± h` pools the seeds that finished
+(seeds 0..{last}): the 95 % Student t interval for the mean, mean ± t(0.975, n − 1)·s/√n, wide with few
+seeds; a single seed gives no interval. The paired section compares the strategies run by run (same seed:
+same initial weights and batch order) with a sign-flip test; at {seeds} seeds no p-value can be below {floor:.3g}.
+
+## Per framework, strategy, device and mode
+
+{table}
+Speed vs NumPy: mean samples/s over NumPy's at the same strategy, device and mode. Test accuracy on the
+test split; times are the training loop only. Backend LOC (the cost of writing it): non-blank lines of
+`src/backprop_bench/backends/<framework>_backend.py` that are not only a comment or part of a docstring,
+a shared module counted in full in each backend built on it: {loc}.
+
+## sequential − parallel, paired by seed
+
+{paired}
+## Native mode: do frameworks differ?
+
+{native}
+Plots: {pngs}.
+"""
 
 
 def compare(
-    runs_dir: Path,
-    reports_dir: Path,
-    data_path: Path,
-    cells: list[str] | None = None,
-    backends_dir: Path = BACKENDS_DIR,
-) -> str:
-    """Read the cells, write every report file, and return the markdown report."""
-    loaded = load_cells(runs_dir, cells)
-    if not loaded:
-        raise ReportError(f"{runs_dir}: no cells found (expected {runs_dir}/<cell>/metrics.json)")
-    rows = build_rows(loaded, backends_dir)
+    runs_dir: Path, reports_dir: Path, data_path: Path, p: StudyParams, backends_dir: Path = BACKENDS_DIR
+) -> tuple[str, str]:
+    """Read every run of the study, write every report file; return (the markdown, a count of the runs)."""
     try:
         with np.load(data_path) as data:
             x_test, y_test = data["x_test"], data["y_test"]  # (N, 784) float32, (N,) int64
@@ -337,18 +372,37 @@ def compare(
         raise ReportError(f"{data_path}: not found (the preprocess stage writes it)") from None
     except KeyError as err:
         raise ReportError(f"{data_path}: missing array {err} (expected x_test and y_test)") from None
-    picked = pick_per_framework(loaded)
-    predictions = load_predictions(picked, len(y_test))
-    where = find_disagreements(predictions) if len(predictions) >= 2 else np.array([], dtype=np.int64)
+    groups = load_study(runs_dir, p, len(y_test))
+    rows = build_rows(groups, backends_dir)
+    statuses = [r["status"] for runs in groups.values() for r in runs]
+    counts = f"{len(statuses)} runs: " + ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    report = REPORT.format(
+        counts=counts,
+        last=p.seeds - 1,
+        seeds=p.seeds,
+        floor=smallest_p(p.seeds),
+        table=markdown_table(rows),
+        loc="; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items()),
+        paired=paired_section(groups),
+        native=native_section(groups, p, y_test),
+        pngs=", ".join(PNGS),
+    )
+    # disagreements.png: native mode if run, parallel if run, the first device, seed 0
+    mode = "native" if "native" in p.modes else p.modes[0]
+    strategy = "parallel" if "parallel" in p.strategies else p.strategies[0]
+    preds = seed_predictions(groups, p, strategy, p.devices[0], mode)[0]
+    where = find_disagreements(preds) if len(preds) > 1 else np.array([], dtype=np.int64)
 
-    report = render_report(rows, disagreement_summary(predictions, picked, y_test))
     write_csv(reports_dir / "comparison.csv", CSV_COLUMNS, csv_rows(rows))
-    plots.plot_loss_curves(loaded, reports_dir / "loss_curves.png")
-    plots.plot_time_bars(rows, reports_dir / "time_bars.png")
-    plots.plot_accuracy_bars(rows, reports_dir / "accuracy_bars.png")
-    plots.plot_disagreements(predictions, where, x_test, y_test, reports_dir / "disagreements.png")
+    write_json(reports_dir / "summary.json", summary(rows, p))
+    plots.plot_loss_bands([r for runs in groups.values() for r in runs], reports_dir / "loss_curves.png")
+    controlled = [r for r in rows if r["mode"] == "controlled"] or rows
+    plots.plot_interval_bars(controlled, "samples_per_second", reports_dir / "time_bars.png", "samples/s", ",.0f")
+    plots.plot_interval_bars(rows, "test_accuracy", reports_dir / "accuracy_bars.png", "test accuracy %", ".2f", 100)
+    caption = f"{mode} mode, {strategy}, {p.devices[0]}, seed 0"
+    plots.plot_disagreements(preds, where, x_test, y_test, reports_dir / "disagreements.png", caption=caption)
     atomic_write(reports_dir / "comparison.md", report)  # last: its presence means the rest is there
-    return report
+    return report, counts
 
 
 def print_report(reports_dir: Path) -> str:
@@ -360,21 +414,21 @@ def print_report(reports_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="one subfolder per cell")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs/<framework>-<device>/<run>/")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--data", type=Path, default=Path("data/processed/mnist.npz"), help="test images and labels")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its study: section names the cells")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its study: section names the runs")
     parser.add_argument("--print-only", action="store_true", help="print the existing report and exit")
     args = parser.parse_args(argv)
     try:
         if args.print_only:
-            report = print_report(args.reports_dir)
+            print(print_report(args.reports_dir), end="")
         else:
-            report = compare(args.runs_dir, args.reports_dir, args.data, study_cells(args.params))
-    except ReportError as err:
+            _, counts = compare(args.runs_dir, args.reports_dir, args.data, read_study_params(args.params))
+            print(f"compare: wrote {args.reports_dir}/ ({counts}); print it with --print-only")
+    except ValueError as err:  # ReportError, and read_study_params' errors naming the file and key
         print(f"compare: {err}", file=sys.stderr)
         return 1
-    print(report, end="")
     return 0
 
 

@@ -17,7 +17,17 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from backprop_bench.backends import FRAMEWORKS
 from backprop_bench.dataset import TOYS
-from backprop_bench.model import DEVICES, DTYPES, STRATEGIES, InitSpec, MLPSpec, OptimizerSpec, check, check_choice
+from backprop_bench.model import (
+    DEVICES,
+    DTYPES,
+    MODES,
+    STRATEGIES,
+    InitSpec,
+    MLPSpec,
+    OptimizerSpec,
+    check,
+    check_choice,
+)
 
 # Each node's defaults are its spec's, so that a value is written down once.
 
@@ -82,6 +92,7 @@ class TrainConfig:
     dtype: str = "float32"  # model.DTYPES
     shuffle: bool = True  # False: every epoch walks the samples in file order (the 2-2-1 toy)
     eval_train: bool = True  # evaluate the whole train set after each epoch (train_accuracy)
+    mode: str = "controlled"  # model.MODES: shared init and batch order, or each framework's own
 
 
 @dataclass
@@ -91,6 +102,7 @@ class TrackingConfig:
     # A value here wins over both (e.g. http://mlflow.example:5000, postgresql://...).
     uri: Optional[str] = None
     experiment: str = "backprop-bench"
+    plots: bool = True  # the per-run curves and confusion-matrix PNGs (~0.8 s a run); the study's report has them all
 
 
 @dataclass
@@ -159,6 +171,7 @@ def to_components(cfg: DictConfig) -> Components:
     check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     check_choice("train.dtype", t.dtype, DTYPES)
+    check_choice("train.mode", t.mode, MODES)
     check(
         c.data.name in TOYS or bool(c.data.path),
         "data.path",

@@ -44,7 +44,7 @@ HISTORY_COLUMNS = tuple(f.name for f in fields(EpochStats))
 
 @dataclass(frozen=True)
 class CellMetrics:
-    """metrics.json of one cell. A cell that did not finish has only the first six fields and mlflow_run_id."""
+    """metrics.json of one cell. A cell that did not finish has only the first eight fields and mlflow_run_id."""
 
     cell: str  # {framework}-{strategy}-{device}
     framework: str
@@ -52,6 +52,8 @@ class CellMetrics:
     device: str  # as asked: cpu | cuda | auto
     status: str  # one of STATUSES
     reason: str = ""  # why it was skipped or failed; "" when finished
+    mode: str = "controlled"  # model.MODES
+    seed: int | None = None  # the run's seed: initial weights, batch order (and dropout masks)
     # ---- a finished cell
     test_accuracy: float | None = None  # fraction in [0, 1]
     test_loss: float | None = None
@@ -65,7 +67,6 @@ class CellMetrics:
     n_train: int | None = None  # train samples per epoch
     epochs: int | None = None
     batch_size: int | None = None
-    seed: int | None = None
     dtype: str | None = None
     resolved_device: str | None = None  # what "auto" became: cpu | cuda
     framework_version: str | None = None
@@ -74,10 +75,10 @@ class CellMetrics:
     mlflow_run_id: str = ""  # "" with tracking off
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object: every field when finished, else the six every cell has and mlflow_run_id."""
+        """The JSON object: every field when finished, else the first eight fields and mlflow_run_id."""
         d = asdict(self)
         if self.status != FINISHED:
-            d = {k: v for k, v in d.items() if k in REQUIRED_KEYS or k == "mlflow_run_id"}
+            d = {k: v for k, v in d.items() if k in REQUIRED_KEYS or k in ("mode", "seed", "mlflow_run_id")}
         return d
 
     @classmethod

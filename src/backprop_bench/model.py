@@ -28,6 +28,9 @@ DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "momentum", "adam")  # the rules: OptimizerSpec's docstring
 STRATEGIES = ("parallel", "sequential")  # docs/backends.md, "The strategies"
 DEVICES = ("cpu", "cuda", "auto")  # auto: cuda when the backend can use a GPU here, else cpu
+# controlled: every framework starts from init_params' weights and walks the trainer's batch
+# order; native: each framework's own default init and shuffling, seeded (docs/native.md)
+MODES = ("controlled", "native")
 
 # One layer's parameters: W (in, out) and b (out,).
 Layer = tuple[np.ndarray, np.ndarray]

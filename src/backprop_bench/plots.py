@@ -19,7 +19,6 @@ from backprop_bench.io import atomic_write
 from backprop_bench.metrics import FINISHED, EpochStats
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 COLORS = dict(zip(FRAMEWORKS, ("tab:blue", "tab:red", "tab:orange", "tab:green")))  # one per framework
@@ -72,74 +71,92 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, path:
 # ---------------------------------------------------------------- the report (compare's rows)
 
 
-def plot_loss_curves(cells: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Train and val loss per epoch of every finished cell overlaid, and each cell's train
-    loss minus NumPy's (same strategy and device): the curves sit on top of each other when
-    the frameworks agree, and the third panel shows by how much they do not.
+def plot_loss_bands(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Train loss per epoch, one panel per mode: per framework x strategy (x device, when there
+    are several) the mean over seeds as a line and the min-max over seeds as a band.
 
-    A cell is compare's dict: framework, strategy, device, cell, status and, when finished,
-    history (columns epoch, train_loss, val_loss, each (E,)).
+    A run is compare's dict: framework, strategy, device, mode, status and, when finished,
+    history (columns epoch and train_loss, each (E,)). Seeds of unequal length are cut to the shortest.
     """
     from matplotlib.ticker import MaxNLocator
 
-    finished = [c for c in cells if c["status"] == FINISHED]
-    numpy_history = {(c["strategy"], c["device"]): c["history"] for c in finished if c["framework"] == "numpy"}
-    fig = _figure((15, 4))
-    axes = fig.subplots(1, 3)
-    for c in finished:
-        h, line = c["history"], LINESTYLES.get(c["strategy"], ":")
-        style = dict(color=COLORS.get(c["framework"]), marker=".", label=c["cell"])
-        axes[0].plot(h["epoch"], h["train_loss"], line, **style)
-        axes[1].plot(h["epoch"], h["val_loss"], line, **style)
-        ref = numpy_history.get((c["strategy"], c["device"]))
-        if ref is not None and len(ref["train_loss"]) == len(h["train_loss"]):
-            axes[2].plot(h["epoch"], h["train_loss"] - ref["train_loss"], line, **style)
-    titles = ("train loss", "val loss", "train loss minus NumPy's (same strategy, device)")
-    for ax, title in zip(axes, titles):
-        ax.set(title=title, xlabel="epoch")
+    curves: dict[tuple[str, str, str, str], list[Mapping[str, np.ndarray]]] = {}
+    for r in runs:
+        if r["status"] == FINISHED:
+            key = (r.get("mode", "controlled"), r["framework"], r["strategy"], r["device"])
+            curves.setdefault(key, []).append(r["history"])
+    modes = list(dict.fromkeys(k[0] for k in curves)) or ["nothing finished"]
+    several_devices = len({k[3] for k in curves}) > 1
+    fig = _figure((6.5 * len(modes), 4.5))
+    axes = fig.subplots(1, len(modes), squeeze=False, sharey=True)[0]
+    for (mode, framework, strategy, device), histories in curves.items():
+        n = min(len(h["train_loss"]) for h in histories)
+        losses = np.stack([h["train_loss"][:n] for h in histories])  # (seeds, epochs)
+        epochs, color = histories[0]["epoch"][:n], COLORS.get(framework, "tab:gray")
+        label = f"{framework} {strategy}" + (f" {device}" if several_devices else "") + f" ({len(histories)} seeds)"
+        ax = axes[modes.index(mode)]
+        ax.plot(epochs, losses.mean(axis=0), LINESTYLES.get(strategy, ":"), color=color, marker=".", label=label)
+        ax.fill_between(epochs, losses.min(axis=0), losses.max(axis=0), color=color, alpha=0.15, linewidth=0)
+    for ax, mode in zip(axes, modes):
+        ax.set(title=f"{mode} mode", xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_ylabel("cross-entropy loss")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("Loss per epoch (solid: parallel, dashed: sequential)")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("train loss (cross-entropy)")
+    fig.suptitle("Train loss per epoch: mean over seeds, band = min to max (solid: parallel, dashed: sequential)")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_time_bars(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Train seconds per row (cell, status, first_epoch_seconds, train_seconds): first epoch vs the rest."""
-    fig = _figure((8, 0.45 * len(rows) + 1.2))
+def plot_interval_bars(
+    rows: Sequence[Mapping[str, Any]], key: str, path: str | Path, label: str, spec: str = ".2f", scale: float = 1.0
+) -> Path:
+    """Horizontal bars of rows' ``key`` (mean x scale) with whiskers of its 95 % interval: one group
+    per framework x strategy (x device, when there are several), one bar per mode (native hatched).
+
+    A row is compare's table row: framework, strategy, device, mode, status and ``key``, an object with
+    mean, half_width and n (stats.Interval), or None when no seed finished. When every whisker is
+    narrow next to the bars (test accuracy), the axis zooms to the values and says it does not start at 0.
+    """
+    from matplotlib.patches import Patch
+
+    several_devices = len({r["device"] for r in rows}) > 1
+    groups = list(dict.fromkeys((r["framework"], r["strategy"], r["device"]) for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    height = 0.8 / len(modes)
+    fig = _figure((9, 0.38 * len(rows) + 0.3 * len(groups) + 1.5))
     ax = fig.subplots()
-    labels = [r["cell"] for r in rows]
-    first = [r["first_epoch_seconds"] or 0.0 for r in rows]
-    rest = [(r["train_seconds"] or 0.0) - f for r, f in zip(rows, first)]
-    ax.barh(labels, first, color="tab:gray", label="first epoch (tracing, compile, warm-up)")
-    ax.barh(labels, rest, left=first, color="tab:blue", label="the other epochs")
-    _mark_unfinished(ax, rows)
+    done = [r for r in rows if r[key] is not None]
+    means = [r[key].mean * scale for r in done]
+    for r in rows:
+        g, k = groups.index((r["framework"], r["strategy"], r["device"])), modes.index(r["mode"])
+        y = g + (k - (len(modes) - 1) / 2) * height
+        if r[key] is None:
+            ax.text(0, y, f" {r['mode']}: {r['status']}", va="center", fontsize=8, color="tab:red")
+            continue
+        mean, hw = r[key].mean * scale, (r[key].half_width * scale if r[key].n > 1 else 0.0)
+        color = COLORS.get(r["framework"], "tab:gray")
+        hatch = "//" if r["mode"] == "native" else None
+        ax.barh(y, mean, height=height * 0.9, color=color, alpha=0.75, hatch=hatch, edgecolor="black", linewidth=0.5)
+        ax.errorbar(mean, y, xerr=hw, fmt="none", ecolor="black", capsize=3, linewidth=1)
+        text = f"{mean:{spec}}" + (f" ± {hw:{spec}}" if r[key].n > 1 else "") + f"  ({r['mode']}, n={r[key].n})"
+        ax.text(mean + hw, y, "  " + text, va="center", fontsize=8)
+    ax.set_yticks(range(len(groups)), [" ".join(g if several_devices else g[:2]) for g in groups])
     ax.invert_yaxis()
-    ax.set(xlabel="train seconds", title="Training time per cell")
-    ax.legend(fontsize=8, loc="lower right")
+    xlabel = label
+    if means and min(means) > 0 and (max(means) - min(means)) < 0.2 * max(means):  # zoom: bars differ by little
+        low = min(r[key].mean * scale - (r[key].half_width * scale if r[key].n > 1 else 0) for r in done)
+        span = max(max(means) - low, 0.01 * max(means))
+        ax.set_xlim(low - 1.5 * span, max(means) + 2.5 * span)
+        xlabel += " (axis does not start at 0)"
+    elif means:
+        ax.set_xlim(0, 1.45 * max(means))
+    handles = [
+        Patch(facecolor="white", edgecolor="black", hatch="//" if m == "native" else None, label=m) for m in modes
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set(xlabel=xlabel, title=f"{label}: mean over seeds, whiskers = 95 % interval")
     return _save(fig, path)
-
-
-def plot_accuracy_bars(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Test accuracy in % per row (cell, framework, status, test_accuracy as a fraction)."""
-    fig = _figure((8, 0.45 * len(rows) + 1.2))
-    ax = fig.subplots()
-    acc = [100 * (r["test_accuracy"] or 0.0) for r in rows]
-    ax.barh([r["cell"] for r in rows], acc, color=[COLORS.get(r["framework"], "tab:gray") for r in rows])
-    for y, (r, a) in enumerate(zip(rows, acc)):
-        if r["status"] == FINISHED:
-            ax.text(a, y, f" {a:.2f}", va="center", fontsize=8)
-    _mark_unfinished(ax, rows)
-    ax.invert_yaxis()
-    ax.set(xlabel="test accuracy %", xlim=(0, 105), title="Test accuracy per cell")
-    return _save(fig, path)
-
-
-def _mark_unfinished(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
-    for y, r in enumerate(rows):
-        if r["status"] != FINISHED:
-            ax.text(0, y, f" {r['status']}", va="center", fontsize=8, color="tab:red")
 
 
 def plot_disagreements(
@@ -149,10 +166,12 @@ def plot_disagreements(
     y_test: np.ndarray,
     path: str | Path,
     max_digits: int = 8,
+    caption: str = "",
 ) -> Path:
     """Up to max_digits of the test images at ``where`` (indices the frameworks disagree on),
     each captioned with the true label and every framework's prediction, green where right
-    and red where wrong. predictions: framework -> (N_test,) labels; x_test (N_test, 784)."""
+    and red where wrong. predictions: framework -> (N_test,) labels; x_test (N_test, 784).
+    caption: which runs the predictions come from, added to the title."""
     shown = where[:max_digits]
     n_panels = max(len(shown), 1)
     fig = _figure((1.7 * n_panels + 0.5, 3.2))
@@ -182,5 +201,40 @@ def plot_disagreements(
                 fontsize=8,
                 color="tab:green" if right else "tab:red",
             )
-    fig.suptitle(f"Test digits the frameworks disagree on ({len(shown)} of {len(where)} shown)", fontsize=10)
+    title = f"Test digits the frameworks disagree on ({len(shown)} of {len(where)} shown)"
+    fig.suptitle(f"{title}\n{caption}" if caption else title, fontsize=10)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the stability map (stability stage)
+
+
+def plot_stability(runs: Sequence[Mapping[str, Any]], limit: float, path: str | Path) -> Path:
+    """Final train loss vs learning rate (both axes log), one line per strategy x batch size.
+
+    A run is stability.py's dict: lr, strategy, batch_size, status, final_loss. Diverged runs are
+    x marks above ``limit`` (the blow-up threshold, a dotted line), one row of them per line so
+    that they do not hide each other; each line runs up to its first divergence.
+    """
+    fig = _figure((8, 5))
+    ax = fig.subplots()
+    batches = sorted({r["batch_size"] for r in runs})
+    colors = dict(zip(batches, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")))
+    series = [(b, s) for b in batches for s in ("sequential", "parallel")]
+    for k, (b, strategy) in enumerate(series):
+        mine = sorted((r for r in runs if (r["batch_size"], r["strategy"]) == (b, strategy)), key=lambda r: r["lr"])
+        if not mine:
+            continue
+        row = limit * 1.2 ** (k + 1)  # this line's row of x marks
+        ok = [(r["lr"], r["final_loss"]) for r in mine if r["status"] == FINISHED]
+        bad = [(r["lr"], row) for r in mine if r["status"] != FINISHED]
+        line = [p for p in ok if not bad or p[0] < bad[0][0]] + bad[:1]
+        style = dict(color=colors.get(b, "tab:gray"), label=f"{strategy}, batch {b}")
+        ax.plot(*zip(*line), LINESTYLES[strategy], marker=".", **style)
+        if bad:
+            ax.plot(*zip(*bad), "x", markersize=9, mew=2, color=style["color"])
+    ax.axhline(limit, color="tab:red", linestyle=":", linewidth=1, label=f"blow-up threshold ({limit:.3g})")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate (plain SGD)", ylabel="final train loss")
+    ax.set_title("Stability map: x = diverged (solid: parallel, dashed: sequential)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)

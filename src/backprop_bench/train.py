@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,13 +102,18 @@ def fit(
     batch_size: int,
     seed: int,
     shuffle: bool = True,
+    orders: Iterable[np.ndarray] | None = None,
     eval_train: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
-    """Train ``epochs`` epochs on data's train split (already ``backend.load``-ed); time and evaluate each."""
+    """Train ``epochs`` epochs on data's train split (already ``backend.load``-ed); time and evaluate each.
+
+    orders: one batch order per epoch; None = batch_orders(n, epochs, seed, shuffle), the trainer's own.
+    """
     n = data.x_train.shape[0]
     history = []
-    for epoch, order in enumerate(batch_orders(n, epochs, seed, shuffle), start=1):
+    orders = batch_orders(n, epochs, seed, shuffle) if orders is None else orders
+    for epoch, order in enumerate(orders, start=1):
         train_loss, seconds = timed_epoch(backend, order, batch_size)
         if not math.isfinite(train_loss):
             raise Diverged(_divergence_message(backend, epoch, train_loss, n, batch_size))
@@ -143,14 +148,16 @@ def _divergence_message(backend: Backend, epoch: int, loss: float, n: int, batch
 def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, sweep: Mapping[str, str]) -> dict:
     """Train one cell and write its files; returns the metrics.json dict. Raises on failure."""
     from backprop_bench import tracking
-    from backprop_bench.backends import DeviceUnavailable, make_backend
+    from backprop_bench.backends import DeviceUnavailable, backend_class
 
+    t = c.train
     tags = {
         "cell": c.cell,
         "framework": c.framework.name,
         "strategy": c.strategy,
         "device": c.device,
-        "seed": c.train.seed,
+        "mode": t.mode,
+        "seed": t.seed,
         "dtype": c.train.dtype,
         "data": c.data.name,
         "git_commit": git_commit(project_root),
@@ -160,7 +167,7 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
     # Link to the sweep's parent run only when both live in the same tracking store.
     same_store = sweep.get("uri") == tracking.resolve_uri(tr.uri, project_root)
     parent = sweep.get("parent_run_id") if same_store else None
-    run_name = f"{c.cell}-s{c.train.seed}"
+    run_name = f"{c.cell}-{t.mode}-s{t.seed}"
     tracker = tracking.open_run(tr.enabled, tr.uri, tr.experiment, project_root, run_name, tags, parent)
     with tracker:
         tracker.log_params(tracking.flatten(resolved))
@@ -168,15 +175,17 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
         _check_fits(c, data)
         tracker.set_tags({"data_sha256": data.sha256})
         cell = {"cell": c.cell, "framework": c.framework.name, "strategy": c.strategy, "device": c.device}
+        cell |= {"mode": t.mode, "seed": t.seed}
+        cls = backend_class(c.framework.name, c.framework.compile)
+        native = t.mode == "native"  # the framework's own init and shuffling (docs/native.md)
         try:
-            backend = make_backend(
-                c.framework.name,
+            backend = cls(
                 c.spec,
-                init_params(c.spec, c.init, c.train.dtype),
+                cls.native_init(c.spec, t.seed, t.dtype) if native else init_params(c.spec, c.init, t.dtype),
                 c.optimizer,
                 strategy=c.strategy,
                 device=c.device,
-                dtype=c.train.dtype,
+                dtype=t.dtype,
                 compile=c.framework.compile,
                 # a Keras-only option (the config rejects it elsewhere): passed only when set
                 **({"steps_per_execution": spe} if (spe := c.framework.steps_per_execution) != 1 else {}),
@@ -191,7 +200,6 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
             return metrics.to_dict()
         info = backend.info()
         tracker.set_tags({k: v for k, v in info.items() if k != "peak_memory_mb"} | {"resolved_device": backend.device})
-        t = c.train
         log.info("%s: %d train samples, %d epochs, batch %d", c.cell, len(data.x_train), t.epochs, t.batch_size)
 
         every = max(1, t.epochs // 10)  # about ten log lines per run
@@ -214,6 +222,7 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
             batch_size=t.batch_size,
             seed=t.seed,
             shuffle=t.shuffle,
+            orders=cls.native_orders(len(data.x_train), t.epochs, t.seed) if native else None,
             eval_train=t.eval_train,
             on_epoch=on_epoch,
         )
@@ -236,7 +245,6 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
             n_train=result.n_train,
             epochs=t.epochs,
             batch_size=t.batch_size,
-            seed=t.seed,
             dtype=t.dtype,
             resolved_device=backend.device,
             framework_version=info.get("framework_version", ""),
@@ -303,11 +311,12 @@ def _log_artifacts(
     extra = stage / "mlflow"
     extra.mkdir()
     (extra / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    plots.plot_curves(history, extra / "curves.png", c.cell)
-    n_out = c.spec.sizes[-1]
-    title = f"{c.cell} (test)"
-    plots.plot_confusion(labels_of(data.y_test), predictions, max(n_out, 2), extra / "confusion_matrix.png", title)
-    for path in [extra / "config.yaml", extra / "curves.png", extra / "confusion_matrix.png"]:
+    if c.tracking.plots:
+        plots.plot_curves(history, extra / "curves.png", c.cell)
+        n_out = c.spec.sizes[-1]
+        title = f"{c.cell} (test)"
+        plots.plot_confusion(labels_of(data.y_test), predictions, max(n_out, 2), extra / "confusion_matrix.png", title)
+    for path in sorted(extra.iterdir()):
         tracker.log_artifact(path)
     for name in OUT_FILES:
         tracker.log_artifact(stage / name)
@@ -356,7 +365,7 @@ def _none_if_nan(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _terminate_as_interrupt() -> None:
+def terminate_as_interrupt() -> None:
     """SIGTERM (dvc/joblib/SLURM cancelling a job) ends the run like Ctrl-C: MLflow KILLED, not RUNNING."""
 
     def handler(signum: int, frame: object) -> None:
@@ -380,7 +389,7 @@ def main(cfg: DictConfig) -> None:
 
     from backprop_bench.tracking import read_sweep_info
 
-    _terminate_as_interrupt()
+    terminate_as_interrupt()
     c = to_components(cfg)  # validation first: a bad value fails before any work
     hc = HydraConfig.get()
     root = Path(hc.runtime.cwd)

@@ -1,0 +1,138 @@
+"""study.py: the study's params, the runs of one stage, and a real stage run in one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import make_tiny_npz
+
+from backprop_bench.study import StudyParams, main, overrides, read_study_params, run_dir, run_stage
+
+PARAMS = {
+    "train": {"epochs": 2, "batch_size": 16},
+    "study": {
+        "frameworks": ["numpy"],
+        "strategies": ["sequential", "parallel"],
+        "devices": ["cpu"],
+        "modes": ["controlled", "native"],
+        "seeds": 2,
+    },
+}
+
+
+def write_params(path, **study):
+    params = json.loads(json.dumps(PARAMS))
+    params["study"].update(study)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_read_study_params(tmp_path):
+    p = read_study_params(write_params(tmp_path / "params.yaml"))
+    assert p == StudyParams(("numpy",), ("sequential", "parallel"), ("cpu",), ("controlled", "native"), 2, 2, 16)
+
+
+@pytest.mark.parametrize(
+    "study,message",
+    [
+        ({"seeds": 0}, r"study.seeds=0: must be an integer >= 1"),
+        ({"modes": ["controlled", "wild"]}, r"study.modes='wild' is not one of controlled, native"),
+        ({"strategies": []}, r"study.strategies=\[\]: must be a non-empty list"),
+        ({"frameworks": ["jax"]}, r"study.frameworks='jax' is not one of numpy, torch, tensorflow, keras"),
+    ],
+)
+def test_bad_study_params_name_the_file_and_option(tmp_path, study, message):
+    path = write_params(tmp_path / "params.yaml", **study)
+    with pytest.raises(ValueError, match=f"{tmp_path}.*{message}"):
+        read_study_params(path)
+    assert main(["--framework", "numpy", "--device", "cpu", "--params", str(path)]) == 2
+
+
+def test_runs_and_their_overrides():
+    p = StudyParams(("numpy",), ("sequential", "parallel"), ("cpu",), ("controlled", "native"), 2, 3, 32)
+    runs = list(p.runs())
+    assert len(runs) == 8 and len(set(runs)) == 8
+    assert runs[:2] == [("sequential", "controlled", 0), ("parallel", "controlled", 0)]  # a pair runs side by side
+    assert run_dir("torch", "cpu", "sequential", "native", 1) == "runs/torch-cpu/sequential-native-s1"
+    assert overrides("torch", "cpu", "sequential", "native", 1, p) == [
+        "framework=torch",
+        "strategy=sequential",
+        "device=cpu",
+        "train.mode=native",
+        "train.seed=1",
+        "out_dir=runs/torch-cpu/sequential-native-s1",
+        "train.epochs=3",
+        "train.batch_size=32",
+        "tracking.plots=false",
+    ]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, empty_mlflow_db):
+    """A project root with tiny processed data where conf/ expects it, and a temp MLflow store."""
+    make_tiny_npz((tmp_path / "data/processed").mkdir(parents=True) or tmp_path / "data/processed/mnist.npz")
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_mlflow_db, db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    return tmp_path
+
+
+def test_a_stage_runs_every_strategy_mode_and_seed_in_one_process(project):
+    from mlflow.tracking import MlflowClient
+
+    p = read_study_params(write_params(project / "params.yaml"))
+    times = run_stage("numpy", "cpu", p, project)
+    assert (times.runs, times.failed) == (8, 0)
+    assert 0 < times.first_epochs < times.training < times.in_runs < times.total
+    assert "8 of 8 runs in" in times.describe() and "training loops" in times.describe()
+    metrics = {}
+    for strategy, mode, seed in p.runs():
+        m = json.loads((project / run_dir("numpy", "cpu", strategy, mode, seed) / "metrics.json").read_text())
+        assert (m["status"], m["strategy"], m["mode"], m["seed"], m["epochs"]) == ("finished", strategy, mode, seed, 2)
+        metrics[strategy, mode, seed] = m
+    # the seed changes the run; native mode starts elsewhere than controlled
+    assert (
+        metrics["parallel", "controlled", 0]["final_train_loss"]
+        != metrics["parallel", "controlled", 1]["final_train_loss"]
+    )
+    assert (
+        metrics["parallel", "controlled", 0]["final_train_loss"] != metrics["parallel", "native", 0]["final_train_loss"]
+    )
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "study-numpy-cpu"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 8 and len(runs) == 9  # each run once, under one parent
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    names = {r.info.run_name for r in children}
+    assert "numpy-sequential-cpu-native-s1" in names and len(names) == 8
+    assert {r.data.tags["mode"] for r in children} == {"controlled", "native"}
+
+
+def test_a_failing_run_is_failed_and_the_others_go_on(project, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import backprop_bench.train as train
+
+    real_fit = train.fit
+
+    def fit_crashing_once(backend, data, **kwargs):
+        if kwargs["seed"] == 1 and backend.strategy == "sequential":
+            raise RuntimeError("a crash in one run")
+        return real_fit(backend, data, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit_crashing_once)
+    p = read_study_params(write_params(project / "params.yaml", modes=["controlled"]))
+    assert run_stage("numpy", "cpu", p, project).failed == 1
+    assert (project / run_dir("numpy", "cpu", "parallel", "controlled", 1) / "metrics.json").is_file()
+    assert not (project / run_dir("numpy", "cpu", "sequential", "controlled", 1) / "metrics.json").exists()
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id])
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status.pop("numpy-sequential-cpu-controlled-s1") == "FAILED"
+    assert status.pop("study-numpy-cpu") == "FAILED"  # the parent sums up its runs
+    assert set(status.values()) == {"FINISHED"} and len(status) == 3
