@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run lint format test test-fast bench mlflow-ui clean
+.PHONY: setup run study-full lint format test test-fast bench mlflow-ui clean
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -26,6 +26,16 @@ setup: $(STAMP)
 # The stages call `python -m ...`: the venv's python goes first on PATH for them.
 run: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(PY) -m backprop_bench.compare --print-only
+
+# The full-size study: Fashion-MNIST (60,000 train + 10,000 test images, offline, from
+# Debian's dataset-fashion-mnist) through the same pipeline, as one DVC experiment:
+# 15 epochs, 3 seeds, every framework x strategy x mode (about half an hour on 2 cores).
+FULL := -S data.source=file -S data.dataset=fashion_mnist -S data.subset=null \
+        -S train.epochs=15 -S stability.subset=6000
+study-full: setup
+	scripts/fashion_mnist.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc exp run -n fashion-full $(FULL)
 	$(PY) -m backprop_bench.compare --print-only
 
 # ruff: lint + format check over the whole tree (rules: pyproject.toml [tool.ruff]).
