@@ -92,6 +92,91 @@ def test_errors_in_a_later_block_name_the_right_row(canonical, tmp_path, monkeyp
         formats.read_csv(write_lines(tmp_path / "bad.csv", lines))
 
 
+def test_a_utf8_byte_order_mark_is_skipped_with_or_without_a_header(canonical, tmp_path):
+    """Excel's "CSV UTF-8" starts the file with EF BB BF; pandas and csv (utf-8-sig) skip it."""
+    path, x, y, lines = canonical
+    bom = b"\xef\xbb\xbf"
+    with_header = tmp_path / "excel.csv"
+    with_header.write_bytes(bom + ("\r\n".join(lines) + "\r\n").encode())  # Excel also writes CRLF
+    headerless = tmp_path / "excel_headerless.csv"
+    headerless.write_bytes(bom + ("\n".join(lines[1:]) + "\n").encode())
+    gz = tmp_path / "excel.csv.gz"
+    gz.write_bytes(gzip.compress(bom + path.read_bytes()))
+    label_last = tmp_path / "excel_label_last.csv"
+    label_last.write_bytes(bom + "".join(",".join(map(str, [*r, c])) + "\n" for r, c in zip(x, y)).encode())
+    for p, label_column in ((with_header, "first"), (headerless, "first"), (gz, "first"), (label_last, "last")):
+        x2, y2 = formats.read_csv(p, label_column=label_column)
+        np.testing.assert_array_equal(x2, x, err_msg=str(p))
+        np.testing.assert_array_equal(y2, y, err_msg=str(p))
+
+
+def test_a_bom_only_file_is_empty_and_errors_after_the_bom_keep_their_rows(canonical, tmp_path):
+    _, _, _, lines = canonical
+    only_bom = tmp_path / "only_bom.csv"
+    only_bom.write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(only_bom))}: empty file"):
+        formats.read_csv(only_bom)
+    lines[2] = set_cell(lines[2], 4, "x")
+    bad = tmp_path / "bad_bom.csv"
+    bad.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}: row 3, column 4 \(p2\): non-numeric 'x'"):
+        formats.read_csv(bad)
+
+
+@pytest.mark.parametrize(
+    "bom, codec, mark",
+    [
+        (b"\xff\xfe", "utf-16-le", "UTF-16 (little-endian) byte-order mark (ff fe)"),  # Excel's "Unicode Text"
+        (b"\xfe\xff", "utf-16-be", "UTF-16 (big-endian) byte-order mark (fe ff)"),
+        (b"\xff\xfe\x00\x00", "utf-32-le", "UTF-32 (little-endian) byte-order mark (ff fe 00 00)"),
+    ],
+)
+def test_other_byte_order_marks_are_refused_by_name(bom, codec, mark, canonical, tmp_path):
+    _, _, _, lines = canonical
+    bad = tmp_path / f"{codec}.csv"
+    bad.write_bytes(bom + ("\n".join(lines) + "\n").encode(codec))
+    with pytest.raises(DataError) as info:
+        formats.read_csv(bad)
+    assert str(info.value) == (
+        f"{bad}: offset 0: a {mark}: expected UTF-8 or ASCII text (re-save the file as CSV UTF-8)"
+    )
+
+
+def test_utf16_without_a_byte_order_mark_is_named(canonical, tmp_path):
+    _, _, _, lines = canonical
+    bad = tmp_path / "utf16le.csv"
+    bad.write_bytes(("\n".join(lines) + "\n").encode("utf-16-le"))
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(bad))}: row 1: NUL bytes \(UTF-16 text without a byte-order"
+    ):
+        formats.read_csv(bad)
+
+
+def test_latin1_bytes_in_the_header_name_the_column_and_the_encoding(canonical, tmp_path):
+    _, _, _, lines = canonical
+    body = "\n".join(lines[1:]) + "\n"
+    # A header in French saved as Latin-1: 'étiquette' in the label column...
+    label = tmp_path / "latin1_label.csv"
+    label.write_bytes(set_cell(lines[0], 1, "étiquette").encode("latin-1") + b"\n" + body.encode())
+    with pytest.raises(DataError) as info:
+        formats.read_csv(label)
+    assert str(info.value) == (
+        f"{label}: row 1 (header), column 1: byte 0xe9 is not UTF-8 (Latin-1 or Windows-1252?): "
+        "expected UTF-8 or ASCII text (re-save the file as CSV UTF-8)"
+    )
+    # ...and in a pixel's name, which is otherwise free text: still refused, not garbled.
+    pixel = tmp_path / "latin1_pixel.csv"
+    pixel.write_bytes(set_cell(lines[0], 3, "pixél1").encode("latin-1") + b"\n" + body.encode())
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(pixel))}: row 1 \(header\), column 3: byte 0xe9 is not UTF-8"
+    ):
+        formats.read_csv(pixel)
+    # The same header in UTF-8 reads (only the label column's name is checked).
+    utf8 = tmp_path / "utf8_pixel.csv"
+    utf8.write_bytes(set_cell(lines[0], 3, "pixél1").encode() + b"\n" + body.encode())
+    assert formats.read_csv(utf8)[0].shape == (6, N_PIXELS)
+
+
 # ----------------------------------------------------------------------------- CSV errors
 
 # (what to do to the canonical file's lines, expected message pattern). Line numbers are

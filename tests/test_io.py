@@ -6,11 +6,21 @@ import hashlib
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from backprop_bench.io import atomic_write, npz_bytes, sha256_file, write_csv, write_json, write_npy, write_npz
+from backprop_bench.io import (
+    all_or_nothing,
+    atomic_write,
+    npz_bytes,
+    sha256_file,
+    write_csv,
+    write_json,
+    write_npy,
+    write_npz,
+)
 
 
 def _umask() -> int:
@@ -92,3 +102,45 @@ def test_npz_keeps_shapes_orders_and_zero_d_arrays(tmp_path):
         assert loaded["s"].shape == () and str(loaded["s"]) == "text"
         for key in ("f", "v"):
             np.testing.assert_array_equal(loaded[key], arrays[key])
+
+
+def test_all_or_nothing_replaces_the_files_together(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    with all_or_nothing(tmp_path, ["a.txt", "b.txt"]) as stage:
+        atomic_write(stage / "a.txt", "new a")
+        atomic_write(stage / "b.txt", "new b")
+        assert (tmp_path / "a.txt").read_text() == "old a"  # nothing lands before the block ends
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # the staging folder is gone
+
+
+def test_all_or_nothing_rolls_back_when_a_move_fails(tmp_path, monkeypatch):
+    for name in ("a.txt", "c.txt"):
+        (tmp_path / name).write_text(f"old {name}")
+    real_replace = os.replace
+
+    def replace(src, dst):  # the third move into tmp_path fails (a full disk, a permission)
+        if Path(dst).parent == tmp_path and Path(src).parent.name.startswith(".staging-"):
+            moved.append(Path(dst).name)
+            if len(moved) == 3:
+                raise OSError("injected")
+        return real_replace(src, dst)
+
+    moved: list[str] = []
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="injected"):
+        with all_or_nothing(tmp_path, ["a.txt", "b.txt", "c.txt"]) as stage:
+            for name in ("a.txt", "b.txt", "c.txt"):
+                atomic_write(stage / name, f"new {name}")
+    assert moved == ["a.txt", "b.txt", "c.txt"]
+    # a.txt has its old bytes back, b.txt (which did not exist) is gone, c.txt was never replaced
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "old a.txt", "c.txt": "old c.txt"}
+
+
+def test_all_or_nothing_leaves_out_dir_alone_on_an_error_in_the_block(tmp_path):
+    (tmp_path / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with all_or_nothing(tmp_path, ["a.txt"]) as stage:
+            atomic_write(stage / "a.txt", "new")
+            raise RuntimeError("the second file could not be made")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -41,7 +42,44 @@ def cell_metrics(tmp_path):
     return [json.loads(p.read_text()) for p in sorted((tmp_path / "multirun").glob("*/metrics.json"))]
 
 
+@functools.cache
+def cuda_skip_reason(framework: str) -> str | None:
+    """Ask the framework's backend for cuda here, the way a run does (its constructor
+    resolves the device first): its DeviceUnavailable message, or None when it has a
+    usable GPU, where a cuda cell must really run on it."""
+    from backprop_bench.backends import DeviceUnavailable, backend_class
+    from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+
+    spec = MLPSpec((2, 2, 2))
+    try:
+        backend_class(framework)(spec, init_params(spec, InitSpec()), OptimizerSpec("sgd", lr=0.1), device="cuda")
+    except DeviceUnavailable as err:
+        return str(err)
+    return None
+
+
+def assert_cuda_cell(metrics: dict, run) -> None:
+    """A cuda cell is skipped with its backend's own reason where the backend has no GPU
+    (never silently run on the CPU), and finished on the GPU where it has one."""
+    reason = cuda_skip_reason(metrics["framework"])
+    tags = run.data.tags
+    if reason is None:
+        assert metrics["status"] == "finished" and metrics["resolved_device"] == "cuda", metrics
+        assert (run.info.status, tags["outcome"], tags["resolved_device"]) == ("FINISHED", "finished", "cuda")
+    else:
+        assert metrics["status"] == "skipped" and metrics["reason"] == reason, metrics
+        assert "resolved_device" not in metrics, metrics
+        assert (run.info.status, tags["outcome"], tags["skip_reason"]) == ("FINISHED", "skipped", reason)
+        assert "resolved_device" not in tags, tags
+
+
+def by_cell(children) -> dict:
+    return {r.data.tags["cell"]: r for r in children}
+
+
 def test_a_grid_with_impossible_cells_skips_them_and_finishes_the_rest(tmp_path, tiny_npz, tracking_uri):
+    if cuda_skip_reason("numpy") is None:
+        pytest.skip("CuPy sees a GPU here: numpy on cuda is possible (the full grid test covers that case)")
     proc = sweep(tmp_path, tiny_npz, tracking_uri, "framework=numpy", "strategy=sequential,parallel", "device=cpu,cuda")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
@@ -62,6 +100,10 @@ def test_a_grid_with_impossible_cells_skips_them_and_finishes_the_rest(tmp_path,
         "numpy-sequential-cuda-controlled-s0": ("FINISHED", "skipped"),
         "numpy-parallel-cuda-controlled-s0": ("FINISHED", "skipped"),
     }
+    runs = by_cell(children)
+    for m in cell_metrics(tmp_path):
+        if m["device"] == "cuda":
+            assert_cuda_cell(m, runs[m["cell"]])
 
 
 def test_a_crashing_cell_fails_the_others_run_and_the_exit_code_says_so(tmp_path, tiny_npz, tracking_uri):
@@ -112,7 +154,7 @@ def test_two_joblib_workers_write_eight_runs_to_one_sqlite_file(tmp_path, tiny_n
     assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
 
 
-def test_the_full_framework_grid_runs_with_cuda_cells_skipped(tmp_path, tiny_npz, tracking_uri):
+def test_the_full_framework_grid_runs_cpu_cells_and_cuda_cells_only_on_a_gpu(tmp_path, tiny_npz, tracking_uri):
     proc = sweep(
         tmp_path,
         tiny_npz,
@@ -125,8 +167,12 @@ def test_the_full_framework_grid_runs_with_cuda_cells_skipped(tmp_path, tiny_npz
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = cell_metrics(tmp_path)
     assert len(metrics) == 16
+    _, children = runs_of(tracking_uri)
+    runs = by_cell(children)
+    assert sorted(runs) == sorted(m["cell"] for m in metrics)
     for m in metrics:
         if m["device"] == "cpu":
-            assert m["status"] == "finished", m
-        else:  # skipped here; finished on a machine with a usable GPU
-            assert m["status"] == "skipped" and m["reason"] or m["status"] == "finished", m
+            assert m["status"] == "finished" and m["resolved_device"] == "cpu", m
+            assert runs[m["cell"]].data.tags["resolved_device"] == "cpu"
+        else:
+            assert_cuda_cell(m, runs[m["cell"]])

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from conftest import run_in_process
 
-from backprop_bench.tracking import MlflowRun, NullRun, flatten, open_run, resolve_uri
+from backprop_bench.tracking import (
+    MlflowRun,
+    NullRun,
+    TrackingUriError,
+    flatten,
+    open_run,
+    resolve_uri,
+    validate_uri,
+)
 from backprop_bench.train import Diverged
 
 mlflow = pytest.importorskip("mlflow")
@@ -19,7 +27,71 @@ def test_resolve_uri_config_then_env_then_project_sqlite(monkeypatch, tmp_path):
     assert resolve_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
     assert resolve_uri(None, tmp_path) == "http://server:5000"
-    assert resolve_uri("sqlite:////x/y.db", tmp_path) == "sqlite:////x/y.db"
+    assert resolve_uri(f"sqlite:///{tmp_path}/y.db", tmp_path) == f"sqlite:///{tmp_path}/y.db"
+
+
+def test_relative_sqlite_is_taken_from_the_project_root_and_made_absolute(monkeypatch, tmp_path):
+    root = tmp_path.resolve()
+    assert validate_uri("sqlite:///sweep.db", tmp_path) == f"sqlite:///{root}/sweep.db"
+    (tmp_path / "db").mkdir()
+    assert validate_uri("sqlite:///db/x.db?timeout=30", tmp_path) == f"sqlite:///{root}/db/x.db?timeout=30"
+    assert validate_uri(f"sqlite:///{root}/x.db", tmp_path / "elsewhere") == f"sqlite:///{root}/x.db"
+    assert validate_uri(f"sqlite:////{str(root).lstrip('/')}/x.db", tmp_path) == f"sqlite:///{root}/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert resolve_uri(None, tmp_path) == f"sqlite:///{root}/env.db"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.org",
+        "postgresql://user:pw@db/mlflow",
+        "postgresql+psycopg2://db/mlflow",
+        "mysql://db/mlflow",
+        "databricks",
+    ],
+)
+def test_servers_and_databases_pass_unchanged(uri, tmp_path):
+    assert validate_uri(uri, tmp_path) == uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("file:./mlruns", "the file store (a path or file:) is not supported by MLflow 3.13 and later"),
+        ("file:///abs/mlruns", "the file store"),
+        ("./mlruns", "the file store"),
+        ("/abs/mlruns", "the file store"),
+        ("mlruns", "the file store"),
+        ("foo://host/x", "unknown scheme foo:"),
+        ("s3://bucket/runs", "unknown scheme s3:"),
+        ("sqlite:///no/such/dir/x.db", "/no/such/dir does not exist"),
+        ("sqlite://x.db", "a sqlite URI needs a file after three slashes"),
+        ("sqlite:///", "a sqlite URI needs a file after three slashes"),
+        ("sqlite:///:memory:", "a sqlite URI needs a file after three slashes"),
+        ("http://", "no host after //"),
+    ],
+)
+def test_a_uri_that_cannot_work_is_one_line_naming_the_option(uri, problem, tmp_path):
+    with pytest.raises(TrackingUriError) as err:
+        validate_uri(uri, tmp_path, "tracking.uri")
+    message = str(err.value)
+    assert message.startswith(f"tracking.uri={uri!r}: ") and problem in message and "\n" not in message
+    assert "expected sqlite:///<file>.db" in message and "http(s)://" in message
+
+
+def test_a_bad_environment_variable_is_named_as_such(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "./mlruns")
+    with pytest.raises(TrackingUriError, match=r"^MLFLOW_TRACKING_URI='./mlruns': the file store"):
+        resolve_uri(None, tmp_path)
+    assert resolve_uri(f"sqlite:///{tmp_path}/x.db", tmp_path).endswith("/x.db")  # tracking.uri wins
+
+
+def test_a_directory_is_not_a_sqlite_file(tmp_path):
+    (tmp_path / "d.db").mkdir()
+    with pytest.raises(TrackingUriError, match="is a directory"):
+        validate_uri("sqlite:///d.db", tmp_path)
 
 
 def test_flatten_makes_dotted_string_params():
@@ -140,3 +212,147 @@ def test_a_diverging_run_is_failed_in_mlflow(small_cfg, tracking_uri, tmp_path):
         run_in_process(cfg, tmp_path)
     _, r = _only_run(tracking_uri)
     assert r.info.status == "FAILED" and "diverged at epoch" in r.data.tags["error"]
+
+
+# ---------------------------------------------------------------- every URI form, a whole run each
+
+
+def _runs_in(uri: str):
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id])
+
+
+def _app_cfg(tiny_npz, tmp_path, *overrides):
+    """The shrunk config with tracking on and tracking.uri left null unless an override sets it."""
+    from conftest import compose
+
+    return compose(
+        f"data.path={tiny_npz}", "train.epochs=2", "train.batch_size=16", f"out_dir={tmp_path / 'out'}", *overrides
+    )
+
+
+@pytest.mark.parametrize("how", ["tracking.uri", "MLFLOW_TRACKING_URI"])
+def test_a_relative_sqlite_uri_writes_beside_the_project_root(how, tiny_npz, tmp_path, monkeypatch, empty_mlflow_db):
+    import shutil
+
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.chdir(root)  # the directory the app is started in, as Hydra's runtime.cwd
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copyfile(empty_mlflow_db, root / "sweep.db")  # the schema only: creating it takes seconds
+    if how == "tracking.uri":
+        cfg = _app_cfg(tiny_npz, tmp_path, "tracking.uri=sqlite:///sweep.db")
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///sweep.db")
+        cfg = _app_cfg(tiny_npz, tmp_path)
+    metrics = run_in_process(cfg, root)
+    (r,) = _runs_in(f"sqlite:///{root}/sweep.db")
+    assert r.info.run_id == metrics["mlflow_run_id"] and r.info.status == "FINISHED"
+    assert Path(r.info.artifact_uri.removeprefix("file://")).is_relative_to(root / "mlartifacts")
+    assert (root / "mlartifacts").is_dir() and not (root / "mlflow.db").exists()
+
+
+def test_an_absolute_sqlite_uri(tiny_npz, tmp_path, tracking_uri, monkeypatch):
+    assert tracking_uri.startswith("sqlite:////")
+    monkeypatch.chdir(tmp_path)
+    metrics = run_in_process(_app_cfg(tiny_npz, tmp_path, f"tracking.uri={tracking_uri}"), tmp_path / "elsewhere")
+    (r,) = _runs_in(tracking_uri)
+    assert r.info.run_id == metrics["mlflow_run_id"] and r.info.status == "FINISHED"
+
+
+def test_tracking_off_logs_nothing_even_with_a_bad_environment_variable(tiny_npz, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:./mlruns")
+    metrics = run_in_process(_app_cfg(tiny_npz, tmp_path, "tracking=off"), tmp_path)
+    assert metrics["status"] == "finished" and metrics["mlflow_run_id"] == ""
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlruns").exists()
+
+
+def test_a_bad_uri_fails_the_run_before_any_work(tiny_npz, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    with pytest.raises(TrackingUriError, match=r"^MLFLOW_TRACKING_URI='foo://bar': unknown scheme foo:"):
+        run_in_process(_app_cfg(tiny_npz, tmp_path), tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- lost runs
+
+
+def _running_run(uri: str, tags: dict) -> str:
+    """A RUNNING run with the given tags, as a process that died would have left it."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("backprop-bench")
+    exp_id = exp.experiment_id if exp else client.create_experiment("backprop-bench")
+    return client.create_run(exp_id, tags=tags, run_name="left").info.run_id
+
+
+def _dead_pid() -> int:
+    """A pid no process can have: the kernel's pid_max itself."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text())
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+
+
+@needs_proc
+def test_every_run_records_its_host_pid_and_process_start(tracking_uri):
+    import os
+    import socket
+
+    with MlflowRun(tracking_uri, "backprop-bench", "r"):
+        pass
+    _, r = _only_run(tracking_uri)
+    tags = r.data.tags
+    assert tags["host"] == socket.gethostname() and tags["pid"] == str(os.getpid())
+    stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+    assert tags["pid_start"] == stat[stat.rindex(")") + 2 :].split()[19]  # field 22
+
+
+@needs_proc
+def test_reap_fails_dead_and_reused_pids_of_this_host_only(tracking_uri):
+    import os
+    import socket
+
+    from backprop_bench.tracking import process_tags, reap
+
+    host, me = socket.gethostname(), process_tags()
+    with MlflowRun(tracking_uri, "backprop-bench", "alive") as alive:  # this test process: live
+        assert alive.tags["pid_start"] == me["pid_start"]
+        dead = _running_run(tracking_uri, {"host": host, "pid": str(_dead_pid()), "pid_start": "1"})
+        reused = _running_run(tracking_uri, {"host": host, "pid": str(os.getpid()), "pid_start": "1"})
+        elsewhere = {"host": host + "-elsewhere", "pid": str(_dead_pid()), "pid_start": "1"}
+        other_host = _running_run(tracking_uri, elsewhere)
+        no_pid = _running_run(tracking_uri, {"host": host})  # from before these tags: unknowable
+        reaped = reap(tracking_uri, "backprop-bench")
+        client = MlflowClient(tracking_uri)
+        assert client.get_run(alive.run_id).info.status == "RUNNING"
+    assert sorted(reaped) == sorted([dead, reused])
+    for run_id, why in ((dead, "no longer exists"), (reused, "now belongs to another process")):
+        r = client.get_run(run_id)
+        assert r.info.status == "FAILED" and r.data.tags["outcome"] == "lost", run_id
+        assert why in r.data.tags["lost_reason"] and r.data.tags["lost_noticed_at"].startswith("20")
+    for run_id in (other_host, no_pid):
+        r = client.get_run(run_id)
+        assert r.info.status == "RUNNING" and "outcome" not in r.data.tags
+    assert client.get_run(alive.run_id).info.status == "FINISHED"
+    assert reap(tracking_uri, "backprop-bench") == []  # nothing left to do
+    assert reap(tracking_uri, "no-such-experiment") == []
+
+
+@needs_proc
+def test_a_new_run_reaps_the_lost_runs_first(tracking_uri):
+    import socket
+
+    lost = _running_run(tracking_uri, {"host": socket.gethostname(), "pid": str(_dead_pid())})
+    with MlflowRun(tracking_uri, "backprop-bench", "next") as run:
+        client = MlflowClient(tracking_uri)
+        r = client.get_run(lost)
+        assert r.info.status == "FAILED" and r.data.tags["outcome"] == "lost"
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+
+
+def test_reap_cli_refuses_a_bad_uri(tmp_path, capsys):
+    from backprop_bench.tracking import main
+
+    assert main(["reap", "--tracking-uri", "file:./mlruns"]) == 2
+    assert "reap: --tracking-uri='file:./mlruns': the file store" in capsys.readouterr().err

@@ -103,6 +103,7 @@ class TrackingConfig:
     uri: Optional[str] = None
     experiment: str = "backprop-bench"
     plots: bool = True  # the per-run curves and confusion-matrix PNGs (~0.8 s a run); the study's report has them all
+    register_model: Optional[str] = None  # a name: the run's pyfunc model becomes a new version of it in the registry
 
 
 @dataclass

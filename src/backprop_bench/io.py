@@ -7,14 +7,16 @@ new one, never half of one. ``sha256_file`` streams, so a 100 MB CSV is never in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,6 +49,44 @@ def atomic_write(path: str | Path, content: Content) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def all_or_nothing(out_dir: str | Path, names: Sequence[str]) -> Iterator[Path]:
+    """A staging folder inside out_dir: write the files called ``names`` there. When the block
+    ends without an error they replace their namesakes in out_dir together; if one move
+    fails, the files already moved are put back as they were (or removed where there was
+    none), so out_dir holds all the old files or all the new ones, never a mix. On an error
+    inside the block out_dir is untouched. The staging folder is always removed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    try:
+        yield stage
+        _replace_all([(stage / name, out_dir / name) for name in names], stage / ".previous")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _replace_all(moves: Sequence[tuple[Path, Path]], keep: Path) -> None:
+    """os.replace each (src, dst) in turn; on a failure, undo the ones done. ``keep`` holds hard
+    links to the old targets (same folder tree, so same file system), which outlive the replace."""
+    keep.mkdir()
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for src, dst in moves:
+            old = keep / dst.name if dst.exists() else None
+            if old is not None:
+                os.link(dst, old)
+            os.replace(src, dst)
+            done.append((dst, old))
+    except BaseException:
+        for dst, old in reversed(done):
+            if old is None:
+                dst.unlink(missing_ok=True)
+            else:
+                os.replace(old, dst)
+        raise
 
 
 def _umask() -> int:

@@ -1,20 +1,30 @@
-"""The MLflow adapter: the one module that imports mlflow (lazily, inside functions).
+"""The MLflow adapter: with mlflow_logging.py, the only modules that import mlflow (here lazily, inside functions).
 
 One run = one ``MlflowRun`` context manager, talking to MLflow through an ``MlflowClient``
 bound to its own URI (no global active run). Leaving the block ends the run FINISHED,
 FAILED (an exception) or KILLED (Ctrl-C); ``tracking=off`` gives a ``NullRun`` with the
 same methods. A multirun gets one parent run (``SweepCallback``). Statuses, tags, what
 is logged and how sqlite is shared: docs/architecture.md, "MLflow".
+
+``resolve_uri`` checks the URI before any work (``validate_uri``). Every run carries the
+tags ``host``, ``pid`` and ``pid_start`` of the process that opened it, so ``reap`` (run at
+the start of every run, and ``python -m backprop_bench.tracking reap``) can end FAILED,
+``outcome=lost``, the RUNNING runs of this host whose process died without ending them.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import datetime
 import functools
 import json
 import logging
 import os
 import random
+import re
+import socket
+import sys
 import time
 import traceback
 import uuid
@@ -33,13 +43,67 @@ PARAM_MAX = 6000  # MLflow's longest param value
 TAG_MAX = 8000
 
 
+class TrackingUriError(ValueError):
+    """A tracking URI that cannot work; the message names the option it came from."""
+
+
+URI_EXPECTED = (
+    "expected sqlite:///<file>.db (relative to the directory the app is started in), "
+    "sqlite:////<absolute path>.db, http(s)://<host>:<port> (an mlflow server) "
+    "or a database URL (postgresql://, mysql://, mssql://)"
+)
+_DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy dialects MLflow stores runs in, "+driver" allowed
+
+
 def resolve_uri(uri: str | None, project_root: Path) -> str:
-    """tracking.uri if set, else $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db."""
+    """tracking.uri if set, else $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db.
+
+    Checked by validate_uri (a bad URI raises TrackingUriError naming its option), with a
+    relative sqlite path made absolute against project_root.
+    """
     if uri:
-        return uri
+        return validate_uri(uri, project_root, "tracking.uri")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return validate_uri(os.environ["MLFLOW_TRACKING_URI"], project_root, "MLFLOW_TRACKING_URI")
     return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def validate_uri(uri: str, project_root: Path, source: str = "tracking.uri") -> str:
+    """The URI in the form every process of a run agrees on, or TrackingUriError.
+
+    sqlite:///rel.db is taken relative to project_root (the directory the app is started
+    in, as MLflow's own client takes it relative to its cwd) and returned absolute, so
+    sweep workers, the study and the sweep's parent run name one file. The deprecated
+    file store (file:, a plain path), unknown schemes and a sqlite file in a directory
+    that does not exist are refused here, before any training.
+    """
+
+    def bad(problem: str) -> TrackingUriError:
+        return TrackingUriError(f"{source}={uri!r}: {problem}; {URI_EXPECTED}")
+
+    if uri == "databricks" or uri.startswith("databricks://"):  # a Databricks workspace (profile)
+        return uri
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "file" or not scheme or len(scheme) == 1:  # a path ("C:" is a drive)
+        raise bad("the file store (a path or file:) is not supported by MLflow 3.13 and later")
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///") or uri in ("sqlite:///", "sqlite:///:memory:"):
+            raise bad("a sqlite URI needs a file after three slashes")
+        path, sep, query = uri[len("sqlite:///") :].partition("?")
+        db = Path(path) if Path(path).is_absolute() else Path(project_root).resolve() / path
+        if not db.parent.is_dir():
+            raise bad(f"the directory {db.parent} does not exist")
+        if db.is_dir():
+            raise bad(f"{db} is a directory")
+        return f"sqlite:///{db}{sep}{query}"
+    if scheme in ("http", "https"):
+        if not re.match(r"^https?://[^/?#]+", uri, re.IGNORECASE):
+            raise bad("no host after //")
+        return uri
+    if scheme.split("+")[0] in _DB_SCHEMES:
+        return uri
+    raise bad(f"unknown scheme {scheme}:")
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
@@ -66,7 +130,8 @@ def _retry(fn: Callable, *args, attempts: int = 10, **kwargs):
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    """The database file of a sqlite:/// URI (absolute after validate_uri), else None."""
+    return Path(uri[len("sqlite:///") :].partition("?")[0]) if uri.startswith("sqlite:///") else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,7 +147,6 @@ def _client_and_experiment(uri: str, experiment: str):
     if db is None:
         client = MlflowClient(uri)
         return client, _experiment_id(client, experiment, None)
-    db.parent.mkdir(parents=True, exist_ok=True)
     # Two processes creating a fresh sqlite schema at once race on its tables: serialise.
     with FileLock(str(db) + ".lock", timeout=120):
         client = MlflowClient(uri)
@@ -148,6 +212,11 @@ class MlflowRun(NullRun):
 
     def __enter__(self) -> MlflowRun:
         self.client, experiment_id = _client_and_experiment(self.uri, self.experiment)
+        try:  # runs this host's dead processes left RUNNING; never a reason to fail this run
+            reap_lost(self.client, experiment_id)
+        except Exception as err:
+            log.warning("MLflow: could not check for lost runs: %s: %s", type(err).__name__, err)
+        self.tags = process_tags() | self.tags
         run = _retry(self.client.create_run, experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         return self
@@ -209,6 +278,93 @@ class MlflowRun(NullRun):
         _retry(self.client.log_artifact, self.run_id, str(path))
 
 
+# ---------------------------------------------------------------- lost runs
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc/<pid>/stat (fields 3 and 22; the start
+    time in clock ticks after boot), or None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name (field 2) may hold spaces and ")"
+    return fields[0], fields[19]
+
+
+def _has_proc() -> bool:
+    return Path("/proc/self/stat").is_file()
+
+
+def process_tags() -> dict[str, str]:
+    """host, pid and pid_start ("" without /proc) of this process: what reap checks."""
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": stat[1] if stat else ""}
+
+
+def lost_reason(pid: int, pid_start: str) -> str | None:
+    """Why the process that owned a run is gone, or None while it lives.
+
+    Gone: no such pid, a zombie, or the pid now belongs to a process with another start
+    time (reused). Without /proc only whether the pid exists can be checked.
+    """
+    if not _has_proc():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"process {pid} no longer exists"
+        except PermissionError:  # exists, owned by someone else
+            pass
+        return None
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return f"process {pid} no longer exists"
+    if pid_start and stat[1] != pid_start:
+        return f"pid {pid} now belongs to another process (started at tick {stat[1]}, not {pid_start})"
+    return None
+
+
+def reap_lost(client, experiment_id: str, host: str | None = None) -> list[str]:
+    """End FAILED (tags outcome=lost, lost_reason, lost_noticed_at) every RUNNING run of
+    the experiment that was started on this host by a process that is gone; returns their ids.
+
+    Runs of other hosts, runs without a pid tag, and runs whose process lives are left alone.
+    """
+    from mlflow.entities import RunTag
+
+    host = host or socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.host = '{host}'"
+    reaped, token = [], None
+    while True:
+        page = _retry(client.search_runs, [experiment_id], query, max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if tags.get("host") != host or not tags.get("pid", "").isdigit():
+                continue
+            reason = lost_reason(int(tags["pid"]), tags.get("pid_start", ""))
+            if reason is None:
+                continue
+            now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            lost = {"outcome": "lost", "lost_reason": reason, "lost_noticed_at": now}
+            _retry(client.log_batch, run.info.run_id, tags=[RunTag(k, v) for k, v in lost.items()])
+            _retry(client.set_terminated, run.info.run_id, "FAILED")
+            log.warning("MLflow run %s (%s) left RUNNING: %s; now FAILED", run.info.run_id, run.info.run_name, reason)
+            reaped.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return reaped
+
+
+def reap(uri: str, experiment: str) -> list[str]:
+    """reap_lost on one experiment of one store (nothing when the experiment does not exist)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = _retry(client.get_experiment_by_name, experiment)
+    return [] if exp is None else reap_lost(client, exp.experiment_id)
+
+
 def download_artifact(run_id: str, name: str, uri: str | None, project_root: Path, dst: Path) -> Path:
     """Fetch one artifact of a run into dst; the store is resolve_uri(uri, project_root)."""
     from mlflow.tracking import MlflowClient
@@ -261,7 +417,11 @@ class SweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_id = uuid.uuid4().hex[:12]
-        uri = resolve_uri(tracking.uri, Path(config.hydra.runtime.cwd or os.getcwd()))
+        try:
+            uri = resolve_uri(tracking.uri, Path(config.hydra.runtime.cwd or os.getcwd()))
+        except TrackingUriError as err:  # Hydra turns a callback's exception into a warning and
+            print(f"Error: {err}", file=sys.stderr)  # runs the cells anyway: stop the sweep here
+            raise SystemExit(1) from err
         overrides = " ".join(config.hydra.overrides.task)
         tags = {"sweep_overrides": overrides, "sweep_dir": str(sweep_dir)}
         self.run = open_parent(uri, tracking.experiment, f"sweep-{sweep_id}", sweep_id, tags)
@@ -306,3 +466,37 @@ def close_parent(run: MlflowRun, ended: bool) -> str:
     run.set_tags({"outcome": status.lower(), "n_cells": len(children)})
     _retry(run.client.set_terminated, run.run_id, status)
     return status
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m backprop_bench.tracking reap [--tracking-uri URI] [--experiment NAME]"""
+    parser = argparse.ArgumentParser(prog="python -m backprop_bench.tracking", description="MLflow housekeeping")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("reap", help="end FAILED (outcome=lost) this host's RUNNING runs whose process is gone")
+    cmd.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory",
+    )
+    cmd.add_argument("--experiment", default="backprop-bench")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.tracking_uri:
+            uri = validate_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
+        else:
+            uri = resolve_uri(None, Path.cwd())
+    except TrackingUriError as err:
+        print(f"reap: {err}", file=sys.stderr)
+        return 2
+    db = _sqlite_path(uri)
+    reaped = [] if db is not None and not db.is_file() else reap(uri, args.experiment)
+    print(f"reap: {len(reaped)} lost run(s) of experiment {args.experiment!r} in {uri} marked FAILED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

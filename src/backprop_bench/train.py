@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import resource
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from backprop_bench.backends.base import Backend, timed_epoch
 from backprop_bench.config import Components, register_configs, to_components
 from backprop_bench.dataset import Dataset, load_dataset
-from backprop_bench.io import write_npy
+from backprop_bench.io import all_or_nothing, write_npy
 from backprop_bench.metrics import FINISHED, SKIPPED, CellMetrics, EpochStats, write_history, write_metrics
 from backprop_bench.model import MLPSpec, Params, init_params, labels_of, predicted_labels
 from backprop_bench.weights import save_weights
@@ -164,9 +162,10 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
         "sweep_id": sweep.get("sweep_id", ""),
     }
     tr = c.tracking
+    # The URI is checked here, before any work: a bad one raises TrackingUriError naming its option.
+    uri = tracking.resolve_uri(tr.uri, project_root) if tr.enabled else None
     # Link to the sweep's parent run only when both live in the same tracking store.
-    same_store = sweep.get("uri") == tracking.resolve_uri(tr.uri, project_root)
-    parent = sweep.get("parent_run_id") if same_store else None
+    parent = sweep.get("parent_run_id") if uri and sweep.get("uri") == uri else None
     run_name = f"{c.cell}-{t.mode}-s{t.seed}"
     tracker = tracking.open_run(tr.enabled, tr.uri, tr.experiment, project_root, run_name, tags, parent)
     with tracker:
@@ -259,6 +258,10 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
 
         def publish(stage: Path) -> None:
             _log_artifacts(tracker, stage, result.history, predictions, c, data, resolved)
+            if tracker.run_id:  # the UI's Dataset, Source and Models columns (mlflow_logging.py)
+                from backprop_bench.mlflow_logging import log_standard_columns
+
+                log_standard_columns(tracker, stage / "weights.npz", c, data, project_root, tags["git_commit"])
 
         _write_outputs(out_dir, metrics, result.history, (c.spec, backend.params()), predictions, publish)
         tracker.set_tags({"outcome": FINISHED})
@@ -274,24 +277,18 @@ def _write_outputs(
     predictions: np.ndarray,
     publish: Callable[[Path], None] | None = None,
 ) -> None:
-    """Stage the four files in a temp dir, hand it to ``publish`` (MLflow), then move them in.
+    """Stage the four files, hand the staging folder to ``publish`` (MLflow), then move them in.
 
-    Everything is written (and logged) before anything lands in out_dir, so a failure
-    leaves the previous outputs whole; each move is an atomic os.replace.
+    Everything is written (and logged) before anything lands in out_dir, and the moves are
+    all or nothing (io.all_or_nothing), so a failure leaves the previous outputs whole.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
-    try:
+    with all_or_nothing(out_dir, OUT_FILES) as stage:
         write_metrics(stage / "metrics.json", metrics)
         write_history(stage / "history.csv", history)
         save_weights(stage / "weights.npz", *weights)
         write_npy(stage / "predictions.npy", predictions)
         if publish is not None:
             publish(stage)
-        for name in OUT_FILES:
-            (stage / name).replace(out_dir / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _log_artifacts(

@@ -28,7 +28,7 @@ import numpy as np
 from backprop_bench.data import formats
 from backprop_bench.data.formats import ConfigError, DataError
 from backprop_bench.data.split import stratified_split
-from backprop_bench.io import atomic_write, sha256_file
+from backprop_bench.io import all_or_nothing, atomic_write, sha256_file
 
 SOURCES = ("embedded", "url", "file")
 FORMATS = ("csv", "idx")
@@ -313,11 +313,11 @@ def load_source(p: DownloadParams, cache_dir: Path, progress: bool = True) -> tu
 
 def write_raw(train: Split, test: Split, out_dir: Path) -> dict[str, Path]:
     """Write both canonical CSVs. Everything was read and validated before this point, so
-    a bad source never replaces good outputs; each file is renamed into place whole."""
-    out = {"train": Path(out_dir) / "train.csv", "test": Path(out_dir) / "test.csv"}
-    formats.write_canonical_csv(out["train"], *train)
-    formats.write_canonical_csv(out["test"], *test)
-    return out
+    a bad source never replaces good outputs; the two files replace the old ones together."""
+    with all_or_nothing(out_dir, ["train.csv", "test.csv"]) as stage:
+        formats.write_canonical_csv(stage / "train.csv", *train)
+        formats.write_canonical_csv(stage / "test.csv", *test)
+    return {"train": Path(out_dir) / "train.csv", "test": Path(out_dir) / "test.csv"}
 
 
 def main(argv: list[str] | None = None) -> int:

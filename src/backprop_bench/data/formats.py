@@ -3,9 +3,11 @@
     label,p0,p1,...,p783        the canonical raw CSV: this header, then one image per
     5,0,0,...,0                 line, the label 0-9 and 784 pixels 0-255 (row-major 28x28)
 
-Readers also take no header, the label last, and gzip. Every problem raises `DataError`
-naming the file, the row (1-based, header included) and column, or the IDX byte offset,
-and what was expected (docs/architecture.md, "Data stages").
+Readers also take no header, the label last, gzip, and a UTF-8 byte-order mark (what
+Excel's "CSV UTF-8" writes); other encodings (UTF-16/32, Latin-1 bytes in the header) are
+refused by name. Every problem raises `DataError` naming the file, the row (1-based, header
+included) and column, or the IDX byte offset, and what was expected (docs/architecture.md,
+"Data stages").
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dims (N, 28, 28)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dim (N,)
 
 _ROWS_PER_BLOCK = 4096  # bounds memory: ~8 MB of text -> ~70 MB of temporaries
+
+UTF8_BOM = b"\xef\xbb\xbf"  # Excel's "CSV UTF-8" and Notepad start the file with it; skipped
+# Byte-order marks of encodings a CSV here may not be in. UTF-32-LE's starts with
+# UTF-16-LE's, so it is tested first.
+_OTHER_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"),
+    (b"\xfe\xff", "UTF-16 (big-endian)"),
+    (b"\xff\xfe", "UTF-16 (little-endian)"),
+)
+_SAVE_AS = "expected UTF-8 or ASCII text (re-save the file as CSV UTF-8)"
 
 
 class DataError(ValueError):
@@ -78,16 +91,20 @@ def read_csv(path: str | Path, label_column: str = "first") -> tuple[np.ndarray,
     if label_column not in ("first", "last"):
         raise ValueError(f"label_column must be 'first' or 'last', got {label_column!r}")
     path = Path(path)
-    data = read_bytes(path).replace(b"\r\n", b"\n").rstrip(b"\n\r\t ")
+    data = _without_bom(path, read_bytes(path)).replace(b"\r\n", b"\n").rstrip(b"\n\r\t ")
     if not data:
         raise DataError(f"{path}: empty file: expected a CSV of {N_COLUMNS} columns (label + {N_PIXELS} pixels)")
 
     first_end = data.find(b"\n")
-    first_line = (data if first_end < 0 else data[:first_end]).decode("utf-8", "replace")
+    first_bytes = data if first_end < 0 else data[:first_end]
+    if b"\x00" in first_bytes:  # no CSV of digits holds NUL; UTF-16 without its mark does
+        raise DataError(f"{path}: row 1: NUL bytes (UTF-16 text without a byte-order mark?): {_SAVE_AS}")
+    first_line = first_bytes.decode("utf-8", "replace")
     first_cells = [c.strip() for c in first_line.split(",")]
     label_at = 0 if label_column == "first" else len(first_cells) - 1
     header = None
     if not _is_number(first_cells[label_at]):
+        _check_utf8(path, first_bytes)
         header = first_cells
         _check_header(path, header, label_column)
         data = b"" if first_end < 0 else data[first_end + 1 :]
@@ -102,6 +119,28 @@ def read_csv(path: str | Path, label_column: str = "first") -> tuple[np.ndarray,
     y = table[:, label_at].astype(np.int64)
     x = np.delete(table, label_at, axis=1).astype(np.uint8)
     return x, y
+
+
+def _without_bom(path: Path, data: bytes) -> bytes:
+    """data without a leading UTF-8 byte-order mark; a DataError for another encoding's mark."""
+    if data.startswith(UTF8_BOM):
+        return data[len(UTF8_BOM) :]
+    for bom, encoding in _OTHER_BOMS:
+        if data.startswith(bom):
+            raise DataError(f"{path}: offset 0: a {encoding} byte-order mark ({bom.hex(' ')}): {_SAVE_AS}")
+    return data
+
+
+def _check_utf8(path: Path, header: bytes) -> None:
+    """A DataError naming the header's column and byte that are not UTF-8 (e.g. Latin-1 'é')."""
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError as err:
+        column = header[: err.start].count(b",") + 1
+        raise DataError(
+            f"{path}: row 1 (header), column {column}: byte 0x{header[err.start]:02x} is not UTF-8 "
+            f"(Latin-1 or Windows-1252?): {_SAVE_AS}"
+        ) from None
 
 
 def _default_names(label_at: int) -> list[str]:

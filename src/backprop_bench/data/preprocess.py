@@ -20,7 +20,7 @@ import numpy as np
 from backprop_bench.data import formats
 from backprop_bench.data.formats import ConfigError, DataError
 from backprop_bench.data.split import stratified_split
-from backprop_bench.io import sha256_file, write_json, write_npz
+from backprop_bench.io import all_or_nothing, sha256_file, write_json, write_npz
 
 SPLITS = ("train", "val", "test")
 
@@ -103,9 +103,13 @@ def run(
         {"train": train_csv, "test": test_csv},
         {"subset": subset, "val_fraction": val_fraction, "seed": seed},
     )
-    write_npz(out_npz, arrays)  # deterministic bytes: the same arrays leave DVC's hash unchanged
-    stats["outputs"] = {out_npz.name: sha256_file(out_npz)}
-    write_json(out_stats, stats)
+    if Path(out_npz).parent != Path(out_stats).parent:
+        raise ValueError(f"{out_npz} and {out_stats} must be in one folder (they are replaced together)")
+    with all_or_nothing(Path(out_npz).parent, [Path(out_npz).name, Path(out_stats).name]) as stage:
+        npz = stage / Path(out_npz).name
+        write_npz(npz, arrays)  # deterministic bytes: the same arrays leave DVC's hash unchanged
+        stats["outputs"] = {npz.name: sha256_file(npz)}
+        write_json(stage / Path(out_stats).name, stats)
     return stats
 
 
