@@ -119,22 +119,25 @@ def test_entry_point_names_our_python_m_module(monkeypatch):
     assert mlflow_logging.entry_point() == "backprop_bench.train"
 
 
-def test_git_remote_url_drops_credentials(monkeypatch):
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
-        pytest.skip("not a git checkout")
-    if mlflow_logging.git_remote_url(ROOT):
-        pytest.skip("this checkout has an origin remote of its own")
-    assert mlflow_logging.git_remote_url(ROOT) == ""
+def test_git_remote_url_drops_credentials(monkeypatch, tmp_path):
+    repo = tmp_path / "checkout"  # a checkout of its own: the project's may or may not have a remote
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")  # no machine-wide config can add an origin
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-config"))
+    assert mlflow_logging.git_remote_url(repo) == ""  # no remote: no tag
+    assert "mlflow.source.git.repoURL" not in mlflow_logging.source_tags(repo, "abc")
     assert mlflow_logging.git_remote_url(Path("/")) == ""  # not a checkout
-    # an origin given through git's environment config: read-only, nothing is written
-    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
-    monkeypatch.setenv("GIT_CONFIG_KEY_0", "remote.origin.url")
-    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://user:secret@example.org/group/backprop-bench.git")
-    assert mlflow_logging.git_remote_url(ROOT) == "https://example.org/group/backprop-bench.git"
-    assert mlflow_logging.source_tags(ROOT, "abc")["mlflow.source.git.repoURL"] == (
+    subprocess.run(
+        ["git", "remote", "add", "origin", "https://user:secret@example.org/group/backprop-bench.git"],
+        cwd=repo,
+        check=True,
+    )
+    assert mlflow_logging.git_remote_url(repo) == "https://example.org/group/backprop-bench.git"
+    assert mlflow_logging.source_tags(repo, "abc")["mlflow.source.git.repoURL"] == (
         "https://example.org/group/backprop-bench.git"
     )
-    assert "mlflow.source.git.repoURL" not in mlflow_logging.source_tags(ROOT, "")  # not a checkout
+    assert "mlflow.source.git.repoURL" not in mlflow_logging.source_tags(repo, "")  # not a checkout
 
 
 # ---------------------------------------------------------------- Models
