@@ -158,6 +158,7 @@ def patch_step(monkeypatch, target: str, wrap) -> None:
     monkeypatch.setattr(owner, name, wrap(getattr(owner, name)))
 
 
+@pytest.mark.slow  # two real tracked runs per case: make test runs them, make test-fast keeps the moves below
 @pytest.mark.parametrize("step", WRITE_STEPS)
 def test_a_failing_write_step_keeps_the_previous_outputs_and_fails_the_mlflow_run(
     step, good_run, tracking_uri, monkeypatch
@@ -171,6 +172,7 @@ def test_a_failing_write_step_keeps_the_previous_outputs_and_fails_the_mlflow_ru
     assert_failed_in_mlflow(tracking_uri, good_id, "injected fault")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", train.OUT_FILES)
 def test_a_full_disk_while_staging_keeps_the_previous_outputs(name, good_run, tracking_uri, monkeypatch):
     out, before, good_id, rerun = good_run
