@@ -215,9 +215,10 @@ def test_the_cli_exits_1_on_failure_and_0_on_skip(tiny_npz, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_real_run_ends_it_killed_and_keeps_its_history(tiny_npz, tmp_path, tracking_uri):
-    """SIGINT to the app mid-run: the MLflow run ends KILLED (never RUNNING), the epochs
-    logged before it stay, and the exit code is non-zero."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])  # Ctrl-C; SLURM and joblib cancel with SIGTERM
+def test_a_signal_to_a_real_run_ends_it_killed_and_keeps_its_history(sig, tiny_npz, tmp_path, tracking_uri):
+    """The signal to the app mid-run: the MLflow run ends KILLED (never RUNNING), the epochs
+    logged before it stay, no metrics.json is written, and the exit code is non-zero."""
     import os
     import signal
     import time
@@ -240,10 +241,13 @@ def test_ctrl_c_in_a_real_run_ends_it_killed_and_keeps_its_history(tiny_npz, tmp
         if "epoch 1:" in line:
             break
     time.sleep(3)  # some more epochs (milliseconds each on this data)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, "".join(seen) + rest
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs(client.get_experiment_by_name("backprop-bench").experiment_id)
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed", "".join(seen) + rest
+    if sig == "SIGTERM":
+        assert f"signal {int(signal.SIGTERM)}" in run.data.tags["error"]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
+    assert "epoch_seconds" in run.data.metrics and not (tmp_path / "out" / "metrics.json").exists()
