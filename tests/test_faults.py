@@ -244,28 +244,6 @@ def download_stage(tmp_path):
     return argv, out, write_inputs
 
 
-@pytest.mark.parametrize(
-    "failing",
-    [
-        "train.csv",
-        "test.csv",
-    ],
-)
-def test_download_full_disk_on_an_output_keeps_the_previous_outputs(failing, download_stage, monkeypatch):
-    argv, out, write_inputs = download_stage
-    write_inputs(seed=0)
-    assert download.main(argv) == 0
-    before = snapshot(out)
-    assert sorted(before) == ["test.csv", "train.csv"]
-
-    write_inputs(seed=1)  # new rows: a successful run would change both files
-    fill_disk_on(monkeypatch, failing)
-    with pytest.raises(OSError) as info:  # not a DataError: main lets it out (a traceback, exit 1)
-        download.main(argv)
-    assert info.value.errno == errno.ENOSPC
-    assert_unchanged(out, before)
-
-
 @pytest.fixture
 def preprocess_stage(tmp_path):
     """data/raw CSVs -> data/processed; returns (argv, out, write_inputs(seed))."""
@@ -280,23 +258,25 @@ def preprocess_stage(tmp_path):
     return ["--params", str(params), "--raw-dir", str(raw), "--out-dir", str(out)], out, write_inputs
 
 
-@pytest.mark.parametrize(
-    "failing",
-    [
-        "mnist.npz",
-        "stats.json",
-    ],
-)
-def test_preprocess_full_disk_on_an_output_keeps_the_previous_outputs(failing, preprocess_stage, monkeypatch):
-    argv, out, write_inputs = preprocess_stage
-    write_inputs(seed=0)
-    assert preprocess.main(argv) == 0
-    before = snapshot(out)
-    assert sorted(before) == ["mnist.npz", "stats.json"]
+STAGES = {"download": (download, ["test.csv", "train.csv"]), "preprocess": (preprocess, ["mnist.npz", "stats.json"])}
 
-    write_inputs(seed=1)
+
+@pytest.mark.parametrize(
+    "stage,failing",
+    [("download", "train.csv"), ("download", "test.csv"), ("preprocess", "mnist.npz"), ("preprocess", "stats.json")],
+)
+def test_a_data_stage_full_disk_on_an_output_keeps_the_previous_outputs(stage, failing, request, monkeypatch):
+    """Either output of either stage failing (the second one too) leaves both previous outputs."""
+    module, outputs = STAGES[stage]
+    argv, out, write_inputs = request.getfixturevalue(f"{stage}_stage")
+    write_inputs(seed=0)
+    assert module.main(argv) == 0
+    before = snapshot(out)
+    assert sorted(before) == outputs
+
+    write_inputs(seed=1)  # new rows: a successful run would change both files
     fill_disk_on(monkeypatch, failing)
-    with pytest.raises(OSError) as info:
-        preprocess.main(argv)
+    with pytest.raises(OSError) as info:  # not a DataError: main lets it out (a traceback, exit 1)
+        module.main(argv)
     assert info.value.errno == errno.ENOSPC
     assert_unchanged(out, before)
