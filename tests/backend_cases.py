@@ -2,7 +2,7 @@
 
 Every backend is driven the same way the real trainer drives it: initial weights from
 ``init_params`` (NumPy, from the seed), one permutation per epoch from
-``np.random.default_rng(seed)``, and ``train_epoch(order, batch_size)``.
+``np.random.default_rng(seed)``, and ``train_epoch(order, batch_size, masks)``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from backprop_bench.backends import FRAMEWORKS, backend_class
-from backprop_bench.model import OPTIMIZERS, STRATEGIES, InitSpec, MLPSpec, OptimizerSpec, init_params  # noqa: F401 (re-exported)
+from backprop_bench.model import (  # noqa: F401 (OPTIMIZERS, STRATEGIES: re-exported)
+    OPTIMIZERS,
+    STRATEGIES,
+    InitSpec,
+    MLPSpec,
+    OptimizerSpec,
+    dropout_masks,
+    dropout_rng,
+    init_params,
+)
 
 # Every implementation the cross-backend tests hold to the same numbers: the four
 # frameworks, plus NumPy's fast path (numpy_fast.py, compile=True).
@@ -23,6 +32,7 @@ PARITY_OPTIMIZERS = {
     "sgd": OptimizerSpec("sgd", lr=0.05),
     "momentum": OptimizerSpec("momentum", lr=0.01, momentum=0.9),
     "adam": OptimizerSpec("adam", lr=1e-3),
+    "rmsprop": OptimizerSpec("rmsprop", lr=1e-3, rho=0.9),
 }
 
 
@@ -36,17 +46,25 @@ def make_backend(backend: str, spec: MLPSpec, params, optimizer: OptimizerSpec, 
     return backend_class(backend, kwargs.get("compile", False))(spec, params, optimizer, **kwargs)
 
 
-def train(backend, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, seed: int):
+def train(backend, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, seed: int, masks_seed=None, lrs=None):
     """Load x, y and train; one permutation per epoch from default_rng(seed), as the trainer.
 
+    masks_seed: each epoch's dropout masks from model.dropout_masks(dropout_rng(masks_seed), ...)
+    for the backend's regularization (one stream over the epochs). lrs: set_lr(lrs[e]) before epoch e.
     Returns (epoch mean losses (epochs,), step losses of all epochs concatenated, or None
     when the backend does not record them).
     """
     rng = np.random.default_rng(seed)
+    mask_rng = None if masks_seed is None else dropout_rng(masks_seed)
     backend.load(x, y)
     epoch_losses, steps = [], []
-    for _ in range(epochs):
-        epoch_losses.append(backend.train_epoch(rng.permutation(len(x)), batch))
+    for epoch in range(epochs):
+        if lrs is not None:
+            backend.set_lr(lrs[epoch])
+        masks = None
+        if mask_rng is not None:
+            masks = dropout_masks(mask_rng, len(x), backend.spec, backend.reg, backend.dtype)
+        epoch_losses.append(backend.train_epoch(rng.permutation(len(x)), batch, masks))
         if backend.step_losses is not None:
             steps.append(np.asarray(backend.step_losses, dtype=np.float64))
     return np.array(epoch_losses), (np.concatenate(steps) if steps else None)

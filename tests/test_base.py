@@ -94,7 +94,7 @@ class Recorder(Backend):
     def _load(self, x, t):
         self.calls.append(("load", x.dtype, t.shape))
 
-    def _epoch(self, order, batch_size):
+    def _epoch(self, order, batch_size, masks):
         self.gc_enabled = gc.isenabled()
         self.calls.append(("epoch", order.tolist(), batch_size))
         return np.arange(1, n_steps(len(order), batch_size) + 1, dtype=np.float32)

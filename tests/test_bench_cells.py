@@ -146,7 +146,7 @@ class _LogBackend:
     def synchronize(self):
         pass
 
-    def train_epoch(self, order, batch_size):
+    def train_epoch(self, order, batch_size, masks=None):
         self.log.append(self.name)
         return 1.0
 
@@ -183,7 +183,7 @@ def test_cells_are_timed_by_the_trainers_clock(monkeypatch):
 
 def test_an_epoch_is_timed_around_train_epoch():
     slow = _LogBackend("slow", [])
-    slow.train_epoch = lambda order, batch_size: time.sleep(0.02) or 1.0
+    slow.train_epoch = lambda order, batch_size, masks=None: time.sleep(0.02) or 1.0
     plan = cells.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])
     assert cells.run_epoch(plan[0], slow, np.arange(8)) >= 0.02
 
@@ -191,7 +191,7 @@ def test_an_epoch_is_timed_around_train_epoch():
 def test_a_cell_failing_mid_run_drops_out_and_says_why():
     plan = cells.plan_cells(["numpy"], ["parallel"], [64, 256], ["cpu"], [])
     good, bad = _LogBackend("good", []), _LogBackend("bad", [])
-    bad.train_epoch = lambda order, batch_size: (_ for _ in ()).throw(RuntimeError("XLA is not available"))
+    bad.train_epoch = lambda order, batch_size, masks=None: (_ for _ in ()).throw(RuntimeError("XLA is not available"))
     cells.run_cells(plan[:2], {plan[0].name: good, plan[1].name: bad}, [np.arange(8)] * 3)
     assert plan[0].status == "ok" and len(plan[0].epoch_seconds) == 2
     assert plan[1].status == "failed" and "RuntimeError: XLA is not available" in plan[1].reason
@@ -201,8 +201,8 @@ def test_no_garbage_collection_inside_the_clock():
     plan = cells.plan_cells(["numpy"], ["parallel"], [64, 256], ["cpu"], [])
     seen = []
     good, bad = _LogBackend("good", []), _LogBackend("bad", [])
-    good.train_epoch = lambda order, batch_size: seen.append(gc.isenabled()) or 1.0
-    bad.train_epoch = lambda order, batch_size: (_ for _ in ()).throw(RuntimeError("boom"))
+    good.train_epoch = lambda order, batch_size, masks=None: seen.append(gc.isenabled()) or 1.0
+    bad.train_epoch = lambda order, batch_size, masks=None: (_ for _ in ()).throw(RuntimeError("boom"))
     cells.run_cells(plan[:2], {plan[0].name: good, plan[1].name: bad}, [np.arange(8)] * 3)
     assert seen == [False, False, False]
     assert gc.isenabled(), "the bench must give garbage collection back, also after a failed epoch"
@@ -219,7 +219,7 @@ def test_garbage_is_collected_between_rounds(monkeypatch):
 def test_a_diverged_cell_stops_and_says_so():
     plan = cells.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])
     nan = _LogBackend("nan", [])
-    nan.train_epoch = lambda order, batch_size: float("nan")
+    nan.train_epoch = lambda order, batch_size, masks=None: float("nan")
     cells.run_cells(plan, {plan[0].name: nan}, [np.arange(8)] * 3)
     assert plan[0].status == "failed" and "FloatingPointError" in plan[0].reason and "diverged" in plan[0].reason
 
@@ -229,7 +229,7 @@ def test_an_interrupted_run_keeps_the_rounds_it_finished():
     log: list[str] = []
     first, second = _LogBackend("a", log), _LogBackend("b", log)
 
-    def stop_in_round_two(order, batch_size):
+    def stop_in_round_two(order, batch_size, masks=None):
         log.append("b")
         if log.count("b") == 3:  # warm-up, round 1, then Ctrl-C inside round 2
             raise KeyboardInterrupt

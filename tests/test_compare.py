@@ -74,7 +74,7 @@ def write_run(runs: Path, framework: str, strategy: str, mode: str, seed: int, d
     write_metrics(folder / "metrics.json", metrics)
     losses = (1.0 + 0.1 * seed, 0.7, loss)
     write_history(
-        folder / "history.csv", [EpochStats(e, x, 0.8, x + 0.1, 0.8, 0.75, sps) for e, x in enumerate(losses, 1)]
+        folder / "history.csv", [EpochStats(e, x, 0.8, x + 0.1, 0.8, 0.75, sps, 0.01) for e, x in enumerate(losses, 1)]
     )
     predictions = Y_TEST.copy()
     wrong = WRONG.get((framework, strategy, seed), []) if mode == "native" else []

@@ -93,6 +93,16 @@ def test_wrong_type_fails_at_compose_time():
         ("device.name=tpu", "device.name='tpu'", "cpu, cuda, auto"),
         ("framework.steps_per_execution=4", "framework.steps_per_execution=4", "is a Keras option"),
         ("framework.steps_per_execution=0", "framework.steps_per_execution=0", ">= 1"),
+        ("regularizer.dropout=1.0", "regularizer.dropout[0]=1.0", "in [0, 1)"),
+        ("regularizer.dropout=[0.2,-0.1]", "regularizer.dropout[1]=-0.1", "in [0, 1)"),
+        ("regularizer.dropout=[0.2]", "regularizer.dropout=[0.2]", "one rate, or one per hidden layer (2)"),
+        ("regularizer.l1=-0.01", "regularizer.l1=-0.01", ">= 0"),
+        ("regularizer.l2=-1", "regularizer.l2=-1.0", ">= 0"),
+        ("schedule.name=linear", "schedule.name='linear'", "constant, step, exponential, cosine"),
+        ("schedule.warmup_epochs=10", "schedule.warmup_epochs=10", "below train.epochs=10"),
+        ("callbacks.early_stopping.monitor=loss", "callbacks.early_stopping.monitor='loss'", "val_loss, val_accuracy"),
+        ("callbacks.reduce_on_plateau.factor=2", "callbacks.reduce_on_plateau.factor=2.0", "in (0, 1)"),
+        ("optimizer.weight_decay=0.1", "optimizer.weight_decay=0.1", "decoupled decay for adam"),
     ],
 )
 def test_bad_values_name_the_field_and_the_rule(override, field, rule):
@@ -100,6 +110,15 @@ def test_bad_values_name_the_field_and_the_rule(override, field, rule):
     with pytest.raises(ValueError) as err:
         to_components(cfg)
     assert field in str(err.value) and rule in str(err.value)
+
+
+def test_advanced_training_composes_into_specs():
+    c = to_components(compose("experiment=mnist_advanced"))
+    assert c.regularization.dropout == (0.2, 0.0) and c.optimizer.name == "adam"
+    assert c.training.early_stopping.monitor == c.training.plateau.monitor == "val_loss"
+    c = to_components(compose("regularizer=l2", "schedule=cosine", "optimizer=adamw", "regularizer.dropout=0.1"))
+    assert (c.regularization.l2, c.regularization.dropout) == (1e-4, (0.1, 0.1))
+    assert (c.training.schedule.name, c.training.plateau, c.optimizer.weight_decay) == ("cosine", None, 0.01)
 
 
 def test_steps_per_execution_is_fine_for_keras():
@@ -126,6 +145,6 @@ def test_launcher_configs_compose():
     assert compose("hydra/launcher=joblib_local", "hydra.launcher.n_jobs=4", hydra_node=True).hydra.launcher.n_jobs == 4
     callbacks = compose(hydra_node=True).hydra.callbacks
     assert callbacks.mlflow_sweep._target_ == "backprop_bench.tracking.SweepCallback"
-    # The SLURM example needs hydra-submitit-launcher, which is not installed here: it must
-    # at least name that plugin's config, so it works where the plugin is.
-    assert "- submitit_slurm" in (CONF_DIR / "hydra" / "launcher" / "slurm_example.yaml").read_text()
+    # The SLURM preset extends the submitit plugin's node (the cluster extra), which types its fields.
+    slurm = compose("hydra/launcher=slurm", hydra_node=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min >= 5

@@ -13,7 +13,17 @@ import pytest
 
 from backprop_bench.backends.numpy_backend import NumpyBackend
 from backprop_bench.backends.numpy_fast import NumpyFastBackend
-from backprop_bench.model import HIDDEN_ACTIVATIONS, InitSpec, MLPSpec, OptimizerSpec, as_targets, init_params
+from backprop_bench.model import (
+    HIDDEN_ACTIVATIONS,
+    NO_REGULARIZATION,
+    InitSpec,
+    MLPSpec,
+    OptimizerSpec,
+    Regularization,
+    as_targets,
+    dropout_masks,
+    init_params,
+)
 
 OUTPUT_LOSS = [
     ("softmax", "cross_entropy"),
@@ -56,20 +66,23 @@ def smallest_hidden_preactivation(spec, params, x) -> float:
     return smallest
 
 
-def loss_at(spec, params, x, y) -> float:
-    backend = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64")
-    return backend.loss_and_gradients(x, y)[0]
+def loss_at(spec, params, x, y, reg=NO_REGULARIZATION, masks=None) -> float:
+    backend = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64", regularization=reg)
+    return backend.loss_and_gradients(x, y, masks)[0]
 
 
-def torch_loss_and_grads(spec, params, x, y):
-    """The same loss written in torch, differentiated by autograd (float64)."""
+def torch_loss_and_grads(spec, params, x, y, reg=NO_REGULARIZATION, masks=None):
+    """The same loss written in torch, differentiated by autograd (float64): dropout as a
+    product with the given masks, the penalty as l1 sum |W| + l2 sum W^2."""
     import torch
 
     act = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda z: z}
     tensors = [(torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)) for w, b in params]
     a = torch.tensor(x)
-    for w, b in tensors[:-1]:
+    for l, (w, b) in enumerate(tensors[:-1]):
         a = act[spec.hidden_activation](a @ w + b)
+        if masks is not None:
+            a = a * torch.tensor(masks[l])
     z = a @ tensors[-1][0] + tensors[-1][1]
     t = torch.tensor(as_targets(y, SIZES[-1], "float64"))
     if spec.loss == "cross_entropy":
@@ -78,11 +91,12 @@ def torch_loss_and_grads(spec, params, x, y):
         p = torch.softmax(z, dim=1) if spec.output_activation == "softmax" else act[spec.output_activation](z)
         sq = (p - t) ** 2
         loss = sq.mean() if spec.loss == "mse" else 0.5 * sq.sum(dim=1).mean()
+    loss = loss + sum(reg.l1 * w.abs().sum() + reg.l2 * (w**2).sum() for w, _ in tensors)
     loss.backward()
     return loss.item(), [(w.grad.numpy(), b.grad.numpy()) for w, b in tensors]
 
 
-def finite_difference(spec, params, x, y, h=1e-6):
+def finite_difference(spec, params, x, y, h=1e-6, reg=NO_REGULARIZATION, masks=None):
     """Central differences of the loss in every W and b entry."""
     grads = []
     for l, (w, b) in enumerate(params):
@@ -94,7 +108,7 @@ def finite_difference(spec, params, x, y, h=1e-6):
                 minus = [(pw.copy(), pb.copy()) for pw, pb in params]
                 plus[l][arr_index][i] += h
                 minus[l][arr_index][i] -= h
-                g[i] = (loss_at(spec, plus, x, y) - loss_at(spec, minus, x, y)) / (2 * h)
+                g[i] = (loss_at(spec, plus, x, y, reg, masks) - loss_at(spec, minus, x, y, reg, masks)) / (2 * h)
             layer_grads.append(g)
         grads.append(tuple(layer_grads))
     return grads
@@ -133,3 +147,44 @@ def test_constant_biases_have_no_gradient(cls):
     for (gw, gb), (tw, _) in zip(grads, theirs):
         assert gb is None
         np.testing.assert_allclose(gw, tw, rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------- penalties and dropout
+
+REGULARIZED = {
+    "l1": Regularization((), l1=0.01),
+    "l2": Regularization((), l2=0.02),
+    "dropout": Regularization((0.5, 0.25)),
+    "all": Regularization((0.3, 0.3), l1=0.01, l2=0.02),
+}
+
+
+def regularized_case(hidden: str, name: str):
+    spec, params, x, y = case(hidden, "softmax", "cross_entropy")
+    reg = REGULARIZED[name]
+    masks = dropout_masks(np.random.default_rng(5), N, spec, reg, "float64")  # fixed for the check
+    return spec, params, x, y, reg, masks
+
+
+@pytest.mark.parametrize("name", REGULARIZED)
+@pytest.mark.parametrize("hidden", HIDDEN_ACTIVATIONS)
+def test_regularized_gradients_match_autograd_and_finite_differences(hidden, name):
+    spec, params, x, y, reg, masks = regularized_case(hidden, name)
+    if masks is not None:
+        assert any((m == 0).any() for m in masks) and any((m > 1).any() for m in masks)  # units really dropped
+    assert min(np.abs(w).min() for w, _ in params) > 1e-4  # |W|'s kink out of reach of h
+    backend = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64", regularization=reg)
+    loss, ours = backend.loss_and_gradients(x, y, masks)
+    torch_loss, theirs = torch_loss_and_grads(spec, params, x, y, reg, masks)
+    assert loss == pytest.approx(torch_loss, rel=1e-12)
+    for (gw, gb), (tw, tb) in zip(ours, theirs):
+        np.testing.assert_allclose(gw, tw, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(gb, tb, rtol=1e-10, atol=1e-14)
+    assert smallest_hidden_preactivation(spec, params, x) > 1e-4  # no relu kink within reach of h
+    numeric = finite_difference(spec, params, x, y, reg=reg, masks=masks)
+    for (gw, gb), (nw, nb) in zip(ours, numeric):
+        np.testing.assert_allclose(gw, nw, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(gb, nb, rtol=1e-6, atol=1e-9)
+    if masks is None:  # the penalty is in the loss, at these weights
+        plain = loss_at(spec, params, x, y)
+        assert loss == pytest.approx(plain + reg.penalty([w for w, _ in params]), rel=1e-12) and loss > plain

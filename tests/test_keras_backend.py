@@ -1,7 +1,9 @@
 """The Keras 3 backend: fit() with its own options (jit_compile, steps_per_execution).
 
 Parity with NumPy, the worked example, the strategies and determinism are the shared
-tests' job. Data is tiny: TensorFlow's import (~10 s) dominates this module.
+tests' job; the advanced training features' parity, XLA runs and set_params are
+test_tf_common.py's, for both TF backends. Data is tiny: TensorFlow's import (~10 s)
+dominates this module.
 """
 
 import os
@@ -10,9 +12,11 @@ import numpy as np
 import pytest
 
 kb = pytest.importorskip("backprop_bench.backends.keras_backend")
+from backend_cases import train  # noqa: E402
+
 from backprop_bench.backends._tf_common import tf  # noqa: E402
 from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params  # noqa: E402
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params  # noqa: E402
 
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
 SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
@@ -87,6 +91,24 @@ def test_steps_per_execution_gives_the_same_run(strategy, data):
     assert three.step_losses.shape == (5,)
     assert three.info()["steps_per_execution"] == "3"
     assert_same_run(three, one, rtol=1e-14)
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_masks_reach_each_step_through_fit(strategy, data):
+    """fit((x, *masks), t): with several steps per execution each step still gets its own mask
+    rows (the same run, exactly); one train function serves every epoch, new masks and lr included;
+    call() still takes plain x, without masks."""
+    dropout = Regularization((0.5, 0.2))
+    one = make(strategy=strategy, record_steps=True, regularization=dropout)
+    three = make(strategy=strategy, record_steps=True, regularization=dropout, steps_per_execution=3)
+    for backend in (one, three):
+        train(backend, *data, epochs=1, batch=2, seed=3, masks_seed=1)
+    train_function = one.model.train_function
+    for backend in (one, three):
+        train(backend, *data, epochs=2, batch=2, seed=4, masks_seed=2, lrs=(0.05, 0.01))  # 5 steps: 3 + 2
+    assert one.model.train_function is train_function
+    assert_same_run(three, one, rtol=1e-14)
+    np.testing.assert_array_equal(one.model(tf.constant(data[0])).numpy(), one.predict(data[0]))
 
 
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])

@@ -65,3 +65,48 @@ def test_reaches_90_percent(framework, strategy, digits):
             break
     assert history[-1][2] >= TARGET_ACCURACY, f"{framework}/{strategy} (train loss, test loss, acc): {history}"
     assert history[-1][0] < history[0][0]  # and the training loss went down on the way
+
+
+# ---------------------------------------------------------------- the advanced preset
+
+PRESETS = ("mnist_784_128_64_10", "mnist_advanced")  # plain, advanced (docs/training.md)
+
+
+def preset_test_accuracy(framework: str, preset: str, digits) -> tuple[float, int]:
+    """Train one preset through the trainer's own fit() (its dtype, init, optimizer,
+    regularization, schedule and callbacks, from the composed config); (test accuracy, epochs run).
+    The embedded digits as the pipeline splits them: 1,000 test rows, then 10 % of the rest for validation."""
+    from conftest import compose
+
+    from backprop_bench.backends import backend_class
+    from backprop_bench.config import to_components
+    from backprop_bench.dataset import Dataset
+    from backprop_bench.train import fit
+
+    c = to_components(compose(f"experiment={preset}", f"framework={framework}"))
+    x_train, y_train, x_test, y_test = digits
+    fit_idx, val_idx = stratified_split(y_train, test_per_class=40, seed=SEED)  # 3,600 / 400
+    data = Dataset("digits", x_train[fit_idx], y_train[fit_idx], x_train[val_idx], y_train[val_idx], x_test, y_test, "")
+    t = c.train
+    backend = backend_class(framework)(
+        c.spec,
+        init_params(c.spec, c.init, t.dtype),
+        c.optimizer,
+        strategy=c.strategy,
+        dtype=t.dtype,
+        regularization=c.regularization,
+    )
+    backend.load(data.x_train, data.y_train)
+    result = fit(
+        backend, data, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, eval_train=False, training=c.training
+    )
+    return backend.evaluate(x_test, y_test)[1], len(result.history)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ("numpy", "torch", "tensorflow", "keras"))
+def test_advanced_preset_learns_at_least_as_well_as_the_plain_one(framework, digits):
+    (plain, plain_epochs), (advanced, advanced_epochs) = (preset_test_accuracy(framework, p, digits) for p in PRESETS)
+    print(f"{framework}: plain {plain:.4f} ({plain_epochs} epochs), advanced {advanced:.4f} ({advanced_epochs} epochs)")
+    assert plain_epochs == 10 and advanced_epochs <= 10  # the same budget; early stopping may use less
+    assert advanced >= plain and plain >= TARGET_ACCURACY

@@ -68,6 +68,7 @@ def test_history_columns_are_the_epoch_stats_fields():
             "val_accuracy",
             "epoch_seconds",
             "samples_per_second",
+            "lr",
         )
     )
 
@@ -138,12 +139,12 @@ def test_unreadable_metrics_files_are_named(tmp_path):
 
 def test_history_round_trips_with_nan(tmp_path):
     history = [
-        EpochStats(1, 2.0, 0.5, math.nan, math.nan, 0.25, 400.0),
-        EpochStats(2, 1.0, 0.75, math.nan, math.nan, 0.2, 500.0),
+        EpochStats(1, 2.0, 0.5, math.nan, math.nan, 0.25, 400.0, 0.1),
+        EpochStats(2, 1.0, 0.75, math.nan, math.nan, 0.2, 500.0, 0.05),
     ]
     write_history(tmp_path / "history.csv", history)
     lines = (tmp_path / "history.csv").read_text().splitlines()
-    assert lines == [",".join(HISTORY_COLUMNS), "1,2.0,0.5,nan,nan,0.25,400.0", "2,1.0,0.75,nan,nan,0.2,500.0"]
+    assert lines == [",".join(HISTORY_COLUMNS), "1,2.0,0.5,nan,nan,0.25,400.0,0.1", "2,1.0,0.75,nan,nan,0.2,500.0,0.05"]
     table = read_history(tmp_path / "history.csv")
     assert list(table) == list(HISTORY_COLUMNS) and table["epoch"].tolist() == [1.0, 2.0]
     assert np.isnan(table["val_loss"]).all()

@@ -57,7 +57,10 @@ def test_spec_validation(kwargs, message):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"name": "rmsprop"}, "optimizer.name='rmsprop' is not one of sgd, momentum, adam"),
+        ({"name": "adagrad"}, "optimizer.name='adagrad' is not one of sgd, momentum, adam, rmsprop"),
+        ({"rho": 1.0}, r"optimizer.rho=1.0: must be in \[0, 1\)"),
+        ({"weight_decay": -0.1, "name": "adam"}, "optimizer.weight_decay=-0.1: must be >= 0"),
+        ({"weight_decay": 0.01, "name": "sgd"}, "optimizer.weight_decay=0.01: is decoupled decay for adam"),
         ({"lr": 0.0}, "optimizer.lr=0.0: must be > 0"),
         ({"lr": -1}, "optimizer.lr=-1: must be > 0"),
         ({"momentum": 1.0}, r"optimizer.momentum=1.0: must be in \[0, 1\)"),

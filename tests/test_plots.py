@@ -21,7 +21,7 @@ def is_png(path) -> bool:
 
 
 def history(n: int = 4) -> list[EpochStats]:
-    return [EpochStats(e, 1.0 / e, 0.5 + 0.1 * e, math.nan, math.nan, 0.1, 1000.0) for e in range(1, n + 1)]
+    return [EpochStats(e, 1.0 / e, 0.5 + 0.1 * e, math.nan, math.nan, 0.1, 1000.0, 0.01) for e in range(1, n + 1)]
 
 
 def test_run_plots(tmp_path):

@@ -2,7 +2,8 @@
 
 Parity with NumPy, the protocol's shared contract (test_backend_contract.py), the worked
 example, the strategies and determinism are the shared tests' job (test_parity.py,
-test_reference.py, test_strategies.py, test_determinism.py).
+test_reference.py, test_strategies.py, test_determinism.py); the advanced training
+features' parity, XLA runs and set_params are test_tf_common.py's, for both TF backends.
 Data is tiny: TensorFlow's import (~10 s) dominates this module.
 """
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 
 tfb = pytest.importorskip("backprop_bench.backends.tensorflow_backend")
+from backend_cases import train  # noqa: E402
+
 from backprop_bench.backends._tf_common import tf  # noqa: E402
 from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params  # noqa: E402
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params  # noqa: E402
 
 Backend = tfb.TensorflowBackend
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
@@ -62,6 +65,16 @@ def test_xla_matches_plain_tf_function(strategy, data):
     for (w1, b1), (w2, b2) in zip(xla.params(), plain.params()):
         np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(b1, b2, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_masks_and_lr_changes_trace_the_epoch_once(strategy, data):
+    """The masks enter the tf.function as tensors and the lr as a variable: a new epoch's
+    masks or learning rate reuse the one trace of the epoch graph."""
+    backend = make(strategy=strategy, regularization=Regularization((0.5, 0.2), l2=1e-3))
+    train(backend, *data, epochs=3, batch=4, seed=3, masks_seed=1, lrs=(0.01, 0.1, 0.001))
+    assert backend._epoch_fn.experimental_get_tracing_count() == 1
+    assert float(backend.opt.lr.numpy()) == 0.001
 
 
 def test_steps_per_execution_is_a_keras_option():

@@ -223,13 +223,13 @@ def test_info_names_versions_and_mode():
 def test_compile_failure_is_loud_never_eager():
     """A graph break under fullgraph=True raises, naming the option to turn off."""
 
-    def breaks(x, t):
+    def breaks(x, t, masks):
         torch._dynamo.graph_break()
         return x.sum() + t.sum()
 
     step = compiled(breaks, "parallel")
     with pytest.raises(RuntimeError, match="torch.compile of the parallel step failed.*compile=false"):
-        step(torch.ones(2), torch.ones(2))
+        step(torch.ones(2), torch.ones(2), None)
 
 
 # float32 tolerance: the compiled kernels fuse and reorder the element-wise work (and the

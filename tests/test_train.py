@@ -11,10 +11,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import ROOT, compose, run_app, run_in_process, shrunk
+from conftest import ROOT, compose, make_tiny_npz, run_app, run_in_process, shrunk
 
 from backprop_bench.dataset import load_dataset
-from backprop_bench.metrics import HISTORY_COLUMNS
+from backprop_bench.metrics import HISTORY_COLUMNS, read_history
+from backprop_bench.model import MLPSpec, OptimizerSpec, Regularization
 from backprop_bench.train import Diverged, batch_orders, fit
 from backprop_bench.weights import load_weights
 
@@ -22,16 +23,23 @@ from backprop_bench.weights import load_weights
 class RecordingBackend:
     """A stand-in that records the order of calls, to check what the clock brackets."""
 
+    spec, reg, dtype = MLPSpec((2, 3, 2)), Regularization(), "float64"
+    opt_spec = OptimizerSpec("sgd", lr=0.1)
+
     def __init__(self, losses):
         self.losses = list(losses)
         self.calls: list[str] = []
         self.orders: list[np.ndarray] = []
         self.step_losses = None
+        self.lr = None
 
     def synchronize(self):
         self.calls.append("sync")
 
-    def train_epoch(self, order, batch_size):
+    def set_lr(self, lr):
+        self.lr = lr
+
+    def train_epoch(self, order, batch_size, masks=None):
         self.calls.append("train")
         self.orders.append(order.copy())
         return self.losses.pop(0)
@@ -251,3 +259,41 @@ def test_a_signal_to_a_real_run_ends_it_killed_and_keeps_its_history(sig, tiny_n
         assert f"signal {int(signal.SIGTERM)}" in run.data.tags["error"]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
     assert "epoch_seconds" in run.data.metrics and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_advanced_training_end_to_end_records_lr_and_the_best_epoch(small_cfg, tmp_path):
+    """A run with dropout, a schedule and both callbacks: history.csv has the lr of every
+    epoch, metrics.json the best and stopped epochs, weights.npz the best epoch's weights."""
+    cfg = small_cfg(
+        "train.epochs=6",
+        "train.dtype=float64",
+        "regularizer=dropout",
+        "schedule=step",
+        "schedule.step_size=2",
+        "callbacks=early_stopping_and_plateau",
+        "callbacks.early_stopping.patience=1",
+    )
+    metrics = run_in_process(cfg, tmp_path)
+    out = tmp_path / "out"
+    history = read_history(out / "history.csv")
+    epochs = len(history["epoch"])
+    assert history["lr"][:2].tolist() == [0.01, 0.01] and (epochs < 3 or history["lr"][2] == 0.005)
+    best, stopped = metrics["best_epoch"], metrics["stopped_epoch"]
+    assert 1 <= best <= epochs and (stopped is None or stopped == epochs == best + 1)
+    assert history["val_loss"][best - 1] == history["val_loss"].min()
+    # the written weights are the best epoch's: evaluating them gives that epoch's val loss
+    from backprop_bench.backends.numpy_backend import NumpyBackend
+    from backprop_bench.dataset import load_dataset
+
+    spec, params = load_weights(out / "weights.npz")
+    data = load_dataset("tiny", cfg.data.path)
+    backend = NumpyBackend(spec, params, OptimizerSpec("sgd"), dtype="float64")
+    assert backend.evaluate(data.x_val, data.y_val)[0] == pytest.approx(history["val_loss"][best - 1], rel=1e-12)
+
+
+def test_a_monitor_without_a_validation_split_fails_before_training(tmp_path):
+    npz = make_tiny_npz(tmp_path / "noval.npz", n_val=0)
+    cfg = compose(*shrunk(npz, tmp_path / "out", None, "callbacks=early_stopping"))
+    with pytest.raises(ValueError, match=r"callbacks.early_stopping.monitor='val_loss': needs a validation split"):
+        run_in_process(cfg, tmp_path)
+    assert not (tmp_path / "out").exists()

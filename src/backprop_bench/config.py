@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.callbacks import EarlyStoppingSpec, PlateauSpec, Training
 from backprop_bench.dataset import TOYS
 from backprop_bench.model import (
     DEVICES,
@@ -25,9 +26,11 @@ from backprop_bench.model import (
     InitSpec,
     MLPSpec,
     OptimizerSpec,
+    Regularization,
     check,
     check_choice,
 )
+from backprop_bench.schedules import ScheduleSpec
 
 # Each node's defaults are its spec's, so that a value is written down once.
 
@@ -82,6 +85,52 @@ class OptimizerConfig:  # -> model.OptimizerSpec, whose docstring is the update 
     beta1: float = OptimizerSpec.beta1
     beta2: float = OptimizerSpec.beta2
     eps: float = OptimizerSpec.eps
+    rho: float = OptimizerSpec.rho
+    weight_decay: float = OptimizerSpec.weight_decay
+
+
+@dataclass
+class RegularizerConfig:  # -> model.Regularization, whose docstring is the rule
+    dropout: Any = 0.0  # one rate for every hidden layer, or a list with one rate per hidden layer
+    l1: float = 0.0
+    l2: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:  # -> schedules.ScheduleSpec, whose docstring has the formulas
+    name: str = ScheduleSpec.name
+    warmup_epochs: int = ScheduleSpec.warmup_epochs
+    step_size: int = ScheduleSpec.step_size
+    gamma: float = ScheduleSpec.gamma
+    min_lr: float = ScheduleSpec.min_lr
+
+
+@dataclass
+class EarlyStoppingConfig:  # -> callbacks.EarlyStoppingSpec
+    enabled: bool = False
+    monitor: str = EarlyStoppingSpec.monitor
+    mode: str = EarlyStoppingSpec.mode
+    patience: int = EarlyStoppingSpec.patience
+    min_delta: float = EarlyStoppingSpec.min_delta
+    restore_best: bool = EarlyStoppingSpec.restore_best
+
+
+@dataclass
+class PlateauConfig:  # -> callbacks.PlateauSpec
+    enabled: bool = False
+    monitor: str = PlateauSpec.monitor
+    mode: str = PlateauSpec.mode
+    factor: float = PlateauSpec.factor
+    patience: int = PlateauSpec.patience
+    cooldown: int = PlateauSpec.cooldown
+    min_lr: float = PlateauSpec.min_lr
+    min_delta: float = PlateauSpec.min_delta
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    reduce_on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
 
 
 @dataclass
@@ -114,6 +163,9 @@ class Config:
     strategy: StrategyConfig = MISSING
     device: DeviceConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    regularizer: RegularizerConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    callbacks: CallbacksConfig = MISSING
     train: TrainConfig = MISSING
     tracking: TrackingConfig = MISSING
     # metrics.json, history.csv, weights.npz, predictions.npy go here (relative: to the
@@ -133,6 +185,8 @@ class Components:
     spec: MLPSpec
     init: InitSpec
     optimizer: OptimizerSpec
+    regularization: Regularization
+    training: Training  # lr schedule and callbacks
     framework: FrameworkConfig
     strategy: str
     device: str
@@ -158,7 +212,7 @@ def to_components(cfg: DictConfig) -> Components:
     spec = MLPSpec(tuple(m.sizes), m.hidden_activation, m.output_activation, m.loss, m.train_biases)
     init = InitSpec(m.init.scheme, m.init.seed, m.init.bias, m.init.weights, m.init.biases)
     o = c.optimizer
-    optimizer = OptimizerSpec(o.name, o.lr, o.momentum, o.beta1, o.beta2, o.eps)
+    optimizer = OptimizerSpec(o.name, o.lr, o.momentum, o.beta1, o.beta2, o.eps, o.rho, o.weight_decay)
     check_choice("framework.name", f.name, FRAMEWORKS)
     check(f.steps_per_execution >= 1, "framework.steps_per_execution", f.steps_per_execution, "must be >= 1")
     check(
@@ -173,6 +227,11 @@ def to_components(cfg: DictConfig) -> Components:
     check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     check_choice("train.dtype", t.dtype, DTYPES)
     check_choice("train.mode", t.mode, MODES)
+    r = c.regularizer
+    dropout = r.dropout if isinstance(r.dropout, (int, float)) else list(r.dropout)
+    regularization = Regularization.build(dropout, spec.n_layers - 1, r.l1, r.l2)
+    training = to_training(c.schedule, c.callbacks)
+    training.schedule.check_run(optimizer.lr, t.epochs)
     check(
         c.data.name in TOYS or bool(c.data.path),
         "data.path",
@@ -183,6 +242,8 @@ def to_components(cfg: DictConfig) -> Components:
         spec=spec,
         init=init,
         optimizer=optimizer,
+        regularization=regularization,
+        training=training,
         framework=f,
         strategy=c.strategy.name,
         device=c.device.name,
@@ -190,4 +251,17 @@ def to_components(cfg: DictConfig) -> Components:
         data=c.data,
         tracking=c.tracking,
         out_dir=c.out_dir,
+    )
+
+
+def to_training(schedule: ScheduleConfig, callbacks: CallbacksConfig) -> Training:
+    """The schedule and the callbacks that are enabled; every value is checked by its spec,
+    an off callback's too (a typo there fails now, not when someone turns it on)."""
+    e, p = callbacks.early_stopping, callbacks.reduce_on_plateau
+    plateau = PlateauSpec(p.monitor, p.mode, p.factor, p.patience, p.cooldown, p.min_lr, p.min_delta)
+    stopping = EarlyStoppingSpec(e.monitor, e.mode, e.patience, e.min_delta, e.restore_best)
+    return Training(
+        ScheduleSpec(schedule.name, schedule.warmup_epochs, schedule.step_size, schedule.gamma, schedule.min_lr),
+        plateau if p.enabled else None,
+        stopping if e.enabled else None,
     )

@@ -37,6 +37,7 @@ class EpochStats:
     val_accuracy: float
     epoch_seconds: float  # train_epoch alone, between synchronised clock reads
     samples_per_second: float  # train samples / epoch_seconds
+    lr: float  # the learning rate in effect during the epoch (schedule x reduce-on-plateau)
 
 
 HISTORY_COLUMNS = tuple(f.name for f in fields(EpochStats))
@@ -65,7 +66,9 @@ class CellMetrics:
     final_train_loss: float | None = None  # train_loss of the last epoch
     final_val_accuracy: float | None = None  # None when there is no val split
     n_train: int | None = None  # train samples per epoch
-    epochs: int | None = None
+    epochs: int | None = None  # asked for; early stopping may stop sooner (stopped_epoch)
+    best_epoch: int | None = None  # early stopping on: the best epoch, whose weights were kept when restored
+    stopped_epoch: int | None = None  # early stopping stopped after this epoch; None: every epoch ran
     batch_size: int | None = None
     dtype: str | None = None
     resolved_device: str | None = None  # what "auto" became: cpu | cuda
@@ -118,7 +121,7 @@ FINISHED_KEYS = (
     "final_train_loss",
 )
 NUMBER_KEYS = tuple(k for k, t in get_type_hints(CellMetrics).items() if t in (float | None, int | None))
-NULLABLE_KEYS = ("steady_epoch_seconds", "final_val_accuracy")
+NULLABLE_KEYS = ("steady_epoch_seconds", "final_val_accuracy", "best_epoch", "stopped_epoch")
 
 
 def write_metrics(path: str | Path, metrics: CellMetrics) -> Path:

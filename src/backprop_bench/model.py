@@ -25,7 +25,7 @@ OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "identity")
 LOSSES = ("cross_entropy", "mse", "half_sse")
 INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "explicit")
 DTYPES = ("float32", "float64")
-OPTIMIZERS = ("sgd", "momentum", "adam")  # the rules: OptimizerSpec's docstring
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")  # the rules: OptimizerSpec's docstring
 STRATEGIES = ("parallel", "sequential")  # docs/backends.md, "The strategies"
 DEVICES = ("cpu", "cuda", "auto")  # auto: cuda when the backend can use a GPU here, else cpu
 # controlled: every framework starts from init_params' weights and walks the trainer's batch
@@ -137,14 +137,18 @@ def _explicit_params(spec: MLPSpec, init: InitSpec) -> Params:
 class OptimizerSpec:
     """The update rule, written once; every backend implements exactly this.
 
-    For a parameter p with gradient g at global step t = 1, 2, ...:
+    For a parameter p with gradient g at global step t = 1, 2, ..., and lr the learning rate
+    in effect (``lr`` here, or the schedule's value for the epoch: Backend.set_lr):
 
         sgd:       p -= lr * g
         momentum:  v = momentum * v + g;  p -= lr * v                (PyTorch's form)
         adam:      m = beta1 * m + (1 - beta1) * g
                    v = beta2 * v + (1 - beta2) * g^2
                    p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+        rmsprop:   v = rho * v + (1 - rho) * g^2;  p -= lr * g / (sqrt(v) + eps)
 
+    adam with weight_decay > 0 is AdamW (decoupled decay): before the step above, every
+    weight matrix W (not the biases) shrinks by W -= lr * weight_decay * W. g never sees it.
     Under the sequential strategy a layer is updated by the same rule, at the same t,
     only earlier in the step.
     """
@@ -155,11 +159,79 @@ class OptimizerSpec:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    rho: float = 0.9  # rmsprop's decay of the squared-gradient average
+    weight_decay: float = 0.0  # adam only: AdamW's decoupled decay of the weights
 
     def __post_init__(self) -> None:
         check_choice("optimizer.name", self.name, OPTIMIZERS)
         check(self.lr > 0, "optimizer.lr", self.lr, "must be > 0")
         check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
+        check(0 <= self.rho < 1, "optimizer.rho", self.rho, "must be in [0, 1)")
+        check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
+        check(
+            self.weight_decay == 0 or self.name == "adam",
+            "optimizer.weight_decay",
+            self.weight_decay,
+            f"is decoupled decay for adam (AdamW); optimizer.name={self.name} takes 0 (use regularizer.l2)",
+        )
+
+    @property
+    def n_slots(self) -> int:
+        """State arrays per parameter: momentum v; adam m, v; rmsprop v."""
+        return {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}[self.name]
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """Dropout and weight penalties, the same rule in every backend.
+
+    dropout: one rate per hidden layer (inverted dropout). In training, hidden activation
+    a_l becomes a_l * m_l, m_l = 0 with probability rate_l, else 1 / (1 - rate_l); the
+    masks come from ``dropout_masks`` (NumPy, seeded), never from a framework's RNG, and
+    the backward pass multiplies the error by the same m_l. Evaluation uses no mask.
+    Penalties on the weight matrices W (never the biases), added to the training loss:
+
+        loss = data loss + l1 * sum |W| + l2 * sum W^2,   dloss/dW += l1 * sign(W) + 2 * l2 * W
+
+    (sign(0) = 0), each layer's term taken at its weights before that layer's update.
+    Evaluation losses (val_loss, test_loss) are the data loss alone.
+    """
+
+    dropout: tuple[float, ...] = ()  # per hidden layer; () = none
+    l1: float = 0.0
+    l2: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dropout", tuple(float(r) for r in self.dropout))
+        for i, rate in enumerate(self.dropout):
+            check(0 <= rate < 1, f"regularizer.dropout[{i}]", rate, "must be in [0, 1)")
+        check(self.l1 >= 0, "regularizer.l1", self.l1, "must be >= 0")
+        check(self.l2 >= 0, "regularizer.l2", self.l2, "must be >= 0")
+
+    @classmethod
+    def build(cls, dropout: float | Sequence[float], n_hidden: int, l1: float = 0.0, l2: float = 0.0):
+        """One rate for every hidden layer, or a list with one rate per hidden layer."""
+        if isinstance(dropout, (int, float)):
+            dropout = [float(dropout)] * n_hidden
+        check(
+            len(dropout) == n_hidden,
+            "regularizer.dropout",
+            list(dropout),
+            f"needs one rate, or one per hidden layer ({n_hidden})",
+        )
+        return cls(tuple(dropout), l1, l2)
+
+    @property
+    def has_dropout(self) -> bool:
+        return any(r > 0 for r in self.dropout)
+
+    @property
+    def has_penalty(self) -> bool:
+        return self.l1 > 0 or self.l2 > 0
+
+    def penalty(self, weights: Sequence[np.ndarray]) -> float:
+        """l1 * sum |W| + l2 * sum W^2 over the weight matrices, in NumPy (the reference)."""
+        return sum(self.l1 * np.abs(w).sum() + self.l2 * np.square(w).sum() for w in weights)
 
 
 def check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
@@ -217,3 +289,29 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
         pred = probs.argmax(axis=1)
         true = y if y.ndim == 1 else y.argmax(axis=1)
     return float(np.mean(pred == true))
+
+
+NO_REGULARIZATION = Regularization()
+
+# Dropout masks have their own stream, so that adding dropout leaves the initial weights
+# and the batch order of a seed unchanged: SeedSequence([seed, DROPOUT_STREAM]).
+DROPOUT_STREAM = 1
+
+
+def dropout_masks(
+    rng: np.random.Generator, n: int, spec: MLPSpec, reg: Regularization, dtype: str
+) -> list[np.ndarray] | None:
+    """One epoch's masks: per hidden layer l an (n, hidden_l) array in dtype, row i for the
+    i-th sample of the epoch's order, each entry 0 (probability rate_l) or 1 / (1 - rate_l).
+    None without dropout. Each step takes its batch's rows, so every backend sees the same masks."""
+    if not reg.has_dropout:
+        return None
+    masks = []
+    for rate, width in zip(reg.dropout, spec.sizes[1:-1]):
+        keep = rng.random((n, width)) >= rate  # one uniform draw per unit and sample
+        masks.append(keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype))
+    return masks
+
+
+def dropout_rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, DROPOUT_STREAM]))

@@ -26,11 +26,21 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_bench.backends.base import Backend, timed_epoch
+from backprop_bench.callbacks import PLAIN, EarlyStopping, ReduceOnPlateau, Training, check_monitors
 from backprop_bench.config import Components, register_configs, to_components
 from backprop_bench.dataset import Dataset, load_dataset
 from backprop_bench.io import all_or_nothing, write_npy
 from backprop_bench.metrics import FINISHED, SKIPPED, CellMetrics, EpochStats, write_history, write_metrics
-from backprop_bench.model import MLPSpec, Params, init_params, labels_of, predicted_labels
+from backprop_bench.model import (
+    MLPSpec,
+    Params,
+    dropout_masks,
+    dropout_rng,
+    init_params,
+    labels_of,
+    predicted_labels,
+)
+from backprop_bench.schedules import lr_at
 from backprop_bench.weights import save_weights
 
 if TYPE_CHECKING:
@@ -50,6 +60,8 @@ MLFLOW_SUMMARY = (
     "steady_epoch_seconds",
     "samples_per_second",
     "peak_memory_mb",
+    "best_epoch",  # early stopping only
+    "stopped_epoch",
 )
 
 
@@ -64,6 +76,8 @@ class Diverged(RuntimeError):
 class FitResult:
     history: list[EpochStats]
     n_train: int
+    best_epoch: int | None = None  # early stopping's best epoch (its weights when restored)
+    stopped_epoch: int | None = None  # the epoch early stopping stopped after; None: all epochs ran
 
     @property
     def train_seconds(self) -> float:
@@ -103,29 +117,47 @@ def fit(
     orders: Iterable[np.ndarray] | None = None,
     eval_train: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    training: Training = PLAIN,
 ) -> FitResult:
-    """Train ``epochs`` epochs on data's train split (already ``backend.load``-ed); time and evaluate each.
+    """Train up to ``epochs`` epochs on data's train split (already ``backend.load``-ed); time and
+    evaluate each. Before an epoch: its lr (schedule x plateau) and dropout masks (seeded from
+    seed, their own stream); after it: the callbacks. Early stopping may end it sooner, and
+    restores the best epoch's weights when asked to.
 
     orders: one batch order per epoch; None = batch_orders(n, epochs, seed, shuffle), the trainer's own.
     """
-    n = data.x_train.shape[0]
+    n, n_val = data.x_train.shape[0], len(data.x_val)
+    check_monitors(training, n_val)
     history = []
     orders = batch_orders(n, epochs, seed, shuffle) if orders is None else orders
+    plateau = ReduceOnPlateau(training.plateau) if training.plateau else None
+    stopper = EarlyStopping(training.early_stopping) if training.early_stopping else None
+    masks_rng, base_lr = dropout_rng(seed), backend.opt_spec.lr
     for epoch, order in enumerate(orders, start=1):
-        train_loss, seconds = timed_epoch(backend, order, batch_size)
+        lr = lr_at(training.schedule, base_lr, epoch, epochs)
+        backend.set_lr(plateau.lr(lr) if plateau else lr)
+        masks = dropout_masks(masks_rng, n, backend.spec, backend.reg, backend.dtype)  # None without dropout
+        train_loss, seconds = timed_epoch(backend, order, batch_size, masks)
         if not math.isfinite(train_loss):
             raise Diverged(_divergence_message(backend, epoch, train_loss, n, batch_size))
         train_acc = backend.evaluate(data.x_train, data.y_train)[1] if eval_train else math.nan
-        val_loss, val_acc = backend.evaluate(data.x_val, data.y_val) if len(data.x_val) else (math.nan, math.nan)
-        if len(data.x_val) and not math.isfinite(val_loss):
+        val_loss, val_acc = backend.evaluate(data.x_val, data.y_val) if n_val else (math.nan, math.nan)
+        if n_val and not math.isfinite(val_loss):
             raise Diverged(
                 f"diverged in epoch {epoch}: the weights became non-finite (val loss {val_loss}); lr too high?"
             )
-        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, seconds, n / seconds)
+        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, seconds, n / seconds, backend.lr)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-    return FitResult(history, n)
+        value = {"val_loss": val_loss, "val_accuracy": val_acc}
+        if plateau:
+            plateau.end_epoch(epoch, value[plateau.spec.monitor], backend.lr)
+        if stopper and stopper.end_epoch(epoch, value[stopper.spec.monitor], backend.params):
+            break
+    if stopper and stopper.best_params is not None and stopper.best_epoch != len(history):
+        backend.set_params(stopper.best_params)  # the weights written and tested are the best epoch's
+    return FitResult(history, n, stopper.best_epoch if stopper else None, stopper.stopped_epoch if stopper else None)
 
 
 def _divergence_message(backend: Backend, epoch: int, loss: float, n: int, batch_size: int) -> str:
@@ -172,6 +204,7 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
         tracker.log_params(tracking.flatten(resolved))
         data = load_dataset(c.data.name, _under(project_root, c.data.path) if c.data.path else None)
         _check_fits(c, data)
+        check_monitors(c.training, len(data.x_val))  # before the backend is built
         tracker.set_tags({"data_sha256": data.sha256})
         cell = {"cell": c.cell, "framework": c.framework.name, "strategy": c.strategy, "device": c.device}
         cell |= {"mode": t.mode, "seed": t.seed}
@@ -186,6 +219,7 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
                 device=c.device,
                 dtype=t.dtype,
                 compile=c.framework.compile,
+                regularization=c.regularization,
                 # a Keras-only option (the config rejects it elsewhere): passed only when set
                 **({"steps_per_execution": spe} if (spe := c.framework.steps_per_execution) != 1 else {}),
             )
@@ -224,6 +258,7 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
             orders=cls.native_orders(len(data.x_train), t.epochs, t.seed) if native else None,
             eval_train=t.eval_train,
             on_epoch=on_epoch,
+            training=c.training,
         )
         test_loss, test_acc = backend.evaluate(data.x_test, data.y_test)
         if not math.isfinite(test_loss):
@@ -243,6 +278,8 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
             final_val_accuracy=_none_if_nan(result.history[-1].val_accuracy),
             n_train=result.n_train,
             epochs=t.epochs,
+            best_epoch=result.best_epoch,
+            stopped_epoch=result.stopped_epoch,
             batch_size=t.batch_size,
             dtype=t.dtype,
             resolved_device=backend.device,
@@ -363,13 +400,19 @@ def _none_if_nan(x: float) -> float | None:
 
 
 def terminate_as_interrupt() -> None:
-    """SIGTERM (dvc/joblib/SLURM cancelling a job) ends the run like Ctrl-C: MLflow KILLED, not RUNNING."""
+    """SIGTERM and SIGUSR2 end the run like Ctrl-C: MLflow KILLED, not RUNNING.
+
+    SIGTERM is how dvc, joblib and SLURM stop a job (scancel, the time limit); SIGUSR2 is
+    the warning submitit has SLURM send before the time limit (signal_delay_s), whose own
+    handler would requeue the job to resume from a checkpoint, which a run does not have.
+    """
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:
-        signal.signal(signal.SIGTERM, handler)
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, handler)
     except ValueError:  # not the main thread (a threaded launcher): keep the default
         pass
 

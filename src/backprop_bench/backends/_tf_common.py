@@ -5,14 +5,15 @@ activations, losses, OptimizerSpec's rule and the two strategies are written onc
 ``parallel_step`` (one tape, all gradients from the pre-step weights, then every update)
 and ``sequential_step`` (one forward pass under a persistent tape; from the output back,
 autograd of each layer's local ops, update layer l, send the error on through the updated
-W[l]). Only the backends import this module, so importing it may import TensorFlow.
+W[l]). Dropout masks (model.dropout_masks, the batch's rows) and the l1/l2 penalty follow
+model.Regularization. Only the backends import this module, so importing it may import TensorFlow.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
 
@@ -20,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name  # noqa: E402
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params  # noqa: E402
+from backprop_bench.model import NO_REGULARIZATION, MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
 
 # (W, b) tf.Variables of one layer.
 VarLayer = tuple[tf.Variable, tf.Variable]
@@ -93,24 +94,52 @@ def loss_from_logits(spec: MLPSpec, z: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
 
 
 class Net:
-    """The MLP as TF sees it: per layer its (W, b) variables and its linear map a -> z.
+    """The MLP as TF sees it: per layer its (W, b) variables and its linear map a -> z,
+    plus the Regularization the training steps apply.
 
     The tensorflow backend uses z = a @ W + b on its own variables; the keras backend
     passes its Dense layers as the linear maps, with their kernel/bias variables.
     """
 
-    def __init__(self, spec: MLPSpec, layers: list[VarLayer], linears: list[Callable] | None = None) -> None:
-        self.spec, self.layers = spec, layers
+    def __init__(
+        self,
+        spec: MLPSpec,
+        layers: list[VarLayer],
+        linears: list[Callable] | None = None,
+        reg: Regularization = NO_REGULARIZATION,
+    ) -> None:
+        self.spec, self.layers, self.reg = spec, layers, reg
         self.linears = linears or [functools.partial(_linear, w, b) for w, b in layers]
 
-    def forward(self, x: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-        """zs[l] (N, out_l) pre-activations; acts[l] (N, in_l) the input of layer l (acts[0] = x)."""
+    def forward(
+        self, x: tf.Tensor, masks: Sequence[tf.Tensor] | None = None
+    ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """zs[l] (N, out_l) pre-activations; acts[l] (N, in_l) the input of layer l (acts[0] = x).
+
+        masks: None, or one (N, hidden_l) dropout mask per hidden layer; then a hidden
+        activation is f(z) * mask, so autograd through acts carries the mask back too."""
         zs, acts = [], [x]
         for i, linear in enumerate(self.linears):
             zs.append(linear(acts[-1]))
             if i < len(self.linears) - 1:
-                acts.append(activate(self.spec.hidden_activation, zs[-1]))
+                a = activate(self.spec.hidden_activation, zs[-1])
+                acts.append(a if masks is None else a * masks[i])
         return zs, acts
+
+    def penalty(self) -> tf.Tensor:
+        """l1 sum |W| + l2 sum W^2 over the weight matrices as they are now (0-d).
+        Only when reg.has_penalty; a zero coefficient adds no ops."""
+        terms = []
+        for w, _ in self.layers:
+            if self.reg.l1:
+                terms.append(tf.constant(self.reg.l1, w.dtype) * tf.reduce_sum(tf.abs(w)))
+            if self.reg.l2:
+                terms.append(tf.constant(self.reg.l2, w.dtype) * tf.reduce_sum(tf.square(w)))
+        return tf.add_n(terms)
+
+    def penalty_grad(self, w: tf.Tensor) -> tf.Tensor:
+        """d(penalty)/dW = l1 sign(W) + 2 l2 W (sign(0) = 0), (in, out), at W as it is now."""
+        return tf.constant(self.reg.l1, w.dtype) * tf.sign(w) + tf.constant(2 * self.reg.l2, w.dtype) * w
 
     def trainable(self) -> list[tf.Variable]:
         """The variables the optimizer updates: every W, and every b unless biases are frozen."""
@@ -130,23 +159,26 @@ def _linear(w: tf.Variable, b: tf.Variable, a: tf.Tensor) -> tf.Tensor:
 
 
 class Optimizer:
-    """OptimizerSpec's rule on tf.Variables; slots (v for momentum, m and v for adam) per variable.
+    """OptimizerSpec's rule on tf.Variables; slots (momentum: v; adam: m, v; rmsprop: v) per variable.
 
     The global step t lives here: `next_step()` bumps it once per optimizer step and
-    every variable updated in that step (in either strategy) uses the same t.
+    every variable updated in that step (in either strategy) uses the same t. The learning
+    rate is a variable too: a traced step reads it, so `set_lr` needs no retrace.
     """
 
     def __init__(self, spec: OptimizerSpec, variables: list[tf.Variable], dtype: tf.DType) -> None:
         self.spec, self.dtype = spec, dtype
         self.t = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        n_slots = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]
         # keyed by the variable's position in `variables`, found through its ref()
         self._index = {v.ref(): i for i, v in enumerate(variables)}
         self._slots = [
-            [tf.Variable(tf.zeros(v.shape, dtype), trainable=False, name=f"slot{k}") for k in range(n_slots)]
+            [tf.Variable(tf.zeros(v.shape, dtype), trainable=False, name=f"slot{k}") for k in range(spec.n_slots)]
             for v in variables
         ]
-        self._lr = tf.constant(spec.lr, dtype)
+        self.lr = tf.Variable(spec.lr, dtype=dtype, trainable=False, name="lr")
+
+    def set_lr(self, lr: float) -> None:
+        self.lr.assign(lr)
 
     def next_step(self) -> tuple[tf.Tensor, tf.Tensor] | None:
         """Advance the global step; for adam, returns the bias corrections (1 - beta1^t, 1 - beta2^t)."""
@@ -158,15 +190,24 @@ class Optimizer:
         c2 = tf.cast(1.0 - tf.pow(tf.constant(self.spec.beta2, tf.float64), t), self.dtype)
         return c1, c2
 
-    def apply(self, var: tf.Variable, g: tf.Tensor, corrections: tuple[tf.Tensor, tf.Tensor] | None) -> None:
-        s, lr = self.spec, self._lr
+    def apply(
+        self, var: tf.Variable, g: tf.Tensor, corrections: tuple[tf.Tensor, tf.Tensor] | None, weight: bool = False
+    ) -> None:
+        """var -= the rule's step; weight: var is a W (AdamW's decay shrinks those only)."""
+        s, lr = self.spec, self.lr
         slots = self._slots[self._index[var.ref()]]
         if s.name == "sgd":
             var.assign_sub(lr * g)
         elif s.name == "momentum":  # v = mu v + g; p -= lr v   (PyTorch's form)
             v = slots[0].assign(tf.constant(s.momentum, self.dtype) * slots[0] + g)
             var.assign_sub(lr * v)
-        else:  # adam, eps outside the sqrt of the bias-corrected v
+        elif s.name == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
+            rho = tf.constant(s.rho, self.dtype)
+            v = slots[0].assign(rho * slots[0] + (1 - rho) * tf.square(g))
+            var.assign_sub(lr * g / (tf.sqrt(v) + tf.constant(s.eps, self.dtype)))
+        else:  # adam, eps outside the sqrt of the bias-corrected v; AdamW's decay first
+            if weight and s.weight_decay:
+                var.assign_sub(lr * tf.constant(s.weight_decay, self.dtype) * var)
             c1, c2 = corrections
             b1, b2 = tf.constant(s.beta1, self.dtype), tf.constant(s.beta2, self.dtype)
             m = slots[0].assign(b1 * slots[0] + (1 - b1) * g)
@@ -177,20 +218,29 @@ class Optimizer:
 # --- one optimizer step, two strategies ----------------------------------------------------
 
 
-def parallel_step(net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-    """All gradients from the pre-step weights, then every update. Returns the pre-step loss."""
+def parallel_step(
+    net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor, masks: Sequence[tf.Tensor] | None = None
+) -> tf.Tensor:
+    """All gradients from the pre-step weights, then every update. Returns the pre-step loss
+    (data loss + penalty). masks: None, or the batch's (N, hidden_l) dropout mask per hidden layer.
+    The penalty sits on the tape: its gradient is autograd's l1 sign(W) + 2 l2 W (tf.abs's is sign, 0 at 0)."""
     vars_ = net.trainable()
+    weights = {w.ref() for w, _ in net.layers}  # AdamW decays these, not the biases
     with tf.GradientTape() as tape:
-        zs, _ = net.forward(x)
+        zs, _ = net.forward(x, masks)
         loss = loss_from_logits(net.spec, zs[-1], t)
+        if net.reg.has_penalty:
+            loss = loss + net.penalty()
     grads = tape.gradient(loss, vars_)
     corrections = opt.next_step()
     for v, g in zip(vars_, grads):
-        opt.apply(v, g, corrections)
+        opt.apply(v, g, corrections, weight=v.ref() in weights)
     return loss
 
 
-def sequential_step(net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+def sequential_step(
+    net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor, masks: Sequence[tf.Tensor] | None = None
+) -> tf.Tensor:
     """Output layer first: update layer l, then send the error back through the updated W[l].
 
     Activations come from the step's single forward pass, recorded on one persistent
@@ -198,24 +248,32 @@ def sequential_step(net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor) -> tf.
         dz[l] = dL/dz[l]                  (loss, or activation, given dL/da[l+1])
         dW[l], db[l] from z[l] = a[l] @ W[l] + b[l] with dz[l] upstream
         dL/da[l] = dz[l] @ W[l]^T         with W[l] as just updated
+    With dropout, a[l+1] = f(z[l]) * mask[l], so the activation's gradient is upstream * mask * f'(z):
+    the forward's mask, reused after the update. The penalty's gradient joins dW[l] at W[l]
+    before its update (the weights below are not updated yet either).
     """
     with tf.GradientTape(persistent=True) as tape:
-        zs, acts = net.forward(x)
-        loss = loss_from_logits(net.spec, zs[-1], t)
+        zs, acts = net.forward(x, masks)
+        data_loss = loss_from_logits(net.spec, zs[-1], t)
+    # the penalty at the pre-step weights: read here, before the first update (program order holds in a graph too)
+    loss = data_loss + net.penalty() if net.reg.has_penalty else data_loss
     corrections = opt.next_step()
     upstream = None  # dL/d(output of layer l), (N, out_l)
     for i in reversed(range(len(net.layers))):
         w, b = net.layers[i]
         if i == len(net.layers) - 1:
-            dz = tape.gradient(loss, zs[i])  # (N, out)
+            dz = tape.gradient(data_loss, zs[i])  # (N, out); the penalty has no z in it
         else:
             dz = tape.gradient(acts[i + 1], zs[i], output_gradients=upstream)
         if net.spec.train_biases:
             dw, db = tape.gradient(zs[i], [w, b], output_gradients=dz)
-            opt.apply(w, dw, corrections)
-            opt.apply(b, db, corrections)
         else:
-            opt.apply(w, tape.gradient(zs[i], w, output_gradients=dz), corrections)
+            dw, db = tape.gradient(zs[i], w, output_gradients=dz), None
+        if net.reg.has_penalty:
+            dw = dw + net.penalty_grad(w)
+        opt.apply(w, dw, corrections, weight=True)
+        if db is not None:
+            opt.apply(b, db, corrections)
         if i > 0:
             upstream = tf.matmul(dz, w, transpose_b=True)  # reads the updated W[l]
     del tape
@@ -229,12 +287,14 @@ STEPS = {"parallel": parallel_step, "sequential": sequential_step}
 
 
 class TfBackend(Backend):
-    """Device, resident data, evaluation and the weights back, for both TF-based backends.
+    """Device, resident data, evaluation, the learning rate and the weights, for both TF-based backends.
 
-    A subclass's ``_setup`` sets ``self.net`` (a Net over its variables)."""
+    A subclass's ``_setup`` sets ``self.net`` (a Net over its variables, with self.reg) and
+    ``self.opt`` (its Optimizer)."""
 
     EVAL_CHUNK = 8192
     net: Net
+    opt: Optimizer
 
     def _resolve_device(self, device: str) -> str:
         name, self._tf_device = resolve_device(device, self.framework)
@@ -253,6 +313,14 @@ class TfBackend(Backend):
         with tf.device(self._tf_device):
             p, loss = self._eval_fn(tf.constant(x), tf.constant(t_or_zeros))
         return p.numpy(), float("nan") if t is None else float(loss) * len(x)
+
+    def _set_lr(self, lr: float) -> None:
+        self.opt.set_lr(lr)
+
+    def _assign(self, params: Params) -> None:
+        for (w, b), (new_w, new_b) in zip(self.net.layers, params):
+            w.assign(new_w)
+            b.assign(new_b)
 
     def params(self) -> Params:
         return [(w.numpy().copy(), b.numpy().copy()) for w, b in self.net.layers]

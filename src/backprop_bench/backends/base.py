@@ -9,6 +9,7 @@ evaluate/predict and ``info()``. The contract is written out in docs/backends.md
 from __future__ import annotations
 
 import gc
+import math
 import platform
 import time
 from collections.abc import Iterable, Iterator
@@ -18,12 +19,15 @@ import numpy as np
 from backprop_bench.model import (
     DEVICES,
     DTYPES,
+    NO_REGULARIZATION,
     STRATEGIES,
     MLPSpec,
     OptimizerSpec,
     Params,
+    Regularization,
     accuracy,
     as_targets,
+    check,
     check_choice,
 )
 
@@ -50,11 +54,21 @@ class Backend:
         dtype: str = "float32",
         compile: bool = False,
         record_steps: bool = False,
+        regularization: Regularization = NO_REGULARIZATION,
     ) -> None:
         check_args(self.framework, spec, init, strategy, dtype, device)
         if compile and not self.compile_mode:
             raise ValueError(f"compile=True has no meaning for framework={self.framework}")
+        n_hidden = spec.n_layers - 1
+        check(
+            len(regularization.dropout) in (0, n_hidden),
+            "regularizer.dropout",
+            list(regularization.dropout),
+            f"needs one rate per hidden layer ({n_hidden})",
+        )
         self.spec, self.opt_spec, self.strategy, self.dtype = spec, optimizer, strategy, dtype
+        self.reg = regularization
+        self.lr = float(optimizer.lr)  # the learning rate in effect: set_lr changes it between epochs
         self.compile, self.record_steps = compile, record_steps
         self.step_losses: np.ndarray | None = None  # (n_steps,) float64 of the last epoch, if recorded
         self.n_loaded: int | None = None
@@ -75,9 +89,18 @@ class Backend:
         """Keep x (N, in) and targets t (N, K), both in self.dtype, resident on the device."""
         raise NotImplementedError
 
-    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        """One optimizer step per slice of order; the (n_steps,) pre-update batch losses,
-        read back from the device once."""
+    def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
+        """One optimizer step per slice of order; the (n_steps,) pre-update batch losses
+        (data loss + penalty), read back from the device once. masks: None, or per hidden
+        layer (len(order), hidden_l) in self.dtype, sliced like order (Regularization)."""
+        raise NotImplementedError
+
+    def _set_lr(self, lr: float) -> None:
+        """Make the optimizer use lr from the next step on."""
+        raise NotImplementedError
+
+    def _assign(self, params: Params) -> None:
+        """Overwrite every W and b with params (NumPy, self.dtype); optimizer state untouched."""
         raise NotImplementedError
 
     def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
@@ -121,13 +144,39 @@ class Backend:
         self._load(np.ascontiguousarray(x, dtype=self.dtype), self._targets(y))
         self.n_loaded = len(x)
 
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
+    def train_epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None = None) -> float:
         """Walk order in slices of batch_size (the last may be short), one step each; returns
-        the sample-weighted mean of the pre-update batch losses."""
+        the sample-weighted mean of the pre-update batch losses. masks: the epoch's dropout
+        masks (model.dropout_masks), required exactly when the regularization has dropout."""
         order = check_batch(order, self.n_loaded, batch_size)
-        losses = np.asarray(self._epoch(order, batch_size), dtype=np.float64)
+        masks = self._check_masks(masks, len(order))
+        losses = np.asarray(self._epoch(order, batch_size, masks), dtype=np.float64)
         self.step_losses = losses if self.record_steps else None
         return epoch_loss(losses, len(order), batch_size)
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate for the next steps (a schedule calls this between epochs)."""
+        check(math.isfinite(lr) and lr > 0, "learning rate", lr, "must be a finite number > 0")
+        self.lr = float(lr)
+        self._set_lr(self.lr)
+
+    def set_params(self, params: Params) -> None:
+        """Overwrite the weights, e.g. with the best epoch's (early stopping's restore)."""
+        check_args(self.framework, self.spec, params, self.strategy, self.dtype, "cpu")
+        self._assign([(np.asarray(w, self.dtype), np.asarray(b, self.dtype)) for w, b in params])
+
+    def _check_masks(self, masks: list[np.ndarray] | None, n: int) -> list[np.ndarray] | None:
+        if masks is None:
+            if self.reg.has_dropout:
+                raise ValueError("regularizer.dropout is set: train_epoch needs the epoch's masks (dropout_masks)")
+            return None
+        if not self.reg.has_dropout:
+            raise ValueError("train_epoch got dropout masks, but the regularization has no dropout")
+        widths = self.spec.sizes[1:-1]
+        if len(masks) != len(widths) or any(np.shape(m) != (n, w) for m, w in zip(masks, widths)):
+            got = [np.shape(m) for m in masks]
+            raise ValueError(f"dropout masks must be one (N={n}, hidden) array per hidden layer {widths}, got {got}")
+        return [np.ascontiguousarray(m, dtype=self.dtype) for m in masks]
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """(mean loss, accuracy) over x, y; no update."""
@@ -211,7 +260,9 @@ def epoch_loss(step_losses: np.ndarray, n_samples: int, batch_size: int) -> floa
     return float(np.dot(step_losses, sizes) / n_samples)
 
 
-def timed_epoch(backend: Backend, order: np.ndarray, batch_size: int) -> tuple[float, float]:
+def timed_epoch(
+    backend: Backend, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None = None
+) -> tuple[float, float]:
     """(epoch loss, seconds): the one clock rule of the trainer and the bench.
 
     Only train_epoch sits between the two clock reads, each after synchronize(); garbage
@@ -221,7 +272,7 @@ def timed_epoch(backend: Backend, order: np.ndarray, batch_size: int) -> tuple[f
     try:
         backend.synchronize()
         start = time.perf_counter()
-        loss = backend.train_epoch(order, batch_size)
+        loss = backend.train_epoch(order, batch_size, masks)
         backend.synchronize()
         return float(loss), time.perf_counter() - start
     finally:

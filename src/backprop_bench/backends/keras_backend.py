@@ -4,7 +4,9 @@ fit() owns the loop (batching, steps_per_execution, jit_compile). The model's tr
 runs the shared step of _tf_common through its Dense layers, because Keras's built-in
 optimizers put momentum and eps elsewhere than OptimizerSpec. Each step writes its
 pre-update loss into a device buffer read once per epoch (Keras logs a running mean).
-The shared batch order reaches fit as pre-permuted data (gathered on the device), shuffle=False.
+The shared batch order reaches fit as pre-permuted data (gathered on the device), shuffle=False;
+dropout masks ride along as extra inputs, fit((x, *masks), t): their rows already follow the
+order, so fit's batching hands each step its own rows.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np  # noqa: E402
 from backprop_bench.backends import _tf_common as tfc  # noqa: E402
 from backprop_bench.backends._tf_common import tf  # noqa: E402
 from backprop_bench.backends.base import as_params, n_steps  # noqa: E402
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params  # noqa: E402
+from backprop_bench.model import MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
@@ -33,7 +35,7 @@ if keras.backend.backend() != "tensorflow":
 class _MLP(keras.Model):
     """Dense layers (no activation inside: the strategies need each z) plus our train_step."""
 
-    def __init__(self, spec: MLPSpec, dtype: str) -> None:
+    def __init__(self, spec: MLPSpec, dtype: str, reg: Regularization) -> None:
         super().__init__(dtype=dtype, name="mlp")
         self.spec = spec
         self.dense = [keras.layers.Dense(o, dtype=dtype, name=f"dense_{i}") for i, (_, o) in enumerate(spec.shapes())]
@@ -41,7 +43,8 @@ class _MLP(keras.Model):
             layer.build((None, n_in))
         self.built = True
         # Net over the layers' own kernel/bias variables; they are the linear maps
-        self.net = tfc.Net(spec, [(d.kernel.value, d.bias.value) for d in self.dense], linears=list(self.dense))
+        layers = [(d.kernel.value, d.bias.value) for d in self.dense]
+        self.net = tfc.Net(spec, layers, linears=list(self.dense), reg=reg)
         self.opt: tfc.Optimizer | None = None
         self.step_fn = None
         self.loss_buffer: tf.Variable | None = None  # (capacity,) pre-update loss of each step
@@ -51,9 +54,10 @@ class _MLP(keras.Model):
         zs, _ = self.net.forward(x)
         return tfc.activate(self.spec.output_activation, zs[-1])
 
-    def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
-        x, t = data
-        loss = self.step_fn(self.net, self.opt, x, t)
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, t = data  # inputs: x (B, in), or (x, mask per hidden layer (B, hidden_l)) with dropout
+        x, *masks = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        loss = self.step_fn(self.net, self.opt, x, t, masks or None)
         # a scatter, not loss_buffer[k].assign: XLA wants constant slice bounds, would recompile per k
         self.loss_buffer.scatter_nd_update(tf.reshape(self.step_index, (1, 1)), tf.reshape(loss, (1,)))
         self.step_index.assign_add(1)
@@ -74,12 +78,12 @@ class KerasBackend(tfc.TfBackend):
 
     def _setup(self, init: Params) -> None:
         with tf.device(self._tf_device):
-            self.model = _MLP(self.spec, self.dtype)
+            self.model = _MLP(self.spec, self.dtype, self.reg)
             for layer, (w, b) in zip(self.model.dense, init):
                 layer.kernel.assign(np.asarray(w, self.dtype))  # (in, out), as Keras stores it
                 layer.bias.assign(np.asarray(b, self.dtype))
             self.net = self.model.net
-            self.model.opt = tfc.Optimizer(self.opt_spec, self.net.trainable(), tf.as_dtype(self.dtype))
+            self.opt = self.model.opt = tfc.Optimizer(self.opt_spec, self.net.trainable(), tf.as_dtype(self.dtype))
         self.model.step_fn = tfc.STEPS[self.strategy]
         self.model.compile(optimizer=None, jit_compile=self.compile, steps_per_execution=self.steps_per_execution)
         if self.compile and not self.model.jit_compile:  # Keras only warns, e.g. under TF op determinism
@@ -92,14 +96,16 @@ class KerasBackend(tfc.TfBackend):
                 self.model.loss_buffer = tf.Variable(tf.zeros(steps, self.dtype), trainable=False)
             self.model.train_function = None
 
-    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+    def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
         steps = n_steps(len(order), batch_size)
         self._ensure_loss_buffer(steps)
         with tf.device(self._tf_device):
             x, t = tf.gather(self._x, order), tf.gather(self._t, order)  # the shared order, on device
+            # masks are per position of order already: passed as they are, not gathered
+            inputs = (x, *(tf.constant(m) for m in masks)) if masks else x
             self.model.step_index.assign(0)
             with _floatx(self.dtype):
-                self.model.fit(x, t, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+                self.model.fit(inputs, t, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
             return self.model.loss_buffer[:steps].numpy()  # one read per epoch
 
     # ------------------------------------------------------------ native mode (docs/native.md)

@@ -73,37 +73,44 @@ class Dense:
 class Optimizer:
     """OptimizerSpec's rule. ``apply`` only updates: the gradients come from elsewhere.
 
-    Every parameter of a step uses the same global step t (counted in batches, from 1).
+    Every parameter of a step uses the same global step t (counted in batches, from 1) and
+    the learning rate in effect, ``lr`` (the backend's set_lr changes it between epochs).
     """
 
     def __init__(self, xp, spec: OptimizerSpec, params: list):
-        self.xp, self.spec, self.t = xp, spec, 0
-        # momentum: v; adam: m and v; one zero array per parameter, keyed by its position
-        n_state = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]
-        self.state = {id(p): [xp.zeros_like(p) for _ in range(n_state)] for p in params}
+        self.xp, self.spec, self.t, self.lr = xp, spec, 0, float(spec.lr)
+        # momentum: v; adam: m and v; rmsprop: v; one zero array per parameter, keyed by its position
+        self.state = {id(p): [xp.zeros_like(p) for _ in range(spec.n_slots)] for p in params}
 
     def begin_step(self) -> None:
         self.t += 1
 
-    def apply(self, p, g) -> None:
-        """p -= the rule's step, in place. Python floats keep float32 arrays float32."""
-        s, lr = self.spec, float(self.spec.lr)
+    def apply(self, p, g, weight: bool = False) -> None:
+        """p -= the rule's step, in place; weight: p is a W (AdamW decays those only).
+        Python floats keep float32 arrays float32."""
+        s, lr = self.spec, self.lr
         if s.name == "sgd":
             p -= lr * g
-            return
-        if s.name == "momentum":  # v = mu v + g; p -= lr v
+        elif s.name == "momentum":  # v = mu v + g; p -= lr v
             (v,) = self.state[id(p)]
             v *= s.momentum
             v += g
             p -= v * lr
-            return
-        m, v = self.state[id(p)]  # adam with bias correction, eps outside the sqrt
-        v *= s.beta2
-        v += g * g * (1.0 - s.beta2)
-        m *= s.beta1
-        m += g * (1.0 - s.beta1)
-        bc1, bc2 = 1.0 - s.beta1**self.t, 1.0 - s.beta2**self.t
-        p -= m / (self.xp.sqrt(v / bc2) + s.eps) * (lr / bc1)
+        elif s.name == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
+            (v,) = self.state[id(p)]
+            v *= s.rho
+            v += g * g * (1.0 - s.rho)
+            p -= lr * g / (self.xp.sqrt(v) + s.eps)
+        else:  # adam with bias correction, eps outside the sqrt; AdamW's decay first
+            m, v = self.state[id(p)]
+            if weight and s.weight_decay:
+                p -= (lr * s.weight_decay) * p
+            v *= s.beta2
+            v += g * g * (1.0 - s.beta2)
+            m *= s.beta1
+            m += g * (1.0 - s.beta1)
+            bc1, bc2 = 1.0 - s.beta1**self.t, 1.0 - s.beta2**self.t
+            p -= m / (self.xp.sqrt(v / bc2) + s.eps) * (lr / bc1)
 
 
 def find_cupy():
@@ -159,72 +166,102 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------ one step
 
-    def _forward(self, x) -> list:
-        """[a_0 = x, a_1, ..., a_{L-1}, z_L]: every layer's input, then the output's z."""
-        acts = [x]
+    def _forward(self, x, masks=None) -> tuple[list, list]:
+        """(acts, hs): acts = [a_0 = x, a_1, ..., a_{L-1}, z_L], every layer's input (hidden ones
+        after their dropout mask), then the output's z; hs[l] = f(z_l) before the mask (acts[l]
+        itself without dropout): the activation's derivative is read off it."""
+        acts, hs = [x], [x]
         for l, layer in enumerate(self.layers):
             z = layer.forward(acts[-1])
-            acts.append(z if l == len(self.layers) - 1 else self.f(self.xp, z))
-        return acts
+            if l == len(self.layers) - 1:
+                acts.append(z)
+                break
+            hs.append(self.f(self.xp, z))
+            acts.append(hs[-1] if masks is None else hs[-1] * masks[l])
+        return acts, hs
+
+    def _penalty(self):
+        """l1 sum |W| + l2 sum W^2 over the current weights (Regularization), 0-d."""
+        xp, reg = self.xp, self.reg
+        return sum(reg.l1 * xp.abs(layer.W).sum() + reg.l2 * xp.vdot(layer.W, layer.W) for layer in self.layers)
 
     def _layer_grads(self, l: int, a_in, d) -> list:
-        dW, db = self.layers[l].grads(a_in, d)
+        """[dL/dW, dL/db] of layer l (dL/dW with the penalty's term, at W[l] as it is now)."""
+        layer, reg = self.layers[l], self.reg
+        dW, db = layer.grads(a_in, d)
+        if reg.has_penalty:
+            dW = dW + reg.l1 * self.xp.sign(layer.W) + (2 * reg.l2) * layer.W
         return [dW, db] if self.spec.train_biases else [dW]
 
-    def _propagate(self, l: int, d, a_prev):
-        """dL/dz_l -> dL/dz_{l-1}: through W[l] as it is now, then f' of layer l-1's output."""
-        return self.f_backward(a_prev, self.layers[l].propagate(d))
+    def _propagate(self, l: int, d, h_prev, mask_prev=None):
+        """dL/dz_l -> dL/dz_{l-1}: through W[l] as it is now, the dropout mask of layer l-1's
+        output (the forward's), then f' read off its unmasked output h_prev."""
+        up = self.layers[l].propagate(d)
+        return self.f_backward(h_prev, up if mask_prev is None else up * mask_prev)
 
-    def _step(self, x, t):
-        """One optimizer step on a batch; returns its pre-update loss (0-d)."""
-        acts = self._forward(x)
+    def _step(self, x, t, masks=None):
+        """One optimizer step on a batch; returns its pre-update loss (0-d): data loss + penalty."""
+        acts, hs = self._forward(x, masks)
         _, loss, d = output_and_loss(self.xp, self.spec, acts[-1], t)
+        if self.reg.has_penalty:
+            loss = loss + self._penalty()
         self.optimizer.begin_step()
         last = len(self.layers) - 1
+        grads = {}
+        for l in range(last, -1, -1):  # output layer first
+            grads[l] = self._layer_grads(l, acts[l], d)
+            if self.strategy == "sequential":  # update layer l, then send the error down through the new W[l]
+                self._update(l, grads[l])
+            if l > 0:
+                d = self._propagate(l, d, hs[l], None if masks is None else masks[l - 1])
         if self.strategy == "parallel":  # every gradient from the pre-step weights, then update
-            grads = {}
             for l in range(last, -1, -1):
-                grads[l] = self._layer_grads(l, acts[l], d)
-                if l > 0:
-                    d = self._propagate(l, d, acts[l])
-            for l in range(last, -1, -1):
-                for p, g in zip(self._trained(self.layers[l]), grads[l]):
-                    self.optimizer.apply(p, g)
-        else:  # sequential: update layer l, then send the error down through the new W[l]
-            for l in range(last, -1, -1):
-                for p, g in zip(self._trained(self.layers[l]), self._layer_grads(l, acts[l], d)):
-                    self.optimizer.apply(p, g)
-                if l > 0:
-                    d = self._propagate(l, d, acts[l])
+                self._update(l, grads[l])
         return loss
 
-    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        idx_all = self.xp.asarray(order)  # one host -> device copy per epoch
-        losses = [
-            self._step(self._x[idx], self._t[idx])
-            for idx in (idx_all[s : s + batch_size] for s in range(0, len(order), batch_size))
-        ]
-        return to_numpy(self.xp.stack(losses))  # the one device read of the epoch
+    def _update(self, l: int, grads: list) -> None:
+        for i, (p, g) in enumerate(zip(self._trained(self.layers[l]), grads)):
+            self.optimizer.apply(p, g, weight=i == 0)
+
+    def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
+        xp = self.xp
+        idx_all = xp.asarray(order)  # one host -> device copy per epoch
+        masks = None if masks is None else [xp.asarray(m) for m in masks]
+        losses = []
+        for s in range(0, len(order), batch_size):
+            idx, rows = idx_all[s : s + batch_size], slice(s, s + batch_size)
+            losses.append(self._step(self._x[idx], self._t[idx], None if masks is None else [m[rows] for m in masks]))
+        return to_numpy(xp.stack(losses))  # the one device read of the epoch
+
+    def _set_lr(self, lr: float) -> None:
+        self.optimizer.lr = lr
+
+    def _assign(self, params: Params) -> None:
+        for layer, (w, b) in zip(self.layers, params):
+            layer.W[...], layer.b[...] = self.xp.asarray(w), self.xp.asarray(b)
 
     # ------------------------------------------------------------ evaluation and state
 
     def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
-        z = self._forward(self.xp.asarray(x))[-1]
+        z = self._forward(self.xp.asarray(x))[0][-1]
         tt = self.xp.zeros_like(z) if t is None else self.xp.asarray(t)
         p, loss, _ = output_and_loss(self.xp, self.spec, z, tt)
         return to_numpy(p), float("nan") if t is None else float(loss * len(x))
 
-    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list]:
-        """Loss and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
-        acts = self._forward(self.xp.asarray(np.asarray(x, self.dtype)))
-        _, loss, d = output_and_loss(self.xp, self.spec, acts[-1], self.xp.asarray(self._targets(y)))
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, masks: list | None = None) -> tuple[float, list]:
+        """The training loss (data loss + penalty, with the given dropout masks (n, hidden_l))
+        and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
+        xp = self.xp
+        masks = None if masks is None else [xp.asarray(np.asarray(m, self.dtype)) for m in masks]
+        acts, hs = self._forward(xp.asarray(np.asarray(x, self.dtype)), masks)
+        _, loss, d = output_and_loss(xp, self.spec, acts[-1], xp.asarray(self._targets(y)))
         grads = []
         for l in range(len(self.layers) - 1, -1, -1):
-            dW, db = self.layers[l].grads(acts[l], d)
-            grads.insert(0, (to_numpy(dW), to_numpy(db) if self.spec.train_biases else None))
+            g = self._layer_grads(l, acts[l], d)
+            grads.insert(0, (to_numpy(g[0]), to_numpy(g[1]) if self.spec.train_biases else None))
             if l > 0:
-                d = self._propagate(l, d, acts[l])
-        return float(loss), grads
+                d = self._propagate(l, d, hs[l], None if masks is None else masks[l - 1])
+        return float(loss + (self._penalty() if self.reg.has_penalty else 0.0)), grads
 
     def params(self) -> Params:
         return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]

@@ -180,8 +180,10 @@ class Optimizer:
         # Python floats: NumPy treats them as "weak", so float32 arrays stay float32
         self.lr, self.mu = float(spec.lr), float(spec.momentum)
         self.b1, self.b2, self.eps = float(spec.beta1), float(spec.beta2), float(spec.eps)
-        # momentum: v; adam: m, v and a scratch vector. All (P,), zero at the start.
-        self.state = [xp.zeros_like(params) for _ in range({"sgd": 0, "momentum": 1, "adam": 3}[spec.name])]
+        self.rho = float(spec.rho)
+        # momentum: v; rmsprop: v and a scratch vector; adam: m, v and a scratch vector. All (P,), zero at the start.
+        n_state = {"sgd": 0, "momentum": 1, "rmsprop": 2, "adam": 3}[spec.name]
+        self.state = [xp.zeros_like(params) for _ in range(n_state)]
 
     def begin_step(self) -> None:
         self.t += 1
@@ -198,6 +200,17 @@ class Optimizer:
             v *= self.mu
             v += g
             xp.multiply(v, lr, out=g)
+            p -= g
+        elif self.name == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
+            v, tmp = (state[part] for state in self.state)
+            xp.multiply(g, g, out=tmp)
+            tmp *= 1.0 - self.rho
+            v *= self.rho
+            v += tmp
+            xp.sqrt(v, out=tmp)
+            tmp += self.eps
+            g *= lr
+            g /= tmp
             p -= g
         else:  # adam with bias correction, t = global step
             b1, b2 = self.b1, self.b2
@@ -250,6 +263,20 @@ class NumpyFastBackend(NumpyBackend):
     compile_mode = "preallocated out= buffers (numpy_fast.py)"
 
     def _setup(self, init: Params) -> None:
+        unsupported = [
+            name
+            for name, used in (
+                ("regularizer.dropout", self.reg.has_dropout),
+                ("regularizer.l1/l2", self.reg.has_penalty),
+                ("optimizer.weight_decay", self.opt_spec.weight_decay > 0),
+            )
+            if used
+        ]
+        if unsupported:
+            raise ValueError(
+                f"framework=numpy with framework.compile=true (the preallocated path) does not implement "
+                f"{', '.join(unsupported)}; set framework.compile=false"
+            )
         xp, spec, dtype = self.xp, self.spec, np.dtype(self.dtype)
         # All parameters in one flat vector [W0, b0, W1, b1, ...]; W[l], b[l] are views into
         # it and the gradients mirror it in ``grads``. Layer l's slice is ``parts[l]``.
@@ -315,7 +342,7 @@ class NumpyFastBackend(NumpyBackend):
         if self.strategy == "parallel":  # every gradient from the pre-step weights: one update pass
             self.optimizer.apply(slice(None))
 
-    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+    def _epoch(self, order: np.ndarray, batch_size: int, masks: None) -> np.ndarray:
         rows = min(batch_size, len(order))
         if self._train_ws is None or self._train_ws.rows != rows:
             self._train_ws = _Workspace(self.xp, self.spec, rows, self.dtype, train=True)
@@ -344,7 +371,7 @@ class NumpyFastBackend(NumpyBackend):
         ws.t[...] = self.xp.asarray(t)
         return to_numpy(ws.a[-1]).copy(), float(self._loss(ws, ws.t, n, delta=False) * n)
 
-    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list]:
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, masks: None = None) -> tuple[float, list]:
         """Loss and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
         n = len(x)
         ws = _Workspace(self.xp, self.spec, n, self.dtype, train=True)

@@ -1,9 +1,10 @@
 """Low-level TensorFlow: tf.GradientTape inside one tf.function per epoch.
 
 The train set sits on the device (TfBackend.load). train_epoch sends the epoch's order
-(N,) once; inside one tf.function a loop over tf.range gathers each batch on the device,
-runs one step of _tf_common (parallel or sequential) and writes its pre-update loss into
-a TensorArray, read back once at the end. compile=True traces it with XLA (jit_compile).
+(N,) and dropout masks once; inside one tf.function a loop over tf.range gathers each batch
+on the device, slices its mask rows, runs one step of _tf_common (parallel or sequential)
+and writes its pre-update loss into a TensorArray, read back once at the end.
+compile=True traces it with XLA (jit_compile).
 """
 
 from __future__ import annotations
@@ -24,28 +25,39 @@ class TensorflowBackend(tfc.TfBackend):
     compile_mode = "xla"
 
     def _setup(self, init: Params) -> None:
-        self.net = tfc.Net(self.spec, tfc.make_variables(init, self.dtype, self._tf_device))
+        self.net = tfc.Net(self.spec, tfc.make_variables(init, self.dtype, self._tf_device), reg=self.reg)
         with tf.device(self._tf_device):
-            self._opt = tfc.Optimizer(self.opt_spec, self.net.trainable(), tf.as_dtype(self.dtype))
+            self.opt = tfc.Optimizer(self.opt_spec, self.net.trainable(), tf.as_dtype(self.dtype))
         self._step = tfc.STEPS[self.strategy]
-        # Retraced once per (N, batch_size): shapes stay static, which XLA needs.
+        # Retraced once per (N, batch_size): shapes stay static, which XLA needs. The masks
+        # are always a tuple (empty without dropout), so they add no retrace per epoch.
         self._epoch_fn = tf.function(self._epoch_graph, jit_compile=self.compile)
 
-    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+    def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
         with tf.device(self._tf_device):
-            return self._epoch_fn(self._x, self._t, tf.constant(order), int(batch_size)).numpy()  # one read
+            masks_t = tuple(tf.constant(m) for m in masks or ())
+            return self._epoch_fn(self._x, self._t, tf.constant(order), int(batch_size), masks_t).numpy()  # one read
 
-    def _epoch_graph(self, x: tf.Tensor, t: tf.Tensor, order: tf.Tensor, batch_size: int) -> tf.Tensor:
-        """All steps of one epoch; returns the (n_steps,) pre-update batch losses."""
+    def _epoch_graph(
+        self, x: tf.Tensor, t: tf.Tensor, order: tf.Tensor, batch_size: int, masks: tuple[tf.Tensor, ...]
+    ) -> tf.Tensor:
+        """All steps of one epoch; returns the (n_steps,) pre-update batch losses.
+        masks: () or per hidden layer (N, hidden_l), row k for position k of order (not sample order[k])."""
         n_full, rest = divmod(int(order.shape[0]), batch_size)  # static at trace time
         losses = tf.TensorArray(x.dtype, size=n_full + (rest > 0))
         full = tf.reshape(order[: n_full * batch_size], (n_full, batch_size))  # (steps, B)
+        # per hidden layer (steps, B, hidden_l): batch i's rows are full_masks[l][i], like full[i]
+        full_masks = [tf.reshape(m[: n_full * batch_size], (n_full, batch_size, m.shape[1])) for m in masks]
         for i in tf.range(n_full):
             idx = full[i]
-            losses = losses.write(i, self._step(self.net, self._opt, tf.gather(x, idx), tf.gather(t, idx)))
+            step_masks = [m[i] for m in full_masks] if masks else None
+            loss = self._step(self.net, self.opt, tf.gather(x, idx), tf.gather(t, idx), step_masks)
+            losses = losses.write(i, loss)
         if rest:  # the short last batch, its own static shape
             idx = order[n_full * batch_size :]
-            losses = losses.write(n_full, self._step(self.net, self._opt, tf.gather(x, idx), tf.gather(t, idx)))
+            step_masks = [m[n_full * batch_size :] for m in masks] if masks else None
+            loss = self._step(self.net, self.opt, tf.gather(x, idx), tf.gather(t, idx), step_masks)
+            losses = losses.write(n_full, loss)
         return losses.stack()
 
     def _info(self) -> dict[str, str]:

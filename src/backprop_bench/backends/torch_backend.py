@@ -62,34 +62,50 @@ def output_and_loss(spec: MLPSpec, z: torch.Tensor, t: torch.Tensor) -> tuple[to
 class Optimizer:
     """OptimizerSpec's rule, in place, on a list of tensors at a time (torch._foreach_* ops).
 
-    The global step t is a (1,) float64 tensor on the device: no host value changes per
-    step, so a compiled step is not re-specialised on t. Not 0-d: torch 2.13's inductor
-    drops in-place updates of a 0-d float64 CPU input.
+    The global step t and the learning rate in effect are (1,) float64 tensors on the
+    device: no host value changes per step or per set_lr, so a compiled step is not
+    re-specialised on them. Not 0-d: torch 2.13's inductor drops in-place updates of a 0-d
+    float64 CPU input.
     """
 
     def __init__(self, spec: OptimizerSpec, params: list[torch.Tensor], device: torch.device):
         self.spec = spec
-        n_state = {"sgd": 0, "momentum": 1, "adam": 2}[spec.name]  # momentum: [v]; adam: [m, v]
-        self.state = {id(p): [torch.zeros_like(p) for _ in range(n_state)] for p in params}
+        # momentum: [v]; adam: [m, v]; rmsprop: [v]
+        self.state = {id(p): [torch.zeros_like(p) for _ in range(spec.n_slots)] for p in params}
         self.t = torch.zeros(1, dtype=torch.float64, device=device)
+        self.lr = torch.full((1,), spec.lr, dtype=torch.float64, device=device)
 
     def begin_step(self) -> None:
         self.t.add_(1)
 
     @torch.no_grad()
-    def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        s, lr = self.spec, float(self.spec.lr)
+    def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], weights: list[bool]) -> None:
+        """weights[i]: params[i] is a W (AdamW decays those only)."""
+        s, lr = self.spec, self.lr[0]  # lr: 0-d float64; products stay in the params' dtype
         if s.name == "sgd":  # p -= lr g
-            torch._foreach_add_(params, grads, alpha=-lr)
+            torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
             return
+        state = [self.state[id(p)] for p in params]
         if s.name == "momentum":  # v = mu v + g; p -= lr v
-            v = [self.state[id(p)][0] for p in params]
+            v = [st[0] for st in state]
             torch._foreach_mul_(v, s.momentum)
             torch._foreach_add_(v, grads)
-            torch._foreach_add_(params, v, alpha=-lr)
+            torch._foreach_sub_(params, torch._foreach_mul(v, lr))
             return
-        m = [self.state[id(p)][0] for p in params]  # adam, eps outside the sqrt
-        v = [self.state[id(p)][1] for p in params]
+        if s.name == "rmsprop":  # v = rho v + (1 - rho) g^2; p -= lr g / (sqrt(v) + eps)
+            v = [st[0] for st in state]
+            torch._foreach_mul_(v, s.rho)
+            torch._foreach_addcmul_(v, grads, grads, value=1.0 - s.rho)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, s.eps)
+            step = torch._foreach_mul(grads, lr)
+            torch._foreach_div_(step, denom)
+            torch._foreach_sub_(params, step)
+            return
+        if s.weight_decay:  # AdamW: W -= lr wd W, before the Adam step
+            decayed = [p for p, w in zip(params, weights) if w]
+            torch._foreach_sub_(decayed, torch._foreach_mul(decayed, lr * s.weight_decay))
+        m, v = [st[0] for st in state], [st[1] for st in state]  # adam, eps outside the sqrt
         torch._foreach_mul_(m, s.beta1)
         torch._foreach_add_(m, grads, alpha=1.0 - s.beta1)
         torch._foreach_mul_(v, s.beta2)
@@ -123,6 +139,8 @@ class TorchBackend(Backend):
         # what each update touches: per layer [W, b] (or [W]); parallel takes them all at once
         self._layer_params = [[w, b] if self.spec.train_biases else [w] for w, b in zip(self.W, self.b)]
         self._all_params = [p for group in self._layer_params for p in group]
+        self._is_weight = [[True, False][: len(group)] for group in self._layer_params]  # AdamW decays W only
+        self._all_is_weight = [w for flags in self._is_weight for w in flags]
         self.optimizer = Optimizer(self.opt_spec, self._all_params, self._dev)
         step = self._parallel_step if self.strategy == "parallel" else self._sequential_step
         self._step: Callable = compiled(step, self.strategy) if self.compile else step
@@ -135,27 +153,44 @@ class TorchBackend(Backend):
 
     # ------------------------------------------------------------ one step
 
-    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[a_0 = x, a_1, ..., a_{L-1}, z_L]: every layer's input, then the output's z."""
-        acts = [x]
+    def _forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> tuple[list, list]:
+        """(acts, hs): acts = [a_0 = x, a_1, ..., a_{L-1}, z_L], every layer's input (hidden ones
+        after their dropout mask), then the output's z; hs[l] = f(z_l) before the mask."""
+        acts, hs = [x], [x]
         for l, (w, b) in enumerate(zip(self.W, self.b)):
             z = torch.addmm(b, acts[-1], w)  # (n, out) = a (n, in) @ W (in, out) + b
-            acts.append(z if l == len(self.W) - 1 else self._act(z))
-        return acts
+            if l == len(self.W) - 1:
+                acts.append(z)
+                break
+            hs.append(self._act(z))
+            acts.append(hs[-1] if masks is None else hs[-1] * masks[l])
+        return acts, hs
 
-    def _parallel_step(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _penalty(self) -> torch.Tensor:
+        """l1 sum |W| + l2 sum W^2 (Regularization); 0-d, differentiable."""
+        r = self.reg
+        return sum(r.l1 * w.abs().sum() + r.l2 * w.square().sum() for w in self.W)
+
+    def _loss(self, z_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The training loss: data loss, plus the penalty when there is one."""
+        loss = output_and_loss(self.spec, z_out, t)[1]
+        return loss + self._penalty() if self.reg.has_penalty else loss
+
+    def _parallel_step(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
         """All gradients from the pre-step weights (one autograd pass), then every update."""
         with torch.enable_grad():
-            _, loss = output_and_loss(self.spec, self._forward(x)[-1], t)
+            loss = self._loss(self._forward(x, masks)[0][-1], t)
             grads = torch.autograd.grad(loss, self._all_params)
         self.optimizer.begin_step()
-        self.optimizer.apply(self._all_params, list(grads))
+        self.optimizer.apply(self._all_params, list(grads), self._all_is_weight)
         return loss.detach()
 
-    def _sequential_step(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _sequential_step(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
         """Output layer first: update W[l], b[l], then send the error down through the new W[l]."""
+        r = self.reg
         with torch.no_grad():
-            acts = self._forward(x)  # the step's single forward pass, no graph kept
+            acts, hs = self._forward(x, masks)  # the step's single forward pass, no graph kept
+            penalty = self._penalty() if r.has_penalty else 0.0  # at the pre-step weights
         with torch.enable_grad():  # autograd on the local head: z_L -> output -> loss
             z_out = acts[-1].requires_grad_()
             _, loss = output_and_loss(self.spec, z_out, t)
@@ -163,26 +198,40 @@ class TorchBackend(Backend):
         self.optimizer.begin_step()
         with torch.no_grad():
             for l in range(len(self.W) - 1, -1, -1):
-                a_in = acts[l]  # (n, in_l)
-                grads = [a_in.T @ d, d.sum(0)] if self.spec.train_biases else [a_in.T @ d]
-                self.optimizer.apply(self._layer_params[l], grads)
-                if l > 0:  # dL/dz_{l-1} = (d @ W_new^T) * f'(z_{l-1}), f' read off a_l
-                    d = (d @ self.W[l].T) * self._act_grad(a_in)
-        return loss.detach()
+                a_in, w = acts[l], self.W[l]  # (n, in_l)
+                dw = a_in.T @ d
+                if r.has_penalty:  # at W[l] before its update
+                    dw = dw + r.l1 * torch.sign(w) + (2 * r.l2) * w
+                grads = [dw, d.sum(0)] if self.spec.train_biases else [dw]
+                self.optimizer.apply(self._layer_params[l], grads, self._is_weight[l])
+                if l > 0:  # dL/dz_{l-1} = (d @ W_new^T) * m_{l-1} * f'(z_{l-1}), f' read off f(z_{l-1})
+                    up = d @ w.T
+                    d = (up if masks is None else up * masks[l - 1]) * self._act_grad(hs[l])
+        return (loss + penalty).detach()
 
-    def _epoch(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+    def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
         idx_all = torch.as_tensor(order).to(self._dev)  # one copy per epoch; batches picked on the device
+        masks_dev = None if masks is None else [torch.as_tensor(m).to(self._dev) for m in masks]
         losses = torch.empty(n_steps(len(order), batch_size), dtype=self._dtype, device=self._dev)
         for step, start in enumerate(range(0, len(order), batch_size)):
-            idx = idx_all[start : start + batch_size]
-            losses[step] = self._step(self._x.index_select(0, idx), self._t.index_select(0, idx))
+            idx, rows = idx_all[start : start + batch_size], slice(start, start + batch_size)
+            batch_masks = None if masks_dev is None else [m[rows] for m in masks_dev]
+            losses[step] = self._step(self._x.index_select(0, idx), self._t.index_select(0, idx), batch_masks)
         return losses.cpu().numpy()  # the one read of the epoch
+
+    def _set_lr(self, lr: float) -> None:
+        self.optimizer.lr.fill_(lr)
+
+    @torch.no_grad()
+    def _assign(self, params: Params) -> None:
+        for w, b, (w_new, b_new) in zip(self.W, self.b, params):
+            w.copy_(torch.as_tensor(w_new)), b.copy_(torch.as_tensor(b_new))
 
     # ------------------------------------------------------------ evaluation and state
 
     @torch.inference_mode()
     def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
-        z = self._forward(torch.as_tensor(x).to(self._dev))[-1]
+        z = self._forward(torch.as_tensor(x).to(self._dev))[0][-1]
         p, loss = output_and_loss(self.spec, z, torch.zeros_like(z) if t is None else torch.as_tensor(t).to(self._dev))
         return p.cpu().numpy(), float("nan") if t is None else float(loss * len(x))
 
@@ -239,10 +288,10 @@ def compiled(step: Callable, strategy: str) -> Callable:
     trace_autograd_ops lets dynamo trace torch.autograd.grad into the graph."""
     compiled_step = torch.compile(step, fullgraph=True, dynamic=False)
 
-    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
         try:
             with torch._dynamo.config.patch(trace_autograd_ops=True, fail_on_recompile_limit_hit=True):
-                return compiled_step(x, t)
+                return compiled_step(x, t, masks)
         except Exception as err:  # dynamo/inductor raise many types; all mean "compile failed"
             first = str(err).splitlines()[0] if str(err) else ""
             raise RuntimeError(
