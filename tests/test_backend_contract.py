@@ -69,3 +69,16 @@ def test_evaluate_and_predict(framework, data):
     onehot = np.eye(3)[data[1]]
     assert loss == pytest.approx(-np.mean(np.log(np.sum(probs * onehot, axis=1))), rel=1e-10)
     assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == data[1]))
+
+
+@pytest.mark.parametrize("framework", BACKENDS)
+def test_restart_is_a_new_backend(framework, data):
+    """restart(init) after training gives exactly a new backend's numbers: weights, adam's step
+    and moments, and the lr (set_lr'd away before) all start over; the study relies on it."""
+    fresh = fit(make(framework, dtype="float64"), data)
+    reused = make(framework, dtype="float64")
+    fit(reused, data, epochs=3)
+    reused.set_lr(0.5)
+    reused.restart(init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), "float64"))
+    assert reused.lr == 0.01
+    assert fit(reused, data) == fresh  # bit for bit

@@ -297,3 +297,20 @@ def test_a_monitor_without_a_validation_split_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"callbacks.early_stopping.monitor='val_loss': needs a validation split"):
         run_in_process(cfg, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_build_backend_reuses_one_backend_per_kind(small_cfg):
+    from backprop_bench.backends.numpy_backend import NumpyBackend
+    from backprop_bench.config import to_components
+    from backprop_bench.model import init_params
+    from backprop_bench.train import build_backend
+
+    pool: dict = {}
+    c = to_components(small_cfg("train.dtype=float64"))
+    first = build_backend(NumpyBackend, c, init_params(c.spec, c.init, "float64"), pool)
+    first.set_lr(1.0)
+    again = build_backend(NumpyBackend, c, init_params(c.spec, c.init, "float64"), pool)
+    assert again is first and again.lr == c.optimizer.lr  # restarted, not rebuilt
+    other = to_components(small_cfg("train.dtype=float64", "strategy=sequential"))
+    assert build_backend(NumpyBackend, other, init_params(c.spec, c.init, "float64"), pool) is not first
+    assert len(pool) == 2 and build_backend(NumpyBackend, c, init_params(c.spec, c.init, "float64")) is not first

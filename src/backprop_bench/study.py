@@ -147,7 +147,7 @@ def run_stage(framework: str, device: str, p: StudyParams, root: Path) -> StageT
         uri, sweep_id = tracking.resolve_uri(t.uri, root), uuid.uuid4().hex[:12]
         parent = tracking.open_parent(uri, t.experiment, f"study-{framework}-{device}", sweep_id, {})
         sweep = {"sweep_id": sweep_id, "parent_run_id": parent.run_id, "uri": uri}
-    ended = False
+    ended, pool = False, {}  # pool: one backend per strategy, restarted for each run (no retracing)
     try:
         for strategy, mode, seed in p.runs():
             cfg = copy.deepcopy(composed[strategy])
@@ -163,6 +163,7 @@ def run_stage(framework: str, device: str, p: StudyParams, root: Path) -> StageT
                     out_dir=root / c.out_dir,
                     resolved=OmegaConf.to_container(cfg, resolve=True),
                     sweep=sweep,
+                    pool=pool,
                 )
                 times.training += m.get("train_seconds") or 0.0
                 times.first_epochs += m.get("first_epoch_seconds") or 0.0

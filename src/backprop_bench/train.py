@@ -175,8 +175,19 @@ def _divergence_message(backend: Backend, epoch: int, loss: float, n: int, batch
 # ---------------------------------------------------------------- one run, end to end
 
 
-def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, sweep: Mapping[str, str]) -> dict:
-    """Train one cell and write its files; returns the metrics.json dict. Raises on failure."""
+def run(
+    c: Components,
+    *,
+    project_root: Path,
+    out_dir: Path,
+    resolved: dict,
+    sweep: Mapping[str, str],
+    pool: dict | None = None,
+) -> dict:
+    """Train one cell and write its files; returns the metrics.json dict. Raises on failure.
+
+    pool: backends kept between the runs of one process (the study's stage), restarted
+    instead of rebuilt when a run needs the same kind (build_backend)."""
     from backprop_bench import tracking
     from backprop_bench.backends import DeviceUnavailable, backend_class
 
@@ -211,18 +222,8 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
         cls = backend_class(c.framework.name, c.framework.compile)
         native = t.mode == "native"  # the framework's own init and shuffling (docs/native.md)
         try:
-            backend = cls(
-                c.spec,
-                cls.native_init(c.spec, t.seed, t.dtype) if native else init_params(c.spec, c.init, t.dtype),
-                c.optimizer,
-                strategy=c.strategy,
-                device=c.device,
-                dtype=t.dtype,
-                compile=c.framework.compile,
-                regularization=c.regularization,
-                # a Keras-only option (the config rejects it elsewhere): passed only when set
-                **({"steps_per_execution": spe} if (spe := c.framework.steps_per_execution) != 1 else {}),
-            )
+            init = cls.native_init(c.spec, t.seed, t.dtype) if native else init_params(c.spec, c.init, t.dtype)
+            backend = build_backend(cls, c, init, pool)
             backend.load(data.x_train, data.y_train)
         except DeviceUnavailable as err:
             log.warning("SKIPPED %s: %s", c.cell, err)
@@ -304,6 +305,29 @@ def run(c: Components, *, project_root: Path, out_dir: Path, resolved: dict, swe
         tracker.set_tags({"outcome": FINISHED})
     log.info("%s: test_accuracy %.4f, train %.2f s -> %s", c.cell, test_acc, result.train_seconds, out_dir)
     return metrics.to_dict()
+
+
+def build_backend(cls: type[Backend], c: Components, init: Params, pool: dict | None = None) -> Backend:
+    """cls built for c from init; with a pool, a backend of the same kind (same class, spec,
+    optimizer, regularization and options) is restarted from init instead (Backend.restart:
+    the same numbers as a new one, without TensorFlow retracing its steps)."""
+    options = {
+        "strategy": c.strategy,
+        "device": c.device,
+        "dtype": c.train.dtype,
+        "compile": c.framework.compile,
+        "regularization": c.regularization,
+    }
+    if (spe := c.framework.steps_per_execution) != 1:  # a Keras-only option, passed only when set
+        options["steps_per_execution"] = spe
+    key = (cls, c.spec, c.optimizer, *options.items())
+    if pool is not None and key in pool:
+        pool[key].restart(init)
+        return pool[key]
+    backend = cls(c.spec, init, c.optimizer, **options)
+    if pool is not None:
+        pool[key] = backend
+    return backend
 
 
 def _write_outputs(

@@ -180,6 +180,13 @@ class Optimizer:
     def set_lr(self, lr: float) -> None:
         self.lr.assign(lr)
 
+    def reset(self) -> None:
+        """Back to step 0 with zero slots, as a new optimizer (the variables, and the traces that read them, stay)."""
+        self.t.assign(0)
+        for slots in self._slots:
+            for slot in slots:
+                slot.assign(tf.zeros_like(slot))
+
     def next_step(self) -> tuple[tf.Tensor, tf.Tensor] | None:
         """Advance the global step; for adam, returns the bias corrections (1 - beta1^t, 1 - beta2^t)."""
         t = tf.cast(self.t.assign_add(1), tf.float64)
@@ -316,6 +323,9 @@ class TfBackend(Backend):
 
     def _set_lr(self, lr: float) -> None:
         self.opt.set_lr(lr)
+
+    def _reset_optimizer(self) -> None:
+        self.opt.reset()
 
     def _assign(self, params: Params) -> None:
         for (w, b), (new_w, new_b) in zip(self.net.layers, params):

@@ -103,6 +103,10 @@ class Backend:
         """Overwrite every W and b with params (NumPy, self.dtype); optimizer state untouched."""
         raise NotImplementedError
 
+    def _reset_optimizer(self) -> None:
+        """Optimizer state back to a new one's: step 0, zero slots (the lr is set by restart)."""
+        raise NotImplementedError
+
     def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
         """(output activations (n, K) as NumPy, summed loss over the n rows or nan when t is None)."""
         raise NotImplementedError
@@ -159,6 +163,15 @@ class Backend:
         check(math.isfinite(lr) and lr > 0, "learning rate", lr, "must be a finite number > 0")
         self.lr = float(lr)
         self._set_lr(self.lr)
+
+    def restart(self, init: Params) -> None:
+        """Start over from init exactly as a new backend would (weights, optimizer state, lr),
+        keeping what is costly to build: traced or compiled steps and the loaded data. The
+        study reuses one backend per strategy this way (TensorFlow would otherwise retrace)."""
+        self.set_params(init)
+        self._reset_optimizer()
+        self.set_lr(self.opt_spec.lr)
+        self.step_losses = None
 
     def set_params(self, params: Params) -> None:
         """Overwrite the weights, e.g. with the best epoch's (early stopping's restore)."""

@@ -85,6 +85,13 @@ class Optimizer:
     def begin_step(self) -> None:
         self.t += 1
 
+    def reset(self) -> None:
+        """Back to step 0 with zero state, as a new optimizer."""
+        self.t = 0
+        for arrays in self.state.values():
+            for a in arrays:
+                a[...] = 0
+
     def apply(self, p, g, weight: bool = False) -> None:
         """p -= the rule's step, in place; weight: p is a W (AdamW decays those only).
         Python floats keep float32 arrays float32."""
@@ -235,6 +242,9 @@ class NumpyBackend(Backend):
 
     def _set_lr(self, lr: float) -> None:
         self.optimizer.lr = lr
+
+    def _reset_optimizer(self) -> None:
+        self.optimizer.reset()
 
     def _assign(self, params: Params) -> None:
         for layer, (w, b) in zip(self.layers, params):

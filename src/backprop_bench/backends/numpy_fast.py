@@ -188,6 +188,12 @@ class Optimizer:
     def begin_step(self) -> None:
         self.t += 1
 
+    def reset(self) -> None:
+        """Back to step 0 with zero state, as a new optimizer."""
+        self.t = 0
+        for a in self.state:
+            a[...] = 0
+
     def apply(self, part: slice) -> None:
         """Update params[part] from grads[part]."""
         xp, lr = self.xp, self.lr

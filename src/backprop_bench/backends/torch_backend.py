@@ -79,6 +79,13 @@ class Optimizer:
         self.t.add_(1)
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Back to step 0 with zero state, in place (a compiled step keeps reading the same tensors)."""
+        self.t.zero_()
+        for tensors in self.state.values():
+            torch._foreach_zero_(tensors)
+
+    @torch.no_grad()
     def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], weights: list[bool]) -> None:
         """weights[i]: params[i] is a W (AdamW decays those only)."""
         s, lr = self.spec, self.lr[0]  # lr: 0-d float64; products stay in the params' dtype
@@ -221,6 +228,9 @@ class TorchBackend(Backend):
 
     def _set_lr(self, lr: float) -> None:
         self.optimizer.lr.fill_(lr)
+
+    def _reset_optimizer(self) -> None:
+        self.optimizer.reset()
 
     @torch.no_grad()
     def _assign(self, params: Params) -> None:
