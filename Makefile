@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run study-full lint format test test-fast bench mlflow-ui clean
+.PHONY: setup run study-full lint format test test-fast bench mlflow-ui clean services-up services-down services-status mlflow-server
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,cluster]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -60,5 +60,25 @@ bench: setup
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
+# reports/summary.json is committed (the DVC metric): everything else in reports/ goes
 clean:
-	rm -rf runs reports multirun outputs mlruns mlflow.db
+	rm -rf runs multirun outputs mlruns mlflow.db
+	find reports -mindepth 1 ! -name summary.json -delete 2>/dev/null || true
+
+# The one-machine stack for cluster sweeps (docs/cluster.md): munge, MariaDB + slurmdbd,
+# slurmctld + slurmd (one-node SLURM), PostgreSQL and an MLflow server on it, all on
+# 127.0.0.1, state under /tmp/backprop-bench-services ($$BB_SERVICES_DIR). As root it installs
+# the Debian packages it lacks. Then, in a shell: source /tmp/backprop-bench-services/env
+services-up: setup
+	BB_PYTHON=$(abspath $(PY)) scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+services-status:
+	scripts/services.sh status
+
+# A shared MLflow server, in the foreground, artifacts served over HTTP: a sqlite store under
+# mlflow-server/ unless BB_MLFLOW_BACKEND_STORE_URI names a database (postgresql+psycopg2://...).
+mlflow-server: setup
+	BB_PYTHON=$(abspath $(PY)) scripts/mlflow_server.sh

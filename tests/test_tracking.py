@@ -356,3 +356,18 @@ def test_reap_cli_refuses_a_bad_uri(tmp_path, capsys):
 
     assert main(["reap", "--tracking-uri", "file:./mlruns"]) == 2
     assert "reap: --tracking-uri='file:./mlruns': the file store" in capsys.readouterr().err
+
+
+def test_a_run_in_a_slurm_job_is_tagged_with_the_job_scancel_takes(monkeypatch):
+    from backprop_bench.tracking import process_tags, slurm_job_id
+
+    assert slurm_job_id({}) == ""
+    assert slurm_job_id({"SLURM_JOB_ID": "42"}) == "42"
+    # A task of a job array (a sweep's cell): SLURM_JOB_ID is the task's own number, but squeue,
+    # sacct and scancel name it <array job>_<task>.
+    assert slurm_job_id({"SLURM_JOB_ID": "50", "SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "7"}) == "42_7"
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert "slurm_job_id" not in process_tags()
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert process_tags()["slurm_job_id"] == "42"

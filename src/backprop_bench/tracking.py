@@ -297,10 +297,23 @@ def _has_proc() -> bool:
 
 
 def process_tags() -> dict[str, str]:
-    """host, pid and pid_start ("" without /proc) of this process: what reap checks."""
+    """host, pid and pid_start ("" without /proc) of this process: what reap checks; plus
+    slurm_job_id inside a SLURM job (see slurm_job_id)."""
     pid = os.getpid()
     stat = _proc_stat(pid)
-    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": stat[1] if stat else ""}
+    tags = {"host": socket.gethostname(), "pid": str(pid), "pid_start": stat[1] if stat else ""}
+    job = slurm_job_id(os.environ)
+    if job:
+        tags["slurm_job_id"] = job
+    return tags
+
+
+def slurm_job_id(env: Mapping[str, str]) -> str:
+    """The SLURM job a process runs in, as squeue, sacct and scancel name it ("" outside SLURM):
+    <array job>_<task> for a task of a job array (a sweep's cells), else the job id."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID", "")
 
 
 def lost_reason(pid: int, pid_start: str) -> str | None:
@@ -424,6 +437,9 @@ class SweepCallback(Callback):
             raise SystemExit(1) from err
         overrides = " ".join(config.hydra.overrides.task)
         tags = {"sweep_overrides": overrides, "sweep_dir": str(sweep_dir)}
+        # Opening the parent creates the experiment when it is new: here, once, before any cell
+        # starts. Cells on many nodes creating it at once would race (one create wins, the
+        # others fail and must look it up again; _experiment_id copes, but only after a failure).
         self.run = open_parent(uri, tracking.experiment, f"sweep-{sweep_id}", sweep_id, tags)
         info = {"sweep_id": sweep_id, "parent_run_id": self.run.run_id, "uri": uri}
         atomic_write(sweep_dir / SWEEP_FILE, json.dumps(info) + "\n")
