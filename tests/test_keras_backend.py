@@ -111,6 +111,7 @@ def test_masks_reach_each_step_through_fit(strategy, data):
     np.testing.assert_array_equal(one.model(tf.constant(data[0])).numpy(), one.predict(data[0]))
 
 
+@pytest.mark.slow  # compiles (XLA): seconds each
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
 def test_jit_compile_matches_plain_fit(strategy, data):
     """XLA fuses element-wise ops, so rounding differs: 1e-12 relative in float64."""

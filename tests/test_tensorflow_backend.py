@@ -54,6 +54,7 @@ def test_dtype_is_kept_end_to_end(dtype, data):
     assert backend.predict(data[0]).dtype == dtype
 
 
+@pytest.mark.slow  # compiles (XLA): seconds each
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
 def test_xla_matches_plain_tf_function(strategy, data):
     """jit_compile=True fuses element-wise ops, so rounding differs: 1e-12 relative in float64."""

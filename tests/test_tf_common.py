@@ -210,6 +210,7 @@ XLA_CASES = {
 }
 
 
+@pytest.mark.slow  # compiles (XLA): seconds each
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("framework", TF_BACKENDS)
 def test_xla_runs_the_features(framework, strategy):
