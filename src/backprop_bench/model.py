@@ -229,8 +229,9 @@ class Regularization:
     def has_penalty(self) -> bool:
         return self.l1 > 0 or self.l2 > 0
 
-    def penalty(self, weights: Sequence[np.ndarray]) -> float:
-        """l1 * sum |W| + l2 * sum W^2 over the weight matrices, in NumPy (the reference)."""
+    def penalty(self, weights: Sequence[np.ndarray]):
+        """l1 * sum |W| + l2 * sum W^2 over the weight matrices: the NumPy backend's (NumPy's
+        functions also take CuPy arrays and return them, so the sum stays on the device)."""
         return sum(self.l1 * np.abs(w).sum() + self.l2 * np.square(w).sum() for w in weights)
 
 

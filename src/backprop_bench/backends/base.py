@@ -175,7 +175,7 @@ class Backend:
 
     def set_params(self, params: Params) -> None:
         """Overwrite the weights, e.g. with the best epoch's (early stopping's restore)."""
-        check_args(self.framework, self.spec, params, self.strategy, self.dtype, "cpu")
+        check_params(self.spec, params, "params")
         self._assign([(np.asarray(w, self.dtype), np.asarray(b, self.dtype)) for w, b in params])
 
     def _check_masks(self, masks: list[np.ndarray] | None, n: int) -> list[np.ndarray] | None:
@@ -234,12 +234,17 @@ def check_args(framework: str, spec: MLPSpec, init: Params, strategy: str, dtype
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("train.dtype", dtype, DTYPES)
     check_choice("device", device, DEVICES)
-    if len(init) != spec.n_layers:
-        raise ValueError(f"init has {len(init)} layers, model.sizes {list(spec.sizes)} needs {spec.n_layers}")
-    for layer, ((i, o), (w, b)) in enumerate(zip(spec.shapes(), init)):
+    check_params(spec, init, "init")
+
+
+def check_params(spec: MLPSpec, params: Params, name: str) -> None:
+    """One (W (in, out), b (out,)) per layer of spec; the error names `name` and the layer."""
+    if len(params) != spec.n_layers:
+        raise ValueError(f"{name} has {len(params)} layers, model.sizes {list(spec.sizes)} needs {spec.n_layers}")
+    for layer, ((i, o), (w, b)) in enumerate(zip(spec.shapes(), params)):
         if np.shape(w) != (i, o) or np.shape(b) != (o,):
             raise ValueError(
-                f"init layer {layer}: W must be ({i}, {o}) and b ({o},), got {np.shape(w)} and {np.shape(b)}"
+                f"{name} layer {layer}: W must be ({i}, {o}) and b ({o},), got {np.shape(w)} and {np.shape(b)}"
             )
 
 

@@ -188,9 +188,8 @@ class NumpyBackend(Backend):
         return acts, hs
 
     def _penalty(self):
-        """l1 sum |W| + l2 sum W^2 over the current weights (Regularization), 0-d."""
-        xp, reg = self.xp, self.reg
-        return sum(reg.l1 * xp.abs(layer.W).sum() + reg.l2 * xp.vdot(layer.W, layer.W) for layer in self.layers)
+        """The Regularization's penalty at the current weights (0-d, on the device)."""
+        return self.reg.penalty([layer.W for layer in self.layers])
 
     def _layer_grads(self, l: int, a_in, d) -> list:
         """[dL/dW, dL/db] of layer l (dL/dW with the penalty's term, at W[l] as it is now)."""
