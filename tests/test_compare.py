@@ -160,7 +160,7 @@ def test_paired_section_tests_sequential_minus_parallel_by_seed(study):
 def test_summary_json_is_small_and_numeric(study):
     run_compare(study)
     summary = json.loads((study[2] / "summary.json").read_text())
-    # 4 + one per framework (8 in the default study): what dvc exp show displays in 160 columns
+    # 4 + one per framework (8 in the default study): a glance that keeps dvc exp show narrow
     assert summary.keys() == {"acc", "acc_hw", "sps"}
     assert summary["acc"].keys() == summary["acc_hw"].keys() == {"seq", "par"}
     assert summary["sps"].keys() == set(FRAMEWORKS)

@@ -321,7 +321,7 @@ SHORT = {"sequential": "seq", "parallel": "par"}  # summary.json's strategy keys
 
 
 def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[str, float]]:
-    """summary.json, the glance `dvc exp show` displays (8 numbers fit 160 columns; the full table
+    """summary.json, the glance `dvc exp show` displays (8 numbers, 99 columns of its table; the full table
     is comparison.csv). Controlled mode (else the first mode), first device:
     acc.<seq|par>: test accuracy, per seed the mean over the frameworks that finished it (equal by
     construction in controlled mode), then the mean over seeds; acc_hw.<seq|par>: its 95 % t
