@@ -2,7 +2,7 @@
 both strategies, against the NumPy reference, step by step over 3 epochs (losses of every
 step and the final weights, 1e-9 relative; they land near 1e-15). docs/training.md has the rules.
 
-The TensorFlow-based backends are marked slow (tracing); NumPy's fast path joins the cases
+The TensorFlow-based backends and torch.compile are marked slow; NumPy's fast path joins the cases
 it implements (rmsprop, schedules) and rejects the others with a clear error."""
 
 from __future__ import annotations
@@ -93,3 +93,19 @@ def test_the_strategies_differ_with_dropout():
     """The sequential rule is not the parallel one with masks either (the error passes the updated W)."""
     seq, par = reference("sequential", "dropout"), reference("parallel", "dropout")
     assert params_rel_err(seq[1], par[1]) > 1e-6
+
+
+@pytest.mark.slow  # compiles: tens of seconds
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_torch_compile_runs_every_feature(strategy):
+    """torch.compile(fullgraph=True) of the step with dropout, l1, l2, AdamW and a changing lr
+    (the lr is a device tensor: no recompiles) matches eager torch, and so the reference."""
+    reg, optimizer, lrs = FEATURES["all"]
+    spec = MLPSpec(SIZES, hidden_activation="tanh")
+    params = init_params(spec, InitSpec("glorot_uniform", seed=3), "float64")
+    b = make_backend("torch", spec, params, optimizer, strategy=strategy, regularization=reg, compile=True)
+    x, y = data()
+    _, steps = train(b, x, y, EPOCHS, BATCH, seed=7, masks_seed=7, lrs=lrs)
+    ref_steps, ref_params = reference(strategy, "all")
+    assert b.info()["compile"].startswith("torch.compile")
+    assert rel_err(steps, ref_steps) <= TOL and params_rel_err(b.params(), ref_params) <= TOL
