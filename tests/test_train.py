@@ -318,3 +318,23 @@ def test_build_backend_reuses_one_backend_per_kind(small_cfg):
     other = to_components(small_cfg("train.dtype=float64", "strategy=sequential"))
     assert build_backend(NumpyBackend, other, init_params(c.spec, c.init, "float64"), pool) is not first
     assert len(pool) == 2 and build_backend(NumpyBackend, c, init_params(c.spec, c.init, "float64")) is not first
+
+
+def test_a_stop_signal_swallowed_on_its_way_still_ends_fit(tiny_npz, monkeypatch):
+    """A stop signal's KeyboardInterrupt raised inside a finalizer is printed and dropped by
+    Python (it happened inside SQLAlchemy's weakref callback): the recorded signal still ends
+    fit() before the next epoch, with the signal named."""
+    from backprop_bench import train
+
+    monkeypatch.setattr(train, "STOP_SIGNALS", [])
+    backend = RecordingBackend([2.0, 1.5, 1.0])
+    original = backend.train_epoch
+
+    def swallowed_interrupt(order, batch_size, masks=None):
+        train.STOP_SIGNALS.append(12)  # what the handler records before its exception is lost
+        return original(order, batch_size, masks)
+
+    backend.train_epoch = swallowed_interrupt
+    with pytest.raises(KeyboardInterrupt, match="signal 12"):
+        fit(backend, load_dataset("tiny", tiny_npz), epochs=3, batch_size=16, seed=0)
+    assert backend.calls.count("train") == 1  # epoch 2 never started
