@@ -202,7 +202,7 @@ def test_an_eight_cell_sweep_on_slurm_logs_every_run_to_the_server(services, tin
     array = {j.split("_")[0] for j in jobs}
     assert len(jobs) == 8 and len(array) == 1 and all(re.fullmatch(r"\d+_[0-7]", j) for j in jobs), jobs
     wait_until_slurm_is_idle(services)  # a job's result is written a moment before SLURM marks it done
-    states = services.slurm("sacct", "-n", "-P", "-X", "-j", array.pop(), "-o", "JobID,State")
+    states = settled_sacct(services, array.pop(), "JobID,State")
     assert sorted(line.split("|")[1] for line in states.split()) == ["COMPLETED"] * 8, states
 
     # Artifacts went through the server into its own store, and come back the same way.
@@ -271,7 +271,7 @@ def test_a_crashed_cell_ends_failed_and_a_cancelled_one_killed(services, tiny, t
     cancelled = runs["torch-parallel-cpu-controlled-s1"].data.tags
     assert cancelled["outcome"] == "killed" and cancelled["error"] == "KeyboardInterrupt: signal 15"
     assert parent.info.status == "FAILED"  # a cell failed; nothing is left RUNNING
-    state = services.slurm("sacct", "-n", "-P", "-X", "-j", cancelled["slurm_job_id"], "-o", "State")
+    state = settled_sacct(services, cancelled["slurm_job_id"], "State")
     assert state.split()[0].startswith("CANCELLED"), state
     # The parent waits on the jobs in order: the last one, cancelled, is what it reports.
     assert f"UncompletedJobError: Job {cancelled['slurm_job_id']} " in output, output[-3000:]
@@ -282,6 +282,18 @@ def wait_until_slurm_is_idle(stack: Stack, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while stack.slurm("squeue", "-h", "-o", "%i").strip():
         assert time.monotonic() < deadline, "SLURM still has jobs:\n" + stack.slurm("squeue")
+        time.sleep(0.5)
+
+
+def settled_sacct(stack: Stack, job: str, fields: str, timeout: float = 60.0) -> str:
+    """sacct's lines for job once no task is still pending or running there: slurmctld hands
+    a job's end to slurmdbd asynchronously, so accounting can lag squeue by seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = stack.slurm("sacct", "-n", "-P", "-X", "-j", job, "-o", fields)
+        if not re.search(r"\b(PENDING|RUNNING|COMPLETING|REQUEUED|RESIZING|SUSPENDED)\b", out):
+            return out
+        assert time.monotonic() < deadline, f"sacct still shows unfinished tasks after {timeout} s:\n{out}"
         time.sleep(0.5)
 
 
