@@ -109,3 +109,37 @@ def test_torch_compile_runs_every_feature(strategy):
     ref_steps, ref_params = reference(strategy, "all")
     assert b.info()["compile"].startswith("torch.compile")
     assert rel_err(steps, ref_steps) <= TOL and params_rel_err(b.params(), ref_params) <= TOL
+
+
+def gpu_missing(backend: str) -> str:
+    """Why `backend` cannot run on cuda here ("" when it can): torch's CUDA, or CuPy for numpy."""
+    if backend == "torch":
+        import torch
+
+        return "" if torch.cuda.is_available() else f"torch {torch.__version__} sees no CUDA GPU"
+    from backprop_bench.backends.numpy_backend import find_cupy
+
+    return find_cupy()[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_feature_parity_float64_on_cuda(backend, strategy, feature):
+    """The same features on the GPU (CuPy for numpy, torch on cuda) against the CPU reference:
+    float64 on both, so only the kernels' summation order differs. Skipped without a GPU."""
+    why = gpu_missing(backend)
+    if why:
+        pytest.skip(f"no GPU for {backend}: {why}")
+    reg, optimizer, lrs = FEATURES[feature]
+    spec = MLPSpec(SIZES, hidden_activation="tanh")
+    params = init_params(spec, InitSpec("glorot_uniform", seed=3), "float64")
+    b = make_backend(backend, spec, params, optimizer, strategy=strategy, regularization=reg, device="cuda")
+    assert b.device == "cuda"
+    x, y = data()
+    _, steps = train(b, x, y, EPOCHS, BATCH, seed=7, masks_seed=7 if reg.has_dropout else None, lrs=lrs)
+    ref_steps, ref_params = reference(strategy, feature)
+    loss_err, weight_err = rel_err(steps, ref_steps), params_rel_err(b.params(), ref_params)
+    print(f"cuda parity {feature} {strategy} {backend}: losses {loss_err:.1e}, weights {weight_err:.1e}")
+    assert loss_err <= TOL and weight_err <= TOL
