@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# The stages call `python -m ...`: the venv's python goes first on PATH for them.
+# dvc repro, with the study stages and the stability map two at a time on two cores
+# (src/backprop_bench/repro.py). The stages call `python -m ...`: the venv's python goes first on PATH.
 run: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m backprop_bench.repro
 	$(PY) -m backprop_bench.compare --print-only
 
 # The full-size study: Fashion-MNIST (60,000 train + 10,000 test images, offline, from

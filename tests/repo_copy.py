@@ -33,15 +33,22 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def dvc(
-    args: list[str], repo: Path, env_extra: dict[str, str] | None = None, timeout: int = 300
+def run_in(
+    repo: Path, cmd: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
-    exe = VENV_BIN / "dvc"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dvc"]
+    """cmd in the copy, output captured."""
     env = dict(os.environ)
     # The stages run `python -m backprop_bench...`: the venv's python, importing the copy's
     # own sources rather than the editable install's.
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(repo / "src")
     env.update(env_extra or {})
-    return subprocess.run(cmd + args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def dvc(
+    args: list[str], repo: Path, env_extra: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    exe = VENV_BIN / "dvc"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dvc"]
+    return run_in(repo, cmd + args, env_extra, timeout)

@@ -5,6 +5,8 @@ Each backend's own test module keeps only what is its own (devices, compile mode
 details); parity with NumPy is test_parity.py's job.
 """
 
+import os
+
 import numpy as np
 import pytest
 from backend_cases import BACKENDS, make_backend
@@ -82,3 +84,60 @@ def test_restart_is_a_new_backend(framework, data):
     reused.restart(init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), "float64"))
     assert reused.lr == 0.01
     assert fit(reused, data) == fresh  # bit for bit
+
+
+# ---------------------------------------------------------------- limit_threads (backends/__init__.py)
+
+THREADS_CODE = """
+import json, sys
+from threadpoolctl import threadpool_info
+from backprop_bench.backends import limit_threads, make_backend
+from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+limit_threads({n})
+spec = MLPSpec((4, 3, 2))
+infos = {{}}
+for name in sys.argv[1:]:
+    b = make_backend(name, spec, init_params(spec, InitSpec()), OptimizerSpec())
+    infos[name] = b.info()
+blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+print(json.dumps({{"blas": blas, "infos": infos}}))
+"""
+
+
+def run_threads(n: int, *frameworks: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", THREADS_CODE.format(n=n), *frameworks], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_limit_threads_caps_numpy_blas_and_torch():
+    """NumPy's BLAS (loaded before the call) and torch (imported after it) compute on 1 thread,
+    and each backend's info() says so; what the study's make run relies on to run stages side by side."""
+    got = run_threads(1, "numpy", "torch")
+    assert got["blas"] and set(got["blas"]) == {1}
+    assert "1 threads" in got["infos"]["numpy"]["blas"]
+    assert got["infos"]["torch"]["blas"].endswith(", 1 threads")
+
+
+@pytest.mark.slow  # imports TensorFlow and Keras in a fresh process
+def test_limit_threads_caps_tensorflow_and_keras():
+    got = run_threads(1, "tensorflow", "keras")
+    assert got["infos"]["tensorflow"]["intra_op_threads"] == "1"
+    assert got["infos"]["keras"]["intra_op_threads"] == "1"
+
+
+def test_limit_threads_zero_keeps_the_defaults_and_a_negative_is_refused(monkeypatch):
+    from backprop_bench.backends import THREAD_ENV, limit_threads
+
+    for key in THREAD_ENV:
+        monkeypatch.delenv(key, raising=False)
+    limit_threads(0)
+    assert not any(key in os.environ for key in THREAD_ENV)
+    with pytest.raises(ValueError, match=r"threads must be >= 0 \(0: each framework's default\), got -1"):
+        limit_threads(-1)

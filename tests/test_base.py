@@ -1,12 +1,22 @@
 """backends/base.py: the checks, the epoch loss, the clock rule and the shared plumbing."""
 
 import gc
+import os
 
 import numpy as np
 import pytest
 
 from backprop_bench.backends import backend_class
-from backprop_bench.backends.base import Backend, check_args, check_batch, cpu_name, epoch_loss, n_steps, timed_epoch
+from backprop_bench.backends.base import (
+    Backend,
+    check_args,
+    check_batch,
+    cpu_name,
+    epoch_loss,
+    n_steps,
+    timed_epoch,
+    usable_cpus,
+)
 from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 3))
@@ -139,3 +149,16 @@ def test_timed_epoch_synchronizes_around_the_epoch_with_gc_off():
 
 def test_cpu_name_is_not_empty():
     assert cpu_name().strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no affinity masks on this OS")
+def test_usable_cpus_follows_the_affinity_mask():
+    import subprocess
+    import sys
+
+    assert usable_cpus() == len(os.sched_getaffinity(0)) >= 1
+    one = min(os.sched_getaffinity(0))
+    code = f"import os; os.sched_setaffinity(0, {{{one}}})\n"
+    code += "from backprop_bench.backends.base import usable_cpus; print(usable_cpus())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr

@@ -142,6 +142,12 @@ def test_table_rows_hold_the_intervals_over_seeds(study):
     assert f"| {sps.mean:,.0f} ± {sps.half_width:,.0f} | {speed:.2f}× |" in report
 
 
+def test_the_report_says_how_many_threads_the_frameworks_had(study):
+    assert "times are the training loop only, each framework on 1 CPU thread (study.threads: 1)." in run_compare(study)
+    assert compare.threads_note(2) == "2 CPU threads (study.threads: 2)"
+    assert compare.threads_note(0) == "its default number of CPU threads (study.threads: 0)"
+
+
 def test_paired_section_tests_sequential_minus_parallel_by_seed(study):
     report = run_compare(study)
     section = report.split("## sequential − parallel, paired by seed")[1].split("##")[0]

@@ -144,3 +144,26 @@ def test_all_or_nothing_leaves_out_dir_alone_on_an_error_in_the_block(tmp_path):
             atomic_write(stage / "a.txt", "new")
             raise RuntimeError("the second file could not be made")
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old"
+
+
+def test_exit_now_flushes_output_and_logs_then_exits_with_the_code(tmp_path):
+    """exit_now skips the interpreter's teardown (and atexit), but nothing printed or logged is lost."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, logging, sys\n"
+        "from backprop_bench.io import exit_now\n"
+        "logging.basicConfig(filename=sys.argv[1], level=logging.INFO)\n"
+        "logging.getLogger('x').info('logged line')\n"
+        "atexit.register(print, 'atexit ran')\n"
+        "print('printed', end='')\n"
+        "sys.stderr.write('to stderr')\n"
+        "exit_now(int(sys.argv[2]))\n"
+    )
+    log = tmp_path / "log.txt"
+    for rc in (0, 3):
+        cmd = [sys.executable, "-c", code, str(log), str(rc)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout, out.stderr) == (rc, "printed", "to stderr")
+        assert "logged line" in log.read_text()

@@ -33,6 +33,8 @@ def write_params(path, **study):
 def test_read_study_params(tmp_path):
     p = read_study_params(write_params(tmp_path / "params.yaml"))
     assert p == StudyParams(("numpy",), ("sequential", "parallel"), ("cpu",), ("controlled", "native"), 2, 2, 16)
+    assert p.threads == 1  # study.threads left out: one CPU thread per framework
+    assert read_study_params(write_params(tmp_path / "all.yaml", threads=0)).threads == 0
 
 
 @pytest.mark.parametrize(
@@ -42,6 +44,8 @@ def test_read_study_params(tmp_path):
         ({"modes": ["controlled", "wild"]}, r"study.modes='wild' is not one of controlled, native"),
         ({"strategies": []}, r"study.strategies=\[\]: must be a non-empty list"),
         ({"frameworks": ["jax"]}, r"study.frameworks='jax' is not one of numpy, torch, tensorflow, keras"),
+        ({"threads": -2}, r"study.threads=-2: must be an integer >= 0 \(0: each framework's default\)"),
+        ({"threads": "one"}, r"study.threads='one': must be an integer >= 0"),
     ],
 )
 def test_bad_study_params_name_the_file_and_option(tmp_path, study, message):

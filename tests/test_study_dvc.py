@@ -1,7 +1,8 @@
 """End to end: the whole DVC pipeline (download, preprocess, the study's stages, compare) in
 a temporary copy of the repository, shrunk through params.yaml to a tiny subset, 1 epoch,
-numpy and torch x both strategies x both modes x 2 seeds; then a second `dvc repro` must
-rerun only what an edit to torch_backend.py changed, and a third must be a no-op."""
+numpy and torch x both strategies x both modes x 2 seeds, run as `make run` runs it
+(backprop_bench.repro: two stages at a time); then a plain `dvc repro` must rerun only what an
+edit to torch_backend.py changed, and a third must be a no-op."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import csv
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from repo_copy import ROOT, copy_repo
+from repo_copy import ROOT, copy_repo, run_in
 from repo_copy import dvc as run_dvc
 
 FRAMEWORKS = ["numpy", "torch"]
@@ -44,6 +46,7 @@ def shrink_study(repo: Path) -> None:
         "devices": ["cpu"],
         "modes": MODES,
         "seeds": SEEDS,
+        "threads": 1,
     }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -57,11 +60,15 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     shrink_study(repo)
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    first = dvc(["repro"], repo, mlflow_uri)
+    repro = [sys.executable, "-m", "backprop_bench.repro", "--jobs", "2"]
+    first = run_in(repo, repro, {"MLFLOW_TRACKING_URI": mlflow_uri}, timeout=900)
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
     ran = stages_run(first)
     assert ran[:2] == ["download", "preprocess"] and ran[-1] == "compare"
-    assert set(STAGES) <= set(ran)
+    assert sorted(ran[2:-1]) == sorted([*STAGES, "stability"])  # side by side, each once
+    assert "2 at a time: study@torch-cpu, study@numpy-cpu, stability" in first.stdout
+    assert re.search(r"repro: [\d.]+ s in all: data [\d.]+ s; side by side \(2 at a time\)", first.stdout)
+    assert dvc(["status"], repo, mlflow_uri).stdout.strip() == "Data and pipelines are up to date."
 
     # Every expected run exists in MLflow exactly once, finished, under its stage's parent.
     client = MlflowClient(mlflow_uri)
@@ -120,6 +127,7 @@ def test_study_stage_cmd_matches_the_contract():
         "study.modes",
         "study.seeds",
         "study.strategies",
+        "study.threads",
         "train.batch_size",
         "train.epochs",
     ]
@@ -128,5 +136,5 @@ def test_study_stage_cmd_matches_the_contract():
     other_backends = [d for d in stage["deps"] if re.search(r"backends/(numpy|torch|tensorflow|keras)_backend", d)]
     assert other_backends == []  # a stage depends on its own backend module only
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(params["study"]) == {"frameworks", "strategies", "devices", "modes", "seeds"}
+    assert set(params["study"]) == {"frameworks", "strategies", "devices", "modes", "seeds", "threads"}
     assert set(params["train"]) == {"epochs", "batch_size"}

@@ -43,6 +43,18 @@ def test_auto_and_cpu_resolve():
     assert tfc.resolve_device("auto", "tensorflow") == expected
 
 
+def test_intra_op_threads_reports_what_tf_was_told(monkeypatch):
+    """tf.config's setting if any, else $TF_NUM_INTRAOP_THREADS (backends.limit_threads), else the usable CPUs."""
+    from backprop_bench.backends.base import usable_cpus
+
+    if tf.config.threading.get_intra_op_parallelism_threads():
+        pytest.skip("this process set TF's intra-op threads through tf.config")
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert tfc.intra_op_threads() == 3
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    assert tfc.intra_op_threads() == usable_cpus()
+
+
 def test_unknown_device_is_rejected():
     import backprop_bench.backends.keras_backend as kb
 

@@ -351,6 +351,25 @@ def test_a_new_run_reaps_the_lost_runs_first(tracking_uri):
         assert client.get_run(run.run_id).info.status == "RUNNING"
 
 
+@needs_proc
+def test_a_process_reaps_once_per_store_then_again_after_reap_every_s(tracking_uri, monkeypatch):
+    """A study stage opens 12 runs in a row: the first reaps, the next ones within REAP_EVERY_S don't."""
+    import socket
+
+    from backprop_bench import tracking
+
+    dead = {"host": socket.gethostname(), "pid": str(_dead_pid())}
+    with MlflowRun(tracking_uri, "backprop-bench", "first"):
+        pass
+    client = MlflowClient(tracking_uri)
+    lost = _running_run(tracking_uri, dead)
+    with MlflowRun(tracking_uri, "backprop-bench", "second"):
+        assert client.get_run(lost).info.status == "RUNNING"  # reaped a moment ago: not again yet
+    monkeypatch.setattr(tracking, "REAP_EVERY_S", 0.0)
+    with MlflowRun(tracking_uri, "backprop-bench", "third"):
+        assert client.get_run(lost).info.status == "FAILED"
+
+
 def test_reap_cli_refuses_a_bad_uri(tmp_path, capsys):
     from backprop_bench.tracking import main
 

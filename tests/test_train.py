@@ -303,6 +303,23 @@ def test_a_monitor_without_a_validation_split_fails_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_shared_dataset_reads_the_file_once_per_pool_until_it_changes(tmp_path):
+    import os
+
+    from backprop_bench.train import shared_dataset
+
+    npz = make_tiny_npz(tmp_path / "d.npz")
+    pool: dict = {}
+    first = shared_dataset("mnist", npz, pool)
+    assert shared_dataset("mnist", npz, pool) is first
+    assert shared_dataset("mnist", npz) is not first  # no pool: read each time
+    make_tiny_npz(npz, seed=1)
+    os.utime(npz, ns=(1, 1))  # a new file, whatever the clock's resolution
+    again = shared_dataset("mnist", npz, pool)
+    assert again is not first and again.sha256 != first.sha256
+    assert shared_dataset("toy_221", None, pool).name == "toy_221"  # toy sets have no file
+
+
 def test_build_backend_reuses_one_backend_per_kind(small_cfg):
     from backprop_bench.backends.numpy_backend import NumpyBackend
     from backprop_bench.config import to_components

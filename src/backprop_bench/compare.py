@@ -362,9 +362,9 @@ same initial weights and batch order) with a sign-flip test; at {seeds} seeds no
 
 {table}
 Speed vs NumPy: mean samples/s over NumPy's at the same strategy, device and mode. Test accuracy on the
-test split; times are the training loop only. Backend LOC (the cost of writing it): non-blank lines of
-`src/backprop_bench/backends/<framework>_backend.py` that are not only a comment or part of a docstring,
-a shared module counted in full in each backend built on it: {loc}.
+test split; times are the training loop only, each framework on {threads}. Backend LOC (the
+cost of writing it): non-blank lines of `src/backprop_bench/backends/<framework>_backend.py` that are not
+only a comment or part of a docstring, a shared module counted in full in each backend built on it: {loc}.
 
 ## sequential − parallel, paired by seed
 
@@ -374,6 +374,13 @@ a shared module counted in full in each backend built on it: {loc}.
 {native}
 Plots: {pngs}.
 """
+
+
+def threads_note(threads: int) -> str:
+    """How many CPU threads the frameworks had (params.yaml study.threads), for the report."""
+    if threads == 0:
+        return "its default number of CPU threads (study.threads: 0)"
+    return f"{threads} CPU thread{'s' if threads > 1 else ''} (study.threads: {threads})"
 
 
 def compare(
@@ -396,6 +403,7 @@ def compare(
         last=p.seeds - 1,
         seeds=p.seeds,
         floor=smallest_p(p.seeds),
+        threads=threads_note(p.threads),
         table=markdown_table(rows),
         loc="; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items()),
         paired=paired_section(groups),

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -141,3 +141,17 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """Several named arrays as a deterministic .npz (``npz_bytes``)."""
     return atomic_write(path, npz_bytes(arrays))
+
+
+def exit_now(code: int | None) -> NoReturn:
+    """End a finished entry point with ``code``: flush the log handlers, stdout and stderr,
+    then leave without the interpreter's teardown (os._exit). With mlflow and a framework
+    loaded, that teardown takes 0.9-1.8 s a process and frees nothing the OS would not.
+    Only after every file is written and every MLflow run ended: atexit hooks do not run."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backprop_bench.backends import FRAMEWORKS, backend_class
+from backprop_bench.backends import FRAMEWORKS, backend_class, limit_threads
+from backprop_bench.io import exit_now
 from backprop_bench.model import DEVICES, MODES, STRATEGIES, check, check_choice
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class StudyParams:
     seeds: int  # runs seeds 0, 1, ..., seeds - 1
     epochs: int
     batch_size: int
+    threads: int = 1  # CPU threads per framework (backends.limit_threads); 0: each framework's default
 
     def runs(self) -> Iterator[tuple[str, str, int]]:
         """(strategy, mode, seed) of every run of one stage, in run order."""
@@ -68,6 +70,9 @@ def read_study_params(path: str | Path) -> StudyParams:
         check(isinstance(value, int) and value >= 1, f"{path}: {where}.{key}", value, "must be an integer >= 1")
         return value
 
+    threads = study.get("threads", 1)
+    ok = isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0
+    check(ok, f"{path}: study.threads", threads, "must be an integer >= 0 (0: each framework's default)")
     return StudyParams(
         frameworks=names("frameworks", FRAMEWORKS),
         strategies=names("strategies", STRATEGIES),
@@ -76,6 +81,7 @@ def read_study_params(path: str | Path) -> StudyParams:
         seeds=count(study, "seeds", "study"),
         epochs=count(train, "epochs", "train"),
         batch_size=count(train, "batch_size", "train"),
+        threads=threads,
     )
 
 
@@ -194,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     from backprop_bench.train import terminate_as_interrupt
 
     terminate_as_interrupt()  # SIGTERM (dvc, a scheduler) ends the current run KILLED, not RUNNING
+    limit_threads(p.threads)  # before run_stage imports the framework
     times = run_stage(args.framework, args.device, p, Path.cwd())
     print(f"study {args.framework}-{args.device}: {times.describe()}")
     return 1 if times.failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # no teardown of mlflow and the framework (seconds a stage)

@@ -7,9 +7,10 @@ same methods. A multirun gets one parent run (``SweepCallback``). Statuses, tags
 is logged and how sqlite is shared: docs/architecture.md, "MLflow".
 
 ``resolve_uri`` checks the URI before any work (``validate_uri``). Every run carries the
-tags ``host``, ``pid`` and ``pid_start`` of the process that opened it, so ``reap`` (run at
-the start of every run, and ``python -m backprop_bench.tracking reap``) can end FAILED,
-``outcome=lost``, the RUNNING runs of this host whose process died without ending them.
+tags ``host``, ``pid`` and ``pid_start`` of the process that opened it, so ``reap`` (run as a
+process opens its first run in a store, again at most every REAP_EVERY_S, and by ``python -m
+backprop_bench.tracking reap``) can end FAILED, ``outcome=lost``, the RUNNING runs of this host
+whose process died without ending them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import datetime
 import functools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "mlflow_sweep.json"  # in the multirun's sweep dir: {sweep_id, parent_run_id, uri}
 PARAM_MAX = 6000  # MLflow's longest param value
 TAG_MAX = 8000
+# A reap searches the experiment's RUNNING runs (~0.1 s): a study stage opening 12 runs in a
+# row does it for its first, and a process that lives for hours still again now and then.
+REAP_EVERY_S = 60.0
+_last_reap: dict[tuple[str, str], float] = {}  # (tracking URI, experiment id) -> time.monotonic()
 
 
 class TrackingUriError(ValueError):
@@ -212,10 +218,7 @@ class MlflowRun(NullRun):
 
     def __enter__(self) -> MlflowRun:
         self.client, experiment_id = _client_and_experiment(self.uri, self.experiment)
-        try:  # runs this host's dead processes left RUNNING; never a reason to fail this run
-            reap_lost(self.client, experiment_id)
-        except Exception as err:
-            log.warning("MLflow: could not check for lost runs: %s: %s", type(err).__name__, err)
+        _reap_now_and_then(self.client, self.uri, experiment_id)
         self.tags = process_tags() | self.tags
         run = _retry(self.client.create_run, experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
@@ -367,6 +370,19 @@ def reap_lost(client, experiment_id: str, host: str | None = None) -> list[str]:
         token = page.token
         if not token:
             return reaped
+
+
+def _reap_now_and_then(client, uri: str, experiment_id: str) -> None:
+    """reap_lost, unless this process did so for this store and experiment in the last
+    REAP_EVERY_S; a failure is logged, never a reason to fail the run being opened."""
+    key, now = (uri, experiment_id), time.monotonic()
+    if now - _last_reap.get(key, -math.inf) < REAP_EVERY_S:
+        return
+    _last_reap[key] = now
+    try:
+        reap_lost(client, experiment_id)
+    except Exception as err:
+        log.warning("MLflow: could not check for lost runs: %s: %s", type(err).__name__, err)
 
 
 def reap(uri: str, experiment: str) -> list[str]:

@@ -187,8 +187,8 @@ def run(
 ) -> dict:
     """Train one cell and write its files; returns the metrics.json dict. Raises on failure.
 
-    pool: backends kept between the runs of one process (the study's stage), restarted
-    instead of rebuilt when a run needs the same kind (build_backend)."""
+    pool: what the runs of one process (the study's stage) share: backends, restarted instead
+    of rebuilt when a run needs the same kind (build_backend), and the loaded dataset."""
     from backprop_bench import tracking
     from backprop_bench.backends import DeviceUnavailable, backend_class
 
@@ -214,7 +214,7 @@ def run(
     tracker = tracking.open_run(tr.enabled, tr.uri, tr.experiment, project_root, run_name, tags, parent)
     with tracker:
         tracker.log_params(tracking.flatten(resolved))
-        data = load_dataset(c.data.name, _under(project_root, c.data.path) if c.data.path else None)
+        data = shared_dataset(c.data.name, _under(project_root, c.data.path) if c.data.path else None, pool)
         _check_fits(c, data)
         check_monitors(c.training, len(data.x_val))  # before the backend is built
         tracker.set_tags({"data_sha256": data.sha256})
@@ -306,6 +306,18 @@ def run(
         tracker.set_tags({"outcome": FINISHED})
     log.info("%s: test_accuracy %.4f, train %.2f s -> %s", c.cell, test_acc, result.train_seconds, out_dir)
     return metrics.to_dict()
+
+
+def shared_dataset(name: str, path: Path | None, pool: dict | None = None) -> Dataset:
+    """load_dataset, read once per pool while the file is unchanged (path, size, mtime):
+    a study stage's 12 runs would otherwise read and hash the same .npz 12 times."""
+    if pool is None:
+        return load_dataset(name, path)
+    stat = path.stat() if path is not None and path.is_file() else None
+    key = ("dataset", name, path, stat and (stat.st_size, stat.st_mtime_ns))
+    if key not in pool:
+        pool[key] = load_dataset(name, path)
+    return pool[key]
 
 
 def build_backend(cls: type[Backend], c: Components, init: Params, pool: dict | None = None) -> Backend:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable
 
@@ -31,4 +33,27 @@ def make_backend(framework: str, *args, compile: bool = False, **kwargs) -> Back
     return backend_class(framework, compile)(*args, compile=compile, **kwargs)
 
 
-__all__ = ["Backend", "DeviceUnavailable", "FRAMEWORKS", "backend_class", "make_backend"]
+# What torch (OpenMP, MKL) and TensorFlow (its intra- and inter-op pools) read, once, as they start.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Let every framework of this process compute on at most n CPU threads (0: their defaults).
+
+    Call it before torch or TensorFlow is imported (they read THREAD_ENV as they start); NumPy's
+    BLAS, loaded already, is capped through threadpoolctl, and torch, if already loaded, by
+    set_num_threads. Each backend's info() reports the threads it got."""
+    if n < 0:
+        raise ValueError(f"threads must be >= 0 (0: each framework's default), got {n}")
+    if n == 0:
+        return
+    from threadpoolctl import threadpool_limits
+
+    for key in THREAD_ENV:
+        os.environ[key] = str(n)
+    threadpool_limits(n)  # every BLAS / OpenMP library loaded so far, for the rest of the process
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+__all__ = ["Backend", "DeviceUnavailable", "FRAMEWORKS", "backend_class", "limit_threads", "make_backend"]

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name  # noqa: E402
+from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name, usable_cpus  # noqa: E402
 from backprop_bench.model import NO_REGULARIZATION, MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
 
 # (W, b) tf.Variables of one layer.
@@ -60,8 +60,16 @@ def device_info(device: str) -> dict[str, str]:
         "framework_version": tf.__version__,
         "device_name": name,
         "blas": blas,
-        "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()),
+        "intra_op_threads": str(intra_op_threads()),
     }
+
+
+def intra_op_threads() -> int:
+    """The threads TF's ops split across: as set through tf.config, else $TF_NUM_INTRAOP_THREADS
+    (backends.limit_threads), else one per CPU this process may run on."""
+    set_here = tf.config.threading.get_intra_op_parallelism_threads()
+    from_env = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    return set_here or (int(from_env) if from_env.isdigit() and int(from_env) > 0 else usable_cpus())
 
 
 # --- activations and losses -----------------------------------------------------------------

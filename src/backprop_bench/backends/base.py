@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import platform
 import time
 from collections.abc import Iterable, Iterator
@@ -299,6 +300,11 @@ def timed_epoch(
 
 def n_steps(n_samples: int, batch_size: int) -> int:
     return -(-n_samples // batch_size)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one: taskset, cgroups)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_name() -> str:

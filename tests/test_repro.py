@@ -1,0 +1,70 @@
+"""repro.py (`make run`): which stages run side by side and in what order, the time summary,
+bad arguments. The whole pipeline through it: test_study_dvc.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from repo_copy import ROOT
+
+from backprop_bench.repro import DATA_STAGE, SIDE_STAGES, Done, describe, main, side_by_side
+from backprop_bench.study import StudyParams
+
+
+def params(frameworks=("numpy", "torch", "tensorflow", "keras"), devices=("cpu",)) -> StudyParams:
+    return StudyParams(frameworks, ("sequential", "parallel"), devices, ("controlled", "native"), 3, 5, 64)
+
+
+def test_side_by_side_runs_the_longest_first_and_cuda_before_cpu():
+    assert side_by_side(params()) == [
+        "study@keras-cpu",
+        "study@tensorflow-cpu",
+        "study@torch-cpu",
+        "study@numpy-cpu",
+        "stability",
+    ]
+    assert side_by_side(params(("numpy", "torch"), ("cpu", "cuda"))) == [
+        "study@torch-cuda",
+        "study@numpy-cuda",
+        "study@torch-cpu",
+        "study@numpy-cpu",
+        "stability",
+    ]
+
+
+def test_the_stage_names_are_the_pipelines():
+    """dvc.yaml has the data stage, the side stages, and the study matrix whose names
+    side_by_side builds (DVC names a two-key matrix's stages study@<framework>-<device>)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert DATA_STAGE in stages and all(s in stages for s in SIDE_STAGES)
+    assert list(stages["study"]["matrix"]) == ["framework", "device"]
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    with open(ROOT / "params.yaml") as f:
+        study = yaml.safe_load(f)["study"]
+    p = params(tuple(study["frameworks"]), tuple(study["devices"]))
+    assert set(side_by_side(p)) <= set(out.stdout.split())
+
+
+def test_describe_says_where_the_time_went():
+    stages = [Done("study@keras-cpu", 0, 24.04, ""), Done("stability", 0, 5.0, "")]
+    text = describe([("data", 3.5), ("side by side", 30.0), ("compare and the rest", 4.25)], stages, 2)
+    assert text == (
+        "repro: 37.8 s in all: data 3.5 s; side by side (2 at a time) 30.0 s "
+        "[study@keras-cpu 24.0 s, stability 5.0 s]; compare and the rest 4.2 s"
+    )
+
+
+def test_bad_arguments_name_the_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--jobs", "-1"])
+    assert "--jobs must be >= 0 (0: one per usable CPU), got -1" in capsys.readouterr().err
+    bad = tmp_path / "params.yaml"
+    bad.write_text("study:\n  frameworks: [jax]\n")
+    assert main(["--params", str(bad)]) == 2
+    assert f"repro: {bad}: study.frameworks='jax' is not one of" in capsys.readouterr().err
