@@ -317,31 +317,38 @@ def _sig(x: float, digits: int = 4) -> float | int:
     return int(r) if abs(r) >= 1000 else r
 
 
-SHORT = {"sequential": "seq", "parallel": "par"}  # summary.json's strategy keys: narrow dvc exp show columns
+# summary.json's keys: dvc exp show makes each number a column as wide as its name or value
+SHORT = {"sequential": "seq", "parallel": "par", "numpy": "np", "torch": "pt", "tensorflow": "tf", "keras": "ks"}
 
 
 def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[str, float]]:
-    """summary.json, the glance `dvc exp show` displays (8 numbers, 99 columns of its table; the full table
-    is comparison.csv). Controlled mode (else the first mode), first device:
-    acc.<seq|par>: test accuracy, per seed the mean over the frameworks that finished it (equal by
-    construction in controlled mode), then the mean over seeds; acc_hw.<seq|par>: its 95 % t
-    half-width (two seeds or more); sps.<framework>: mean samples/s over both strategies."""
+    """summary.json, the glance `dvc exp show` displays: 7 numbers in 65 columns of its table, so
+    that an experiment's `--only-changed` table fits 160 (docs/architecture.md has the sums; the
+    full table is comparison.csv). Controlled mode (else the first mode), first device:
+    acc.seq, acc.par: test accuracy (a fraction, 4 decimals), per seed the mean over the frameworks
+    that finished it (equal by construction in controlled mode), then the mean over seeds;
+    acc.hw: the wider of their 95 % t half-widths (two seeds or more);
+    sps.np, sps.pt, sps.tf, sps.ks: samples/s of numpy, torch, tensorflow, keras, the mean over
+    both strategies, 3 significant digits."""
     mode, device = ("controlled" if "controlled" in p.modes else p.modes[0]), p.devices[0]
-    out: dict[str, dict[str, float]] = {}
+    acc: dict[str, float] = {}
+    half_widths = []
     for s in p.strategies:
         runs = [finished(groups[(f, s, device, mode)]) for f in p.frameworks]
         per_seed = [[r["test_accuracy"] for rs in runs for r in rs if r["seed"] == i] for i in range(p.seeds)]
-        acc = [float(np.mean(a)) for a in per_seed if a]
-        if acc:
-            interval = mean_interval(acc, name=f"test accuracy of {s}")
-            out.setdefault("acc", {})[SHORT.get(s, s)] = _sig(interval.mean)
+        if means := [float(np.mean(a)) for a in per_seed if a]:
+            interval = mean_interval(means, name=f"test accuracy of {s}")
+            acc[SHORT.get(s, s)] = round(interval.mean, 4)
             if interval.n > 1:
-                out.setdefault("acc_hw", {})[SHORT.get(s, s)] = _sig(interval.half_width)
+                half_widths.append(interval.half_width)
+    if acc and half_widths:
+        acc["hw"] = round(max(half_widths), 4)
+    sps: dict[str, float] = {}
     for f in p.frameworks:
         here = [r["samples_per_second"] for r in rows if (r["framework"], r["device"], r["mode"]) == (f, device, mode)]
-        if sps := [i.mean for i in here if i is not None]:
-            out.setdefault("sps", {})[f] = _sig(float(np.mean(sps)))
-    return out
+        if means := [i.mean for i in here if i is not None]:
+            sps[SHORT.get(f, f)] = _sig(float(np.mean(means)), 3)
+    return {key: group for key, group in (("acc", acc), ("sps", sps)) if group}
 
 
 REPORT = """\
