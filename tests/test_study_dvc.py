@@ -138,3 +138,31 @@ def test_study_stage_cmd_matches_the_contract():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(params["study"]) == {"frameworks", "strategies", "devices", "modes", "seeds", "threads"}
     assert set(params["train"]) == {"epochs", "batch_size"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_an_experiments_exp_show_fits_160_columns(tmp_path):
+    """The default grid (all four frameworks; tiny data and 2 seeds to keep it short) as
+    `make run` runs it, committed as a team would, then `dvc exp run -S train.epochs=3`:
+    `dvc exp show --only-changed` fits 160 columns, summary.json's numbers included."""
+    repo = copy_repo(tmp_path / "repo")
+    shrink_study(repo)
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["study"]["frameworks"] = ["numpy", "torch", "tensorflow", "keras"]
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "COLUMNS": "400"}  # no wrapping
+    repro = run_in(repo, [sys.executable, "-m", "backprop_bench.repro", "--jobs", "2"], env, timeout=900)
+    assert repro.returncode == 0, repro.stdout[-5000:] + repro.stderr[-5000:]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=repo, check=True)
+    exp = dvc(["exp", "run", "-S", "train.epochs=3"], repo, env["MLFLOW_TRACKING_URI"])
+    assert exp.returncode == 0, exp.stdout[-5000:] + exp.stderr[-5000:]
+    show = run_dvc(["exp", "show", "--only-changed", "--no-pager"], repo, env)
+    assert show.returncode == 0, show.stderr
+    lines = show.stdout.rstrip("\n").splitlines()
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert {"acc.seq", "acc.par", "acc.hw", "train.epochs", "runs"} <= set(header), header
+    assert max(len(line) for line in lines) <= 160, show.stdout
