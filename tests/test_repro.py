@@ -68,3 +68,30 @@ def test_bad_arguments_name_the_option(tmp_path, capsys):
     bad.write_text("study:\n  frameworks: [jax]\n")
     assert main(["--params", str(bad)]) == 2
     assert f"repro: {bad}: study.frameworks='jax' is not one of" in capsys.readouterr().err
+
+
+def test_a_stop_signal_reaches_the_running_commands_process_group_and_starts_nothing(monkeypatch):
+    """forward() Ctrl-Cs each running command's whole process group (dvc and its stage: here a
+    shell and the sleep it runs) and later commands never start."""
+    import signal
+    import threading
+    import time
+
+    from backprop_bench import repro
+
+    monkeypatch.setattr(repro, "_stopped", [])
+    script = "trap 'echo got-int; exit 7' INT; sleep 60; echo not-interrupted"
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(repro.run("x", ["sh", "-c", script], capture=True)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not repro._live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the shell has set its trap
+    repro.forward(signal.SIGTERM)
+    thread.join(30)
+    assert not thread.is_alive()
+    (done,) = result
+    assert (done.returncode, done.output.strip()) == (7, "got-int") and done.seconds < 30
+    later = repro.run("y", ["true"], capture=False)
+    assert (later.returncode, later.output) == (128 + signal.SIGTERM, "not started: stopped by a signal")

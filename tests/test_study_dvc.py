@@ -166,3 +166,66 @@ def test_an_experiments_exp_show_fits_160_columns(tmp_path):
     header = next(line for line in lines if "Experiment" in line).split()
     assert {"acc.seq", "acc.par", "acc.hw", "train.epochs", "runs"} <= set(header), header
     assert max(len(line) for line in lines) <= 160, show.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stopped_make_run_leaves_no_mlflow_run_running(tmp_path):
+    """SIGTERM to `python -m backprop_bench.repro` (make run) while study stages train: it passes
+    a Ctrl-C to each running dvc and its stage, whose runs end KILLED; nothing is left RUNNING."""
+    import os
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    repo = copy_repo(tmp_path / "repo")
+    shrink_study(repo)
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["train"]["epochs"] = 400  # long enough to be caught mid-run
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.update(PYTHONPATH=str(repo / "src"), MLFLOW_TRACKING_URI=uri)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backprop_bench.repro", "--jobs", "2"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline, running = time.monotonic() + 240, []
+        while not running and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            running = running_runs(tmp_path / "mlflow.db")
+        assert running, "no run was seen RUNNING"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "repro: stopped by signal 15; compare not run" in out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id], max_results=1000)
+    statuses = {r.info.run_name: r.info.status for r in runs}
+    assert "RUNNING" not in statuses.values(), statuses
+    assert statuses[running[0]] == "KILLED"
+
+
+def running_runs(db: Path) -> list[str]:
+    """Names of the RUNNING runs (not the stages' parents), read with sqlite3 alone: an
+    MlflowClient here could race the stage that is creating the schema."""
+    import sqlite3
+
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute("SELECT name FROM runs WHERE status = 'RUNNING'").fetchall()
+    except sqlite3.OperationalError:  # no runs table yet, or locked
+        return []
+    return [name for (name,) in rows if not name.startswith("study-")]

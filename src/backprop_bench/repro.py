@@ -14,14 +14,19 @@ and the stability map only read data/processed/, so this runs:
 
 Two stages at a time measure what one alone would because each study stage keeps its framework
 on study.threads CPU threads (1 by default, params.yaml): two stages on two cores do not share
-one. Prints each stage's output as it ends, its wall time, and where the total went.
+one. Prints each stage's output as it ends, its wall time, and where the total went. Ctrl-C or
+SIGTERM is passed on to the running stages (their MLflow runs end KILLED) and starts nothing more.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,14 +64,43 @@ class Done:
     output: str
 
 
+# The dvc commands running now. Each runs in its own process group (dvc and its stage's process),
+# so a stop signal reaches both through forward(), and a terminal's Ctrl-C does not reach them twice.
+_live: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+_stopped: list[int] = []  # the stop signal received, if any: no further command starts
+
+
+def forward(signum: int, frame: object = None) -> None:
+    """Signal handler for SIGINT and SIGTERM: Ctrl-C every running dvc command's process group
+    (dvc waits for its stage, which ends its MLflow runs KILLED, then releases its locks; a
+    SIGTERM would kill dvc at once) and start nothing more."""
+    _stopped.append(signum)
+    with _lock:
+        groups = [proc.pid for proc in _live]
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGINT)
+
+
 def run(name: str, cmd: Sequence[str], capture: bool) -> Done:
-    """Run cmd; with capture, its output is kept for printing in one piece (stages side by side)."""
+    """Run cmd; with capture, its output is kept for printing in one piece (stages side by side).
+    After a stop signal nothing starts: the result is 128 + the signal, as a shell reports it."""
     start = time.perf_counter()
-    if capture:
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        return Done(name, out.returncode, time.perf_counter() - start, out.stdout)
-    returncode = subprocess.run(cmd).returncode
-    return Done(name, returncode, time.perf_counter() - start, "")
+    pipe = subprocess.PIPE if capture else None
+    with _lock:
+        if _stopped:
+            return Done(name, 128 + _stopped[0], 0.0, "not started: stopped by a signal")
+        proc = subprocess.Popen(
+            cmd, stdout=pipe, stderr=subprocess.STDOUT if capture else None, text=True, start_new_session=True
+        )
+        _live.add(proc)
+    try:
+        out, _ = proc.communicate()
+    finally:
+        with _lock:
+            _live.discard(proc)
+    return Done(name, proc.returncode, time.perf_counter() - start, out or "")
 
 
 def run_side_by_side(stages: Sequence[str], jobs: int) -> list[Done]:
@@ -110,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repro: {err}", file=sys.stderr)
         return 2
     jobs = args.jobs or usable_cpus()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
     phases: list[tuple[str, float]] = []
     data = run("data", dvc("repro", DATA_STAGE), capture=False)
     phases.append(("data", data.seconds))
@@ -119,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     done = run_side_by_side(stages, jobs)
     phases.append(("side by side", time.perf_counter() - start))
+    if _stopped:
+        print(f"repro: stopped by signal {_stopped[0]}; compare not run", file=sys.stderr)
+        return 128 + _stopped[0]
     if failed := [d.name for d in done if d.returncode]:
         print(f"repro: {', '.join(failed)} failed (output above); compare not run", file=sys.stderr)
         return 1
