@@ -143,14 +143,15 @@ def test_study_stage_cmd_matches_the_contract():
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_an_experiments_exp_show_fits_160_columns(tmp_path):
-    """The default grid (all four frameworks; tiny data and 2 seeds to keep it short) as
+    """The study's four frameworks (tiny data, 2 seeds, controlled mode: to keep it short) as
     `make run` runs it, committed as a team would, then `dvc exp run -S train.epochs=3`:
     `dvc exp show --only-changed` fits 160 columns, summary.json's numbers included."""
     repo = copy_repo(tmp_path / "repo")
     shrink_study(repo)
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    params["study"]["frameworks"] = ["numpy", "torch", "tensorflow", "keras"]
+    # every framework (summary.json's columns); controlled mode only, which summary.json reads
+    params["study"].update(frameworks=["numpy", "torch", "tensorflow", "keras"], modes=["controlled"])
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "COLUMNS": "400"}  # no wrapping
     repro = run_in(repo, [sys.executable, "-m", "backprop_bench.repro", "--jobs", "2"], env, timeout=900)
@@ -184,6 +185,7 @@ def test_a_stopped_make_run_leaves_no_mlflow_run_running(tmp_path):
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["train"]["epochs"] = 400  # long enough to be caught mid-run
+    params["study"].update(frameworks=["numpy"], modes=["controlled"])
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
