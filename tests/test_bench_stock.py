@@ -91,3 +91,17 @@ def test_importing_the_module_imports_no_framework():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_bench_clock_times_a_stock_model():
+    """timed_epoch (the trainer's and the bench's clock) passes masks=None: the stock models take it."""
+    from backprop_bench.backends.base import timed_epoch
+
+    init = init_params(SPEC, InitSpec(seed=1), "float32")
+    model = make_stock("torch", SPEC, init, LR)
+    rng = np.random.default_rng(0)
+    model.load(rng.random((40, SPEC.sizes[0]), dtype=np.float32), rng.integers(0, SPEC.sizes[-1], 40))
+    loss, seconds = timed_epoch(model, np.arange(40), 16)
+    assert np.isfinite(loss) and seconds > 0
+    with pytest.raises(ValueError, match="masks must be None"):
+        model.train_epoch(np.arange(40), 16, [np.ones((40, 4))])

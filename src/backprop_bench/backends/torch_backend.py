@@ -198,10 +198,9 @@ class TorchBackend(Backend):
         with torch.no_grad():
             acts, hs = self._forward(x, masks)  # the step's single forward pass, no graph kept
             penalty = self._penalty() if r.has_penalty else 0.0  # at the pre-step weights
-        with torch.enable_grad():  # autograd on the local head: z_L -> output -> loss
-            z_out = acts[-1].requires_grad_()
-            _, loss = output_and_loss(self.spec, z_out, t)
-            (d,) = torch.autograd.grad(loss, z_out)  # dL/dz_L (n, K)
+        # dL/dz_L (n, K) and the loss, by autograd on the local head z_L -> output -> loss
+        # (torch.func, not z.requires_grad_(): torch.compile of torch 2.11 refuses that call)
+        d, loss = torch.func.grad_and_value(lambda z: output_and_loss(self.spec, z, t)[1])(acts[-1])
         self.optimizer.begin_step()
         with torch.no_grad():
             for l in range(len(self.W) - 1, -1, -1):

@@ -21,6 +21,12 @@ from backprop_bench.model import MLPSpec, Params
 STOCK_FRAMEWORKS = ("torch", "tensorflow", "keras")
 
 
+def check_no_masks(masks: object) -> None:
+    """The stock idioms have no dropout: the trainer's clock (timed_epoch) passes masks=None."""
+    if masks is not None:
+        raise ValueError("the stock models train without dropout: masks must be None")
+
+
 def check_stock_spec(spec: MLPSpec) -> None:
     """The stock models are written for one kind of MLP; anything else is a clear error."""
     kind = (spec.hidden_activation, spec.output_activation, spec.loss, spec.train_biases)
@@ -77,7 +83,8 @@ class StockTorch:
         self._opt_step()
         return loss.detach()
 
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
+    def train_epoch(self, order: np.ndarray, batch_size: int, masks: None = None) -> float:
+        check_no_masks(masks)
         order = check_batch(order, None if self._x is None else len(self._x), batch_size)
         idx_all = self.torch.as_tensor(order).to(self.device)
         total = self.torch.zeros((), dtype=self.torch.float64, device=self.device)
@@ -160,7 +167,8 @@ class StockTensorflow(_TfData):
             v.assign_sub(self.lr * g)
         return loss
 
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
+    def train_epoch(self, order: np.ndarray, batch_size: int, masks: None = None) -> float:
+        check_no_masks(masks)
         order = check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
         tf = self.tf
         with tf.device(self._tf_device):
@@ -225,7 +233,8 @@ class StockKeras(_TfData):
         self.compile, self.steps_per_execution = compile, steps_per_execution
         self._x = self._y = None
 
-    def train_epoch(self, order: np.ndarray, batch_size: int) -> float:
+    def train_epoch(self, order: np.ndarray, batch_size: int, masks: None = None) -> float:
+        check_no_masks(masks)
         order = check_batch(order, None if self._x is None else int(self._x.shape[0]), batch_size)
         with self.tf.device(self._tf_device):
             x, y = self.tf.gather(self._x, order), self.tf.gather(self._y, order)
