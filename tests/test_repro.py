@@ -80,16 +80,22 @@ def test_a_stop_signal_reaches_the_running_commands_process_group_and_starts_not
     from backprop_bench import repro
 
     monkeypatch.setattr(repro, "_stopped", [])
+    # As main() does. It also matters here: a child inherits an ignored SIGINT (pytest started
+    # as a background job has one), while a handled one is reset to the default in the child.
+    previous = signal.signal(signal.SIGINT, repro.forward)
     script = "trap 'echo got-int; exit 7' INT; sleep 60; echo not-interrupted"
     result: list = []
     thread = threading.Thread(target=lambda: result.append(repro.run("x", ["sh", "-c", script], capture=True)))
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not repro._live and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # the shell has set its trap
-    repro.forward(signal.SIGTERM)
-    thread.join(30)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not repro._live and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the shell has set its trap
+        repro.forward(signal.SIGTERM)
+        thread.join(30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not thread.is_alive()
     (done,) = result
     assert (done.returncode, done.output.strip()) == (7, "got-int") and done.seconds < 30
