@@ -67,7 +67,7 @@ class Done:
 # The dvc commands running now. Each runs in its own process group (dvc and its stage's process),
 # so a stop signal reaches both through forward(), and a terminal's Ctrl-C does not reach them twice.
 _live: set[subprocess.Popen] = set()
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: forward() may interrupt the main thread inside run()'s hold
 _stopped: list[int] = []  # the stop signal received, if any: no further command starts
 
 
