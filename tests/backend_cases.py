@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from backprop_bench.backends import FRAMEWORKS, backend_class
-from backprop_bench.model import (  # noqa: F401 (OPTIMIZERS, STRATEGIES: re-exported)
+from backprop_bench.core.specs import (  # noqa: F401 (OPTIMIZERS, STRATEGIES: re-exported)
     OPTIMIZERS,
     STRATEGIES,
     InitSpec,
@@ -73,6 +73,15 @@ def train(backend, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, seed: 
         if backend.step_losses is not None:
             steps.append(np.asarray(backend.step_losses, dtype=np.float64))
     return np.array(epoch_losses), (np.concatenate(steps) if steps else None)
+
+
+def fit(backend, data, epochs: int = 2, batch: int = 4) -> list[float]:
+    """Load data (x, y; conftest's `data` fixture) and train: the epoch mean losses, as a list so that
+    two runs compare bit for bit with ==. Permutations from default_rng(3), one per epoch."""
+    x, y = data
+    backend.load(x, y)
+    rng = np.random.default_rng(3)
+    return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
 
 
 def rel_err(a, b) -> float:

@@ -39,9 +39,23 @@ def make_tiny_npz(path: Path, n_train: int = 64, n_val: int = 16, n_test: int = 
     return path
 
 
+def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One raw split as the data stages read and write it: x (n, 784) uint8 pixels 0-255, y (n,) labels 0-9."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 784)).astype(np.uint8), np.arange(n) % 10
+
+
 @pytest.fixture
 def tiny_npz(tmp_path) -> Path:
     return make_tiny_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """The backend tests' tiny set, for their 6-5-4-3 models (backend_cases.fit trains on it):
+    x (10, 6) standard normal, y (10,) labels 0-2. Ten rows: batch 4 ends on a short batch."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +83,7 @@ def compose(*overrides: str, hydra_node: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from backprop_bench.config import register_configs
-    from backprop_bench.train import CONF_DIR
+    from backprop_bench.training.config import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -110,12 +123,13 @@ def run_app(module: str, *args: str, cwd: Path, env_extra: dict | None = None, t
 
 
 def run_in_process(cfg, root: Path, sweep: dict | None = None) -> dict:
-    """What the Hydra entry point does, minus Hydra: validate, then train.run()."""
+    """What the Hydra entry point does, minus Hydra: validate, listen, run; metrics.json's dict."""
     from omegaconf import OmegaConf
 
-    from backprop_bench.config import to_components
-    from backprop_bench.train import run
+    from backprop_bench.tracking.listener import for_run
+    from backprop_bench.training.config import to_components
+    from backprop_bench.training.run import run
 
     c = to_components(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run(c, project_root=root, out_dir=Path(c.out_dir), resolved=resolved, sweep=sweep or {})
+    listener = for_run(c, root, OmegaConf.to_container(cfg, resolve=True), sweep or {})
+    return run(c, Path(c.out_dir), root, listener).to_dict()

@@ -9,9 +9,9 @@ import os
 
 import numpy as np
 import pytest
-from backend_cases import BACKENDS, make_backend
+from backend_cases import BACKENDS, fit, make_backend
 
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
 
@@ -20,19 +20,6 @@ def make(framework: str, **kwargs):
     params = init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), "float64")
     kwargs.setdefault("record_steps", False)
     return make_backend(framework, SPEC, params, OptimizerSpec("adam", lr=0.01), **kwargs)
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
-
-
-def fit(backend, data, epochs=2, batch=4):
-    x, y = data
-    backend.load(x, y)
-    rng = np.random.default_rng(3)
-    return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
 
 
 @pytest.mark.parametrize("framework", BACKENDS)
@@ -92,7 +79,7 @@ THREADS_CODE = """
 import json, sys
 from threadpoolctl import threadpool_info
 from backprop_bench.backends import limit_threads, make_backend
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 limit_threads({n})
 spec = MLPSpec((4, 3, 2))
 infos = {{}}

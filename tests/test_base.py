@@ -17,7 +17,7 @@ from backprop_bench.backends.base import (
     timed_epoch,
     usable_cpus,
 )
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 3))
 INIT = init_params(SPEC, InitSpec())

@@ -71,7 +71,7 @@ def test_data_dir_overrides_the_catalog_folder(tmp_path):
 def test_fashion_mnist_required_but_missing_says_where(tmp_path):
     with pytest.raises(SystemExit, match="train-images-idx3-ubyte.gz"):
         cells.load_train_set("fashion-mnist", 100, 0, params=_params(tmp_path, str(tmp_path)))
-    with pytest.raises(SystemExit, match="local_dir is not set"):
+    with pytest.raises(SystemExit, match="local_dir=None: must be set"):
         cells.load_train_set("fashion-mnist", 100, 0, params=_params(tmp_path, None))
     with pytest.raises(SystemExit, match="params file not found"):
         cells.load_train_set("fashion-mnist", 100, 0, params=tmp_path / "none.yaml")

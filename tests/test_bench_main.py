@@ -16,7 +16,7 @@ import pytest
 from backprop_bench.bench import __main__ as bench
 from backprop_bench.bench import cells
 from backprop_bench.bench.cells import SIZES
-from backprop_bench.model import MLPSpec
+from backprop_bench.core.specs import MLPSpec
 
 # Tiny: 512 synthetic rows, one timed round, a 64^2 "peak". --keep-blas-env: tests never
 # touch the OpenBLAS variables (nor re-exec the test process).

@@ -10,7 +10,7 @@ import pytest
 
 from backprop_bench.bench import peak
 from backprop_bench.bench.cells import SIZES
-from backprop_bench.model import MLPSpec
+from backprop_bench.core.specs import MLPSpec
 
 
 def test_peak_shapes_are_one_step_of_needed_work():

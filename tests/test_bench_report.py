@@ -9,7 +9,7 @@ import pytest
 
 from backprop_bench.bench import report
 from backprop_bench.bench.cells import SIZES, Cell
-from backprop_bench.model import MLPSpec
+from backprop_bench.core.specs import MLPSpec
 
 SPEC = MLPSpec(SIZES)
 

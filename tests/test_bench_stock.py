@@ -15,7 +15,7 @@ import pytest
 
 from backprop_bench.backends import make_backend
 from backprop_bench.bench.stock import make_stock
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((784, 32, 16, 10))
 LR = 0.05

@@ -9,7 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from backprop_bench.callbacks import (
+from backprop_bench.core.dataset import Dataset
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Regularization
+from backprop_bench.training.callbacks import (
     EarlyStopping,
     EarlyStoppingSpec,
     PlateauSpec,
@@ -17,10 +19,8 @@ from backprop_bench.callbacks import (
     Training,
     check_monitors,
 )
-from backprop_bench.dataset import Dataset
-from backprop_bench.model import MLPSpec, OptimizerSpec, Regularization
-from backprop_bench.schedules import ScheduleSpec
-from backprop_bench.train import fit
+from backprop_bench.training.loop import fit
+from backprop_bench.training.schedules import ScheduleSpec
 
 
 def walk_plateau(spec: PlateauSpec, values: list[float], base: float = 1.0) -> tuple[list[float], list[int]]:

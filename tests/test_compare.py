@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backprop_bench import compare, stats
-from backprop_bench.io import write_npy
-from backprop_bench.metrics import CellMetrics, EpochStats, write_history, write_metrics
-from backprop_bench.study import read_study_params
+from backprop_bench import compare
+from backprop_bench.core.files import write_npy
+from backprop_bench.report import stats
+from backprop_bench.results.grid import read_study_params
+from backprop_bench.results.metrics import CellMetrics, EpochStats, write_history, write_metrics
 
 N_TEST, SEEDS = 12, 3
 FRAMEWORKS, STRATEGIES, MODES = ("numpy", "torch"), ("sequential", "parallel"), ("controlled", "native")

@@ -6,8 +6,7 @@ import pytest
 from conftest import compose
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from backprop_bench.config import to_components
-from backprop_bench.train import CONF_DIR
+from backprop_bench.training.config import CONF_DIR, to_components
 
 GROUPS = ("data", "model", "framework", "strategy", "device", "optimizer", "train", "tracking", "experiment")
 
@@ -27,7 +26,7 @@ def test_every_option_composes_and_validates(group, option):
     c = to_components(cfg)
     if group in ("framework", "strategy", "device"):
         assert getattr(cfg, group).name == option
-        assert c.cell.split("-")[("framework", "strategy", "device").index(group)] == option
+        assert c.key.cell.split("-")[("framework", "strategy", "device").index(group)] == option
     if group == "data":
         assert c.data.name == option
 
@@ -38,7 +37,7 @@ def test_defaults_are_the_study_model():
     assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum) == ("momentum", 0.01, 0.9)
     assert c.train.batch_size == 64 and c.train.dtype == "float32"
     assert c.init.seed == c.train.seed  # the weights follow train.seed by default
-    assert c.cell == "numpy-parallel-cpu"
+    assert c.key.cell == "numpy-parallel-cpu"
 
 
 def test_init_seed_follows_train_seed():
@@ -144,7 +143,7 @@ def test_launcher_configs_compose():
     assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == 2
     assert compose("hydra/launcher=joblib_local", "hydra.launcher.n_jobs=4", hydra_node=True).hydra.launcher.n_jobs == 4
     callbacks = compose(hydra_node=True).hydra.callbacks
-    assert callbacks.mlflow_sweep._target_ == "backprop_bench.tracking.SweepCallback"
+    assert callbacks.mlflow_sweep._target_ == "backprop_bench.tracking.sweep.SweepCallback"
     # The SLURM preset extends the submitit plugin's node (the cluster extra), which types its fields.
     slurm = compose("hydra/launcher=slurm", hydra_node=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min >= 5

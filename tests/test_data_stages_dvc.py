@@ -51,5 +51,5 @@ def test_dvc_repro_data_stages_in_a_copy_of_the_repo(tmp_path):
     (repo / "params.yaml").write_text(params.replace("\n  subset: null", "\n  subset: 99999", 1))
     failed = dvc(["repro", "preprocess"], repo)
     assert failed.returncode != 0
-    assert "preprocess: error: data.subset=99999: expected null or an integer 1..4000" in failed.stdout + failed.stderr
+    assert "data.subset=99999: must be null or an integer 1..4000" in failed.stdout + failed.stderr
     assert {p: (repo / p).read_bytes() for p in outputs} == before

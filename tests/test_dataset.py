@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import make_tiny_npz
 
-from backprop_bench.dataset import load_dataset
-from backprop_bench.io import sha256_file
+from backprop_bench.core.dataset import load_dataset
+from backprop_bench.core.files import sha256_file
 
 
 def test_the_processed_npz_loads_with_its_sha256(tiny_npz):

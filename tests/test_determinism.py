@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from backend_cases import BACKENDS, STRATEGIES, make_backend, mnist_like, train
 
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 
 def run(framework: str, strategy: str, seed: int):

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import make_split
 
+from backprop_bench.core.checks import ParamsError
 from backprop_bench.data import download, formats
 from backprop_bench.data.download import DownloadError
-from backprop_bench.data.formats import N_PIXELS, ConfigError
+from backprop_bench.data.formats import N_PIXELS
 
 
 def sha(data: bytes) -> str:
@@ -185,11 +187,6 @@ def test_unreachable_mirror_is_reported(sleeps, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- sources
 
 
-def make_split(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, N_PIXELS)).astype(np.uint8), np.arange(n) % 10
-
-
 def idx_catalog(server, tmp_path, train, test) -> dict:
     """Serve an IDX quartet from /mnist/ and return its catalog entry (names + sha256)."""
     files = {}
@@ -296,13 +293,16 @@ def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
 @pytest.mark.parametrize(
     "params, pattern",
     [
-        ({"source": "ftp"}, r"data.source='ftp': expected one of embedded, url, file"),
-        ({"source": "embedded", "dataset": "fashion_mnist"}, r"data.source=embedded holds MNIST digits only"),
+        ({"source": "ftp"}, r"data.source='ftp': must be one of embedded, url, file"),
+        (
+            {"source": "embedded", "dataset": "fashion_mnist"},
+            r"data.dataset='fashion_mnist': must be mnist with data.source=embedded \(it holds MNIST digits only",
+        ),
         (
             {"source": "embedded", "embedded": {"test_size": 5000}},
-            r"data.embedded.test_size=5000: expected 0 < test_size < 5000",
+            r"data.embedded.test_size=5000: must be in 1..4999 \(the embedded set has 5000 rows\)",
         ),
-        ({"source": "embedded", "embedded": {"seed": "zero"}}, r"data.embedded.seed='zero': expected an integer >= 0"),
+        ({"source": "embedded", "embedded": {"seed": "zero"}}, r"data.embedded.seed='zero': must be an integer >= 0"),
         (
             {
                 "source": "url",
@@ -316,39 +316,39 @@ def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
                     }
                 },
             },
-            r"data.url.attempts=0: expected an integer >= 1",
+            r"data.url.attempts=0: must be an integer >= 1",
         ),
         (
             {"source": "url", "catalog": {"mnist": {"url": {"format": "zip"}}}},
-            r"data.catalog.mnist.url.format='zip': expected csv or idx",
+            r"data.catalog.mnist.url.format='zip': must be one of csv, idx",
         ),
         (
             {"source": "url", "dataset": "kmnist", "catalog": {"mnist": {}}},
-            r"data.dataset='kmnist': no data.catalog.kmnist in params; available: mnist",
+            r"data.dataset='kmnist': must be one of data.catalog's entries: mnist",
         ),
         (
             {"source": "url", "catalog": {"mnist": {"url": {"format": "idx", "files": {}}}}},
-            r"data.catalog.mnist.url.files: needs name and sha256 for "
+            r"data.catalog.mnist.url.files={}: needs a name and a sha256 for "
             r"train_images, train_labels, test_images, test_labels",
         ),
         (
             {"source": "file", "catalog": {"mnist": {}}, "file": {"format": "csv"}},
-            r"needs data.file.train_csv and data.file.test_csv",
+            r"data.file.train_csv=None: must name a CSV file \(data.source=file, format csv\)",
         ),
         (
             {"source": "file", "catalog": {"mnist": {}}, "file": {"format": "tsv"}},
-            r"data.file.format='tsv': expected csv or idx",
+            r"data.file.format='tsv': must be one of csv, idx",
         ),
         (
             {"source": "file", "catalog": {"mnist": {"local_dir": None}}, "file": {"format": "idx"}},
-            r"set data.file.dir \(no data.catalog.mnist.local_dir\)",
+            r"data.file.dir=None: must name the folder .* data.catalog.mnist.local_dir is not set either",
         ),
-        ({"source": "url", "catalog": {"mnist": "oops"}}, r"data.catalog.mnist: expected a mapping, got 'oops'"),
-        ({"source": "url", "url": {"timeout_s": 0}}, r"data.url.timeout_s=0: expected a number >= 0.001"),
+        ({"source": "url", "catalog": {"mnist": "oops"}}, r"data.catalog.mnist='oops': must be a mapping"),
+        ({"source": "url", "url": {"timeout_s": 0}}, r"data.url.timeout_s=0: must be a number >= 0.001"),
     ],
 )
 def test_config_errors_name_the_option(params, pattern, tmp_path):
-    with pytest.raises(ConfigError, match=pattern):
+    with pytest.raises(ParamsError, match=pattern):
         load(params, tmp_path)
 
 

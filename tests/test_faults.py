@@ -23,9 +23,10 @@ import pytest
 import yaml
 from conftest import run_in_process
 
-from backprop_bench import io, train
+from backprop_bench.core import files as io
 from backprop_bench.data import download, formats, preprocess
 from backprop_bench.data.formats import N_PIXELS
+from backprop_bench.training import run as train
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -127,23 +128,23 @@ def artifact_named(name: str):
 # Each step of the write-out, by the name train.py calls it through:
 # "module:attribute" (or "module:Class.method") to patch -> how to wrap the real one.
 WRITE_STEPS = {
-    "metrics.json write": ("backprop_bench.train:write_metrics", fail_on("metrics.json")),
-    "history.csv write": ("backprop_bench.train:write_history", fail_on("history.csv")),
-    "weights.npz write": ("backprop_bench.train:save_weights", fail_on("weights.npz")),
-    "predictions.npy write": ("backprop_bench.train:write_npy", fail_on("predictions.npy")),
-    "curves plot": ("backprop_bench.plots:plot_curves", fail_on("plot_curves")),
-    "confusion plot": ("backprop_bench.plots:plot_confusion", fail_on("plot_confusion")),
+    "metrics.json write": ("backprop_bench.training.run:write_metrics", fail_on("metrics.json")),
+    "history.csv write": ("backprop_bench.training.run:write_history", fail_on("history.csv")),
+    "weights.npz write": ("backprop_bench.training.run:save_weights", fail_on("weights.npz")),
+    "predictions.npy write": ("backprop_bench.training.run:write_npy", fail_on("predictions.npy")),
+    "curves plot": ("backprop_bench.report.plots:plot_curves", fail_on("plot_curves")),
+    "confusion plot": ("backprop_bench.report.plots:plot_confusion", fail_on("plot_confusion")),
     # _log_artifacts logs config.yaml and the plots first, the four staged files last
     "first MLflow artifact": (
-        "backprop_bench.tracking:MlflowRun.log_artifact",
+        "backprop_bench.tracking.run:MlflowRun.log_artifact",
         fail_on("log_artifact config.yaml", artifact_named("config.yaml")),
     ),
     "last MLflow artifact": (
-        "backprop_bench.tracking:MlflowRun.log_artifact",
+        "backprop_bench.tracking.run:MlflowRun.log_artifact",
         fail_on("log_artifact predictions.npy", artifact_named("predictions.npy")),
     ),
     # the UI's Dataset, Source and Models columns, logged from the staging folder too
-    "MLflow standard columns": ("backprop_bench.mlflow_logging:log_standard_columns", fail_on("standard columns")),
+    "MLflow standard columns": ("backprop_bench.tracking.columns:log_standard_columns", fail_on("standard columns")),
 }
 
 

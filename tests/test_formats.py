@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from backprop_bench.core.checks import ParamsError
 from backprop_bench.data import formats
 from backprop_bench.data.formats import CANONICAL_HEADER, N_PIXELS, DataError
 
@@ -377,9 +378,9 @@ def test_read_data_params(tmp_path):
     good = tmp_path / "params.yaml"
     good.write_text("data:\n  source: embedded\n  seed: 3\ntrain:\n  epochs: 2\n")
     assert formats.read_data_params(good) == {"source": "embedded", "seed": 3}
-    with pytest.raises(formats.ConfigError, match=r"missing.yaml: params file not found"):
+    with pytest.raises(ParamsError, match=r"missing.yaml: params file not found"):
         formats.read_data_params(tmp_path / "missing.yaml")
     nodata = tmp_path / "nodata.yaml"
     nodata.write_text("train:\n  epochs: 2\n")
-    with pytest.raises(formats.ConfigError, match=r"nodata.yaml: expected a top-level 'data:' section"):
+    with pytest.raises(ParamsError, match=r"nodata.yaml: data=None: must be a top-level 'data:' section"):
         formats.read_data_params(nodata)

@@ -13,7 +13,7 @@ import pytest
 
 from backprop_bench.backends.numpy_backend import NumpyBackend
 from backprop_bench.backends.numpy_fast import NumpyFastBackend
-from backprop_bench.model import (
+from backprop_bench.core.specs import (
     HIDDEN_ACTIVATIONS,
     NO_REGULARIZATION,
     InitSpec,

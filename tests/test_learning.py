@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from backend_cases import BACKENDS, STRATEGIES, make_backend
 
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 TARGET_ACCURACY, MAX_EPOCHS, SEED = 0.90, 10, 4
 
@@ -79,9 +79,9 @@ def preset_test_accuracy(framework: str, preset: str, digits) -> tuple[float, in
     from conftest import compose
 
     from backprop_bench.backends import backend_class
-    from backprop_bench.config import to_components
-    from backprop_bench.dataset import Dataset
-    from backprop_bench.train import fit
+    from backprop_bench.core.dataset import Dataset
+    from backprop_bench.training.config import to_components
+    from backprop_bench.training.loop import fit
 
     c = to_components(compose(f"experiment={preset}", f"framework={framework}"))
     x_train, y_train, x_test, y_test = digits

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backprop_bench.metrics import (
+from backprop_bench.results.metrics import (
     FINISHED,
     FINISHED_KEYS,
     HISTORY_COLUMNS,

@@ -16,7 +16,7 @@ import pytest
 
 from backprop_bench.backends import FRAMEWORKS, backend_class
 from backprop_bench.backends.base import Backend
-from backprop_bench.model import MLPSpec
+from backprop_bench.core.specs import MLPSpec
 
 SPEC = MLPSpec((784, 128, 10))  # one 784x128 layer: 100352 draws pin the distribution down
 SMALL = MLPSpec((6, 5, 4, 3))
@@ -214,7 +214,7 @@ def test_numpy_native_hooks_never_import_a_framework():
     code = """
 import sys
 from backprop_bench.backends import backend_class
-from backprop_bench.model import MLPSpec
+from backprop_bench.core.specs import MLPSpec
 for compile in (False, True):
     cls = backend_class("numpy", compile)
     cls.native_init(MLPSpec((4, 3, 2)), 0, "float32")

@@ -12,7 +12,7 @@ import pytest
 from backprop_bench.backends import DeviceUnavailable, numpy_backend
 from backprop_bench.backends.numpy_backend import NumpyBackend
 from backprop_bench.backends.numpy_fast import NumpyFastBackend
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 4, 3), "relu", "softmax", "cross_entropy")
 
@@ -119,7 +119,7 @@ def test_numpy_run_never_imports_a_framework():
 import sys
 import numpy as np
 from backprop_bench.backends import make_backend
-from backprop_bench.model import MLPSpec, InitSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import MLPSpec, InitSpec, OptimizerSpec, init_params
 spec = MLPSpec((4, 3, 2))
 b = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), device="auto")
 b2 = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), compile=True)

@@ -13,7 +13,7 @@ import pytest
 from backprop_bench.backends import backend_class, make_backend
 from backprop_bench.backends.numpy_backend import NumpyBackend
 from backprop_bench.backends.numpy_fast import NumpyFastBackend
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 HEADS = [("softmax", "cross_entropy"), ("softmax", "mse"), ("sigmoid", "half_sse"), ("identity", "mse")]
 

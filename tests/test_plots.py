@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from backprop_bench import plots
-from backprop_bench.metrics import EpochStats
-from backprop_bench.stats import Interval
+from backprop_bench.report import plots
+from backprop_bench.report.stats import Interval
+from backprop_bench.results.metrics import EpochStats
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -61,7 +61,7 @@ def test_a_plot_that_fails_while_saving_leaves_the_old_file(tmp_path, monkeypatc
 def test_importing_plots_does_not_import_matplotlib():
     import subprocess
 
-    code = "import sys, backprop_bench.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, backprop_bench.report.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

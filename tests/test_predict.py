@@ -39,8 +39,8 @@ def test_predict_from_an_mlflow_run_id(small_cfg, tracking_uri, tmp_path, test_c
 
 
 def test_predict_rejects_weights_of_another_shape(tmp_path):
-    from backprop_bench.model import InitSpec, MLPSpec, init_params
-    from backprop_bench.weights import save_weights
+    from backprop_bench.core.specs import InitSpec, MLPSpec, init_params
+    from backprop_bench.results.weights import save_weights
 
     spec = MLPSpec((2, 2, 1), "sigmoid", "sigmoid", "mse")
     save_weights(tmp_path / "w.npz", spec, init_params(spec, InitSpec()))

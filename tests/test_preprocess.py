@@ -9,14 +9,11 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import make_split
 
+from backprop_bench.core.checks import ParamsError
 from backprop_bench.data import formats, preprocess
-from backprop_bench.data.formats import N_PIXELS, ConfigError
-
-
-def make_split(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, N_PIXELS)).astype(np.uint8), np.arange(n) % 10
+from backprop_bench.data.formats import N_PIXELS
 
 
 def test_preprocess_scales_splits_and_stratifies():
@@ -57,10 +54,10 @@ def test_subset_is_stratified_and_the_seed_decides_the_rows():
 @pytest.mark.parametrize(
     "subset, val_fraction, pattern",
     [
-        (0, 0.1, r"data.subset=0: expected null or an integer 1..100"),
-        (101, 0.1, r"data.subset=101: expected null or an integer 1..100"),
+        (0, 0.1, r"data.subset=0: must be null or an integer 1..100"),
+        (101, 0.1, r"data.subset=101: must be null or an integer 1..100"),
         (2.5, 0.1, r"data.subset=2.5"),
-        (None, 1.0, r"data.val_fraction=1.0: expected a number in \[0, 1\)"),
+        (None, 1.0, r"data.val_fraction=1.0: must be a number in \[0, 1\)"),
         (None, -0.1, r"data.val_fraction=-0.1"),
         (None, "lots", r"data.val_fraction='lots'"),
         (1, 0.9, r"data.val_fraction=0.9: leaves no train rows out of 1"),
@@ -68,14 +65,14 @@ def test_subset_is_stratified_and_the_seed_decides_the_rows():
 )
 def test_bad_options_name_the_option(subset, val_fraction, pattern):
     (x, y), (xt, yt) = make_split(100, 0), make_split(10, 1)
-    with pytest.raises(ConfigError, match=pattern):
+    with pytest.raises(ParamsError, match=pattern):
         preprocess.preprocess(x, y, xt, yt, subset=subset, val_fraction=val_fraction, seed=0)
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "0", None])
 def test_bad_seed_names_the_option(seed):
     (x, y), (xt, yt) = make_split(100, 0), make_split(10, 1)
-    with pytest.raises(ConfigError, match=rf"data.seed={seed!r}: expected a non-negative integer"):
+    with pytest.raises(ParamsError, match=rf"data.seed={seed!r}: must be an integer >= 0"):
         preprocess.preprocess(x, y, xt, yt, subset=None, val_fraction=0.1, seed=seed)
 
 
@@ -132,5 +129,5 @@ def test_a_failed_run_leaves_the_previous_outputs_untouched(stage, capsys):
     formats.write_canonical_csv(raw / "train.csv", *make_split(60, 2))
     params.write_text(yaml.safe_dump({"data": {"subset": 500, "val_fraction": 0.2, "seed": 1}}))
     assert preprocess.main(argv) == 1
-    assert "data.subset=500: expected null or an integer 1..60" in capsys.readouterr().err
+    assert "data.subset=500: must be null or an integer 1..60" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -11,7 +11,7 @@ import yaml
 from repo_copy import ROOT
 
 from backprop_bench.repro import DATA_STAGE, SIDE_STAGES, Done, describe, main, side_by_side
-from backprop_bench.study import StudyParams
+from backprop_bench.results.grid import StudyParams
 
 
 def params(frameworks=("numpy", "torch", "tensorflow", "keras"), devices=("cpu",)) -> StudyParams:
@@ -67,7 +67,7 @@ def test_bad_arguments_name_the_option(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
     bad.write_text("study:\n  frameworks: [jax]\n")
     assert main(["--params", str(bad)]) == 2
-    assert f"repro: {bad}: study.frameworks='jax' is not one of" in capsys.readouterr().err
+    assert f"repro: {bad}: study.frameworks[0]='jax': must be one of" in capsys.readouterr().err
 
 
 def test_a_stop_signal_reaches_the_running_commands_process_group_and_starts_nothing(monkeypatch):
@@ -85,7 +85,7 @@ def test_a_stop_signal_reaches_the_running_commands_process_group_and_starts_not
     previous = signal.signal(signal.SIGINT, repro.forward)
     script = "trap 'echo got-int; exit 7' INT; sleep 60; echo not-interrupted"
     result: list = []
-    thread = threading.Thread(target=lambda: result.append(repro.run("x", ["sh", "-c", script], capture=True)))
+    thread = threading.Thread(target=lambda: result.append(repro.run_dvc("x", ["sh", "-c", script], capture=True)))
     try:
         thread.start()
         deadline = time.monotonic() + 30
@@ -99,5 +99,5 @@ def test_a_stop_signal_reaches_the_running_commands_process_group_and_starts_not
     assert not thread.is_alive()
     (done,) = result
     assert (done.returncode, done.output.strip()) == (7, "got-int") and done.seconds < 30
-    later = repro.run("y", ["true"], capture=False)
+    later = repro.run_dvc("y", ["true"], capture=False)
     assert (later.returncode, later.output) == (128 + signal.SIGTERM, "not started: stopped by a signal")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from backprop_bench.schedules import ScheduleSpec, lr_at
+from backprop_bench.training.schedules import ScheduleSpec, lr_at
 
 
 def lrs(spec: ScheduleSpec, base: float, epochs: int) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backprop_bench.data.split import class_quota, stratified_split
+from backprop_bench.core.split import class_quota, stratified_split
 
 
 def test_quota_keeps_class_shares_and_sums_exactly():

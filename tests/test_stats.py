@@ -11,8 +11,16 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from backprop_bench import stats
-from backprop_bench.stats import f_sf, mean_interval, paired_test, regularized_beta, sign_flip_p, spread, t_quantile
+from backprop_bench.report import stats
+from backprop_bench.report.stats import (
+    f_sf,
+    mean_interval,
+    paired_test,
+    regularized_beta,
+    sign_flip_p,
+    spread,
+    t_quantile,
+)
 
 # --- the distributions ------------------------------------------------------------------------
 

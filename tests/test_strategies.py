@@ -20,7 +20,7 @@ from backend_cases import (
     rel_err,
 )
 
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 # tanh everywhere but the output: no relu kinks, every unit passes gradient.
 DEEP = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")

@@ -9,7 +9,9 @@ import pytest
 import yaml
 from conftest import make_tiny_npz
 
-from backprop_bench.study import StudyParams, main, overrides, read_study_params, run_dir, run_stage
+from backprop_bench.results.grid import StudyParams, read_study_params
+from backprop_bench.results.key import RunKey
+from backprop_bench.study import main, overrides, run_stage
 
 PARAMS = {
     "train": {"epochs": 2, "batch_size": 16},
@@ -41,9 +43,9 @@ def test_read_study_params(tmp_path):
     "study,message",
     [
         ({"seeds": 0}, r"study.seeds=0: must be an integer >= 1"),
-        ({"modes": ["controlled", "wild"]}, r"study.modes='wild' is not one of controlled, native"),
+        ({"modes": ["controlled", "wild"]}, r"study.modes\[1\]='wild': must be one of controlled, native"),
         ({"strategies": []}, r"study.strategies=\[\]: must be a non-empty list"),
-        ({"frameworks": ["jax"]}, r"study.frameworks='jax' is not one of numpy, torch, tensorflow, keras"),
+        ({"frameworks": ["jax"]}, r"study.frameworks\[0\]='jax': must be one of numpy, torch, tensorflow, keras"),
         ({"threads": -2}, r"study.threads=-2: must be an integer >= 0 \(0: each framework's default\)"),
         ({"threads": "one"}, r"study.threads='one': must be an integer >= 0"),
     ],
@@ -57,11 +59,13 @@ def test_bad_study_params_name_the_file_and_option(tmp_path, study, message):
 
 def test_runs_and_their_overrides():
     p = StudyParams(("numpy",), ("sequential", "parallel"), ("cpu",), ("controlled", "native"), 2, 3, 32)
-    runs = list(p.runs())
+    runs = list(p.keys("numpy", "cpu"))
     assert len(runs) == 8 and len(set(runs)) == 8
-    assert runs[:2] == [("sequential", "controlled", 0), ("parallel", "controlled", 0)]  # a pair runs side by side
-    assert run_dir("torch", "cpu", "sequential", "native", 1) == "runs/torch-cpu/sequential-native-s1"
-    assert overrides("torch", "cpu", "sequential", "native", 1, p) == [
+    pair = [RunKey("numpy", "cpu", "sequential", "controlled", 0), RunKey("numpy", "cpu", "parallel", "controlled", 0)]
+    assert runs[:2] == pair  # a pair runs side by side
+    key = RunKey("torch", "cpu", "sequential", "native", 1)
+    assert key.folder == "runs/torch-cpu/sequential-native-s1"
+    assert overrides(key, p) == [
         "framework=torch",
         "strategy=sequential",
         "device=cpu",
@@ -93,8 +97,9 @@ def test_a_stage_runs_every_strategy_mode_and_seed_in_one_process(project):
     assert 0 < times.first_epochs < times.training < times.in_runs < times.total
     assert "8 of 8 runs in" in times.describe() and "training loops" in times.describe()
     metrics = {}
-    for strategy, mode, seed in p.runs():
-        m = json.loads((project / run_dir("numpy", "cpu", strategy, mode, seed) / "metrics.json").read_text())
+    for key in p.keys("numpy", "cpu"):
+        strategy, mode, seed = key.strategy, key.mode, key.seed
+        m = json.loads((project / key.folder / "metrics.json").read_text())
         assert (m["status"], m["strategy"], m["mode"], m["seed"], m["epochs"]) == ("finished", strategy, mode, seed, 2)
         metrics[strategy, mode, seed] = m
     # the seed changes the run; native mode starts elsewhere than controlled
@@ -120,7 +125,7 @@ def test_a_stage_runs_every_strategy_mode_and_seed_in_one_process(project):
 def test_a_failing_run_is_failed_and_the_others_go_on(project, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    import backprop_bench.train as train
+    import backprop_bench.training.run as train
 
     real_fit = train.fit
 
@@ -132,8 +137,8 @@ def test_a_failing_run_is_failed_and_the_others_go_on(project, monkeypatch):
     monkeypatch.setattr(train, "fit", fit_crashing_once)
     p = read_study_params(write_params(project / "params.yaml", modes=["controlled"]))
     assert run_stage("numpy", "cpu", p, project).failed == 1
-    assert (project / run_dir("numpy", "cpu", "parallel", "controlled", 1) / "metrics.json").is_file()
-    assert not (project / run_dir("numpy", "cpu", "sequential", "controlled", 1) / "metrics.json").exists()
+    assert (project / RunKey("numpy", "cpu", "parallel", "controlled", 1).folder / "metrics.json").is_file()
+    assert not (project / RunKey("numpy", "cpu", "sequential", "controlled", 1).folder / "metrics.json").exists()
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id])
     status = {r.info.run_name: r.info.status for r in runs}

@@ -48,7 +48,7 @@ def cuda_skip_reason(framework: str) -> str | None:
     resolves the device first): its DeviceUnavailable message, or None when it has a
     usable GPU, where a cuda cell must really run on it."""
     from backprop_bench.backends import DeviceUnavailable, backend_class
-    from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+    from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
     spec = MLPSpec((2, 2, 2))
     try:

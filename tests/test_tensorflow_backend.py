@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 tfb = pytest.importorskip("backprop_bench.backends.tensorflow_backend")
-from backend_cases import train  # noqa: E402
+from backend_cases import fit, train  # noqa: E402
 
 from backprop_bench.backends._tf_common import tf  # noqa: E402
 from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params  # noqa: E402
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params  # noqa: E402
 
 Backend = tfb.TensorflowBackend
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
@@ -25,19 +25,6 @@ SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
 def make(dtype="float64", **kwargs):
     params = init_params(SPEC, InitSpec("glorot_uniform", seed=2, bias=0.05), dtype)
     return Backend(SPEC, params, OptimizerSpec("adam", lr=0.01), dtype=dtype, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
-
-
-def fit(backend, data, epochs=2, batch=4):
-    x, y = data
-    backend.load(x, y)
-    rng = np.random.default_rng(3)
-    return [backend.train_epoch(rng.permutation(len(x)), batch) for _ in range(epochs)]
 
 
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is present")

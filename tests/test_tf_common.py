@@ -16,7 +16,7 @@ tf = tfc.tf
 from backend_cases import make_backend, params_rel_err, rel_err, train  # noqa: E402
 
 from backprop_bench.backends.base import DeviceUnavailable  # noqa: E402
-from backprop_bench.model import (  # noqa: E402
+from backprop_bench.core.specs import (  # noqa: E402
     NO_REGULARIZATION,
     STRATEGIES,
     InitSpec,

@@ -14,7 +14,7 @@ from backend_cases import make_backend, params_rel_err, rel_err
 
 from backprop_bench.backends import DeviceUnavailable
 from backprop_bench.backends.torch_backend import TorchBackend, compiled
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SMALL = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
 HAS_CUDA = torch.cuda.is_available()

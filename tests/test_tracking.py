@@ -7,16 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import run_in_process
 
-from backprop_bench.tracking import (
-    MlflowRun,
-    NullRun,
-    TrackingUriError,
-    flatten,
-    open_run,
-    resolve_uri,
-    validate_uri,
-)
-from backprop_bench.train import Diverged
+from backprop_bench.tracking.run import MlflowRun, NullRun, flatten, open_run
+from backprop_bench.tracking.uri import TrackingUriError, resolve_uri, validate_uri
+from backprop_bench.training.loop import Diverged
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -313,7 +306,7 @@ def test_reap_fails_dead_and_reused_pids_of_this_host_only(tracking_uri):
     import os
     import socket
 
-    from backprop_bench.tracking import process_tags, reap
+    from backprop_bench.tracking.reaper import process_tags, reap
 
     host, me = socket.gethostname(), process_tags()
     with MlflowRun(tracking_uri, "backprop-bench", "alive") as alive:  # this test process: live
@@ -356,7 +349,7 @@ def test_a_process_reaps_once_per_store_then_again_after_reap_every_s(tracking_u
     """A study stage opens 12 runs in a row: the first reaps, the next ones within REAP_EVERY_S don't."""
     import socket
 
-    from backprop_bench import tracking
+    from backprop_bench.tracking import reaper as tracking
 
     dead = {"host": socket.gethostname(), "pid": str(_dead_pid())}
     with MlflowRun(tracking_uri, "backprop-bench", "first"):
@@ -371,14 +364,14 @@ def test_a_process_reaps_once_per_store_then_again_after_reap_every_s(tracking_u
 
 
 def test_reap_cli_refuses_a_bad_uri(tmp_path, capsys):
-    from backprop_bench.tracking import main
+    from backprop_bench.tracking.__main__ import main
 
     assert main(["reap", "--tracking-uri", "file:./mlruns"]) == 2
     assert "reap: --tracking-uri='file:./mlruns': the file store" in capsys.readouterr().err
 
 
 def test_a_run_in_a_slurm_job_is_tagged_with_the_job_scancel_takes(monkeypatch):
-    from backprop_bench.tracking import process_tags, slurm_job_id
+    from backprop_bench.tracking.reaper import process_tags, slurm_job_id
 
     assert slurm_job_id({}) == ""
     assert slurm_job_id({"SLURM_JOB_ID": "42"}) == "42"

@@ -144,7 +144,7 @@ def test_a_bad_uri_stops_a_run_and_a_sweep_before_any_training(tmp_path, tiny_np
 LONG_RUN = textwrap.dedent(
     """
     import sys, time
-    from backprop_bench.tracking import MlflowRun
+    from backprop_bench.tracking.run import MlflowRun
     with MlflowRun(sys.argv[1], "backprop-bench", "doomed") as run:
         run.log_metrics({"train_loss": 1.0}, step=1)
         print(run.run_id, flush=True)

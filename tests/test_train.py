@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, compose, make_tiny_npz, run_app, run_in_process, shrunk
 
-from backprop_bench.dataset import load_dataset
-from backprop_bench.metrics import HISTORY_COLUMNS, read_history
-from backprop_bench.model import MLPSpec, OptimizerSpec, Regularization
-from backprop_bench.train import Diverged, batch_orders, fit
-from backprop_bench.weights import load_weights
+from backprop_bench.core.dataset import load_dataset
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Regularization
+from backprop_bench.results.metrics import HISTORY_COLUMNS, read_history
+from backprop_bench.results.weights import load_weights
+from backprop_bench.training.loop import Diverged, batch_orders, fit
 
 
 class RecordingBackend:
@@ -287,7 +287,7 @@ def test_advanced_training_end_to_end_records_lr_and_the_best_epoch(small_cfg, t
     assert history["val_loss"][best - 1] == history["val_loss"].min()
     # the written weights are the best epoch's: evaluating them gives that epoch's val loss
     from backprop_bench.backends.numpy_backend import NumpyBackend
-    from backprop_bench.dataset import load_dataset
+    from backprop_bench.core.dataset import load_dataset
 
     spec, params = load_weights(out / "weights.npz")
     data = load_dataset("tiny", cfg.data.path)
@@ -306,7 +306,7 @@ def test_a_monitor_without_a_validation_split_fails_before_training(tmp_path):
 def test_shared_dataset_reads_the_file_once_per_pool_until_it_changes(tmp_path):
     import os
 
-    from backprop_bench.train import shared_dataset
+    from backprop_bench.training.run import shared_dataset
 
     npz = make_tiny_npz(tmp_path / "d.npz")
     pool: dict = {}
@@ -322,9 +322,9 @@ def test_shared_dataset_reads_the_file_once_per_pool_until_it_changes(tmp_path):
 
 def test_build_backend_reuses_one_backend_per_kind(small_cfg):
     from backprop_bench.backends.numpy_backend import NumpyBackend
-    from backprop_bench.config import to_components
-    from backprop_bench.model import init_params
-    from backprop_bench.train import build_backend
+    from backprop_bench.core.specs import init_params
+    from backprop_bench.training.config import to_components
+    from backprop_bench.training.run import build_backend
 
     pool: dict = {}
     c = to_components(small_cfg("train.dtype=float64"))
@@ -341,7 +341,7 @@ def test_a_stop_signal_swallowed_on_its_way_still_ends_fit(tiny_npz, monkeypatch
     """A stop signal's KeyboardInterrupt raised inside a finalizer is printed and dropped by
     Python (it happened inside SQLAlchemy's weakref callback): the recorded signal still ends
     fit() before the next epoch, with the signal named."""
-    from backprop_bench import train
+    from backprop_bench.training import signals as train
 
     monkeypatch.setattr(train, "STOP_SIGNALS", [])
     backend = RecordingBackend([2.0, 1.5, 1.0])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from backend_cases import STRATEGIES, make_backend, params_rel_err, rel_err, train
 
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params
 
 TOL = 1e-9
 SIZES, N, BATCH, EPOCHS = (30, 16, 12, 10), 100, 32, 3  # 4 steps an epoch, the last one short

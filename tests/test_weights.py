@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backprop_bench.model import InitSpec, MLPSpec, init_params
-from backprop_bench.weights import load_weights, save_weights
+from backprop_bench.core.specs import InitSpec, MLPSpec, init_params
+from backprop_bench.results.weights import load_weights, save_weights
 
 
 def test_weights_round_trip_with_their_spec(tmp_path):

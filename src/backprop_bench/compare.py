@@ -1,12 +1,12 @@
 """Stage `compare`: every run of the study becomes reports/comparison.{md,csv}, summary.json
-(the few numbers `dvc exp show` displays) and four PNGs (plots.py).
+(the few numbers `dvc exp show` displays) and four PNGs (report/plots.py).
 
     python -m backprop_bench.compare                # runs/ -> reports/, prints one line
     python -m backprop_bench.compare --print-only   # print reports/comparison.md
 
 Seeds are pooled per framework, strategy, device and mode: means with 95 % t intervals,
 sequential − parallel paired by seed, and in native mode how far the frameworks differ
-(stats.py). Every column and key: docs/architecture.md, "The report".
+(report/stats.py). Every column and key: docs/architecture.md, "The report".
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from backprop_bench import plots
-from backprop_bench.io import atomic_write, write_csv, write_json
-from backprop_bench.metrics import FINISHED, MetricsError, read_history, read_metrics
-from backprop_bench.stats import Interval, mean_interval, paired_test, smallest_p, spread
-from backprop_bench.study import StudyParams, read_study_params, run_dir
+from backprop_bench.core.files import atomic_write, write_json
+from backprop_bench.report import plots, tables
+from backprop_bench.report.stats import Interval, mean_interval, paired_test, smallest_p, spread
+from backprop_bench.results.grid import StudyParams, read_study_params
+from backprop_bench.results.key import RunKey
+from backprop_bench.results.metrics import FINISHED, MetricsError, read_history, read_metrics
 
 MISSING, INCOMPLETE = "missing", "incomplete"  # a run without metrics.json; a row with some seeds not finished
 BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
@@ -58,10 +59,10 @@ class ReportError(ValueError):
 # ----------------------------------------------------------------------------- reading
 
 
-def load_run(runs_dir: Path, framework: str, strategy: str, device: str, mode: str, seed: int, n_test: int) -> Run:
+def load_run(runs_dir: Path, key: RunKey, n_test: int) -> Run:
     """One run's checked metrics.json, plus its history and predictions when finished."""
-    folder = runs_dir / Path(run_dir(framework, device, strategy, mode, seed)).relative_to("runs")
-    expected = dict(framework=framework, strategy=strategy, device=device, mode=mode, seed=seed)
+    folder = runs_dir / Path(key.folder).relative_to("runs")
+    expected = asdict(key)
     if not (folder / "metrics.json").is_file():
         return expected | dict(
             status=MISSING, reason="no metrics.json: not run yet, or the run failed (see its stage's log)"
@@ -86,7 +87,9 @@ def load_run(runs_dir: Path, framework: str, strategy: str, device: str, mode: s
 def load_study(runs_dir: Path, p: StudyParams, n_test: int) -> Groups:
     """Every run the study expects, per row in table order: mode, device, framework, strategy."""
     grid = itertools.product(p.modes, p.devices, p.frameworks, p.strategies)
-    return {(f, s, d, m): [load_run(runs_dir, f, s, d, m, i, n_test) for i in range(p.seeds)] for m, d, f, s in grid}
+    return {
+        (f, s, d, m): [load_run(runs_dir, RunKey(f, d, s, m, i), n_test) for i in range(p.seeds)] for m, d, f, s in grid
+    }
 
 
 def finished(runs: list[Run]) -> list[Run]:
@@ -172,33 +175,22 @@ def _fmt(value: Interval | float | None, scale: float = 1.0, spec: str = ".2f", 
     return f"{value.mean * scale:{spec}}{hw}{suffix}"
 
 
-def _md(header: list[str], lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return (
-        "\n".join(
-            out + ["| " + " | ".join(x.replace("|", "/").replace("\n", " ") for x in line) + " |" for line in lines]
-        )
-        + "\n"
-    )
-
-
 def markdown_table(rows: list[dict]) -> str:
+    """The main table of comparison.md, one line per row, with a final newline."""
     header = [*KEYS, "seeds", *(h for h, *_ in POOLED.values()), "speed vs NumPy", "backend LOC", "note"]
-    return _md(
-        header,
-        [
-            [*(r[k] for k in KEYS), f"{r['n_finished']}/{r['n_seeds']}"]
-            + [_fmt(r[k], *fmt[1:]) for k, fmt in POOLED.items()]
-            + [_fmt(r["speed_vs_numpy"], 1, ".2f", "×"), str(r["backend_loc"] or "–"), r["note"]]
-            for r in rows
-        ],
-    )
+    lines = [
+        [*(r[k] for k in KEYS), f"{r['n_finished']}/{r['n_seeds']}"]
+        + [_fmt(r[k], *fmt[1:]) for k, fmt in POOLED.items()]
+        + [_fmt(r["speed_vs_numpy"], 1, ".2f", "×"), str(r["backend_loc"] or "–"), r["note"]]
+        for r in rows
+    ]
+    return tables.markdown_table(header, lines) + "\n"
 
 
-def csv_rows(rows: list[dict]) -> list[list]:
-    """comparison.csv's lines, CSV_COLUMNS in order: an interval as <key> (mean) and <key>_hw, "" for none."""
-    flat = [r | {k + s: getattr(r[k], a) if r[k] else None for k in POOLED for s, a in HALVES} for r in rows]
-    return [["" if f.get(c) is None or f[c] != f[c] else f[c] for c in CSV_COLUMNS] for f in flat]
+def csv_rows(rows: list[dict]) -> list[dict]:
+    """comparison.csv's records (tables.write_csv_table writes CSV_COLUMNS of them): an interval
+    as <key> (mean) and <key>_hw."""
+    return [r | {k + s: getattr(r[k], a) if r[k] else None for k in POOLED for s, a in HALVES} for r in rows]
 
 
 # ----------------------------------------------------------------------------- sequential − parallel
@@ -225,7 +217,7 @@ def paired_section(groups: Groups) -> str:
     if not lines:
         return "The study does not run both strategies: nothing to pair.\n"
     header = ["framework", "device", "mode", "sequential − parallel", "seeds", "mean", "95 % interval", "p", "verdict"]
-    return _md(header, lines)
+    return tables.markdown_table(header, lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- do frameworks differ?
@@ -288,7 +280,7 @@ def native_section(groups: Groups, p: StudyParams, y_test: np.ndarray) -> str:
         for strategy, device in combos:
             share = agreement_matrix(seed_predictions(groups, p, strategy, device, "native"), list(p.frameworks))
             lines = [[a] + [_fmt(x, 100, ".1f", " %") for x in row] for a, row in zip(p.frameworks, share)]
-            out.append(f"\n{strategy}, {device}, seeds pooled:\n\n" + _md(["", *p.frameworks], lines).rstrip())
+            out.append(f"\n{strategy}, {device}, seeds pooled:\n\n" + tables.markdown_table(["", *p.frameworks], lines))
     if "controlled" in p.modes:
         out.append(controlled_line([s for c in combos for s in seed_predictions(groups, p, *c, "controlled")]))
     return "\n".join(out) + "\n"
@@ -423,7 +415,7 @@ def compare(
     preds = seed_predictions(groups, p, strategy, p.devices[0], mode)[0]
     where = find_disagreements(preds) if len(preds) > 1 else np.array([], dtype=np.int64)
 
-    write_csv(reports_dir / "comparison.csv", CSV_COLUMNS, csv_rows(rows))
+    tables.write_csv_table(reports_dir / "comparison.csv", CSV_COLUMNS, csv_rows(rows))
     write_json(reports_dir / "summary.json", summary(groups, rows, p))
     plots.plot_loss_bands([r for runs in groups.values() for r in runs], reports_dir / "loss_curves.png")
     controlled = [r for r in rows if r["mode"] == "controlled"] or rows

@@ -1,6 +1,6 @@
 """Predict the labels of a canonical CSV with a run's final weights, in any backend.
 
-    python -m backprop_bench.predict --weights runs/numpy-parallel-cpu/weights.npz \
+    python -m backprop_bench.predict --weights runs/numpy-cpu/parallel-controlled-s0/weights.npz \
         --csv data/raw/test.csv --framework torch --out preds.csv
     python -m backprop_bench.predict --run-id 3f2c... --csv data/raw/test.csv   # from MLflow
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from backprop_bench.backends import FRAMEWORKS, make_backend
-from backprop_bench.io import write_csv
-from backprop_bench.model import DEVICES, OptimizerSpec, accuracy, predicted_labels
-from backprop_bench.weights import load_weights
+from backprop_bench.core.files import write_csv
+from backprop_bench.core.specs import DEVICES, OptimizerSpec, accuracy, predicted_labels
+from backprop_bench.results.weights import load_weights
 
 
 def predict(weights: Path, x: np.ndarray, framework: str = "numpy", device: str = "cpu") -> np.ndarray:
@@ -36,8 +36,8 @@ def predict(weights: Path, x: np.ndarray, framework: str = "numpy", device: str 
 
 
 def weights_from_run(run_id: str, tracking_uri: str | None, dst: Path) -> Path:
-    """Download a run's weights.npz artifact into dst (tracking.resolve_uri picks the store)."""
-    from backprop_bench.tracking import download_artifact
+    """Download a run's weights.npz artifact into dst (tracking/uri.py resolve_uri picks the store)."""
+    from backprop_bench.tracking.client import download_artifact
 
     return download_artifact(run_id, "weights.npz", tracking_uri, Path.cwd(), dst)
 

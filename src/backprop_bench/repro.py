@@ -12,7 +12,7 @@ and the stability map only read data/processed/, so this runs:
    ``--wait-for-lock`` queues their short holds of the repository lock);
 3. ``dvc repro``: compare, and whatever else is out of date.
 
-Two stages at a time measure what one alone would because each study stage keeps its framework
+Stages side by side measure what one alone would because each study stage keeps its framework
 on study.threads CPU threads (1 by default, params.yaml): two stages on two cores do not share
 one. Prints each stage's output as it ends, its wall time, and where the total went. Ctrl-C or
 SIGTERM is passed on to the running stages (their MLflow runs end KILLED) and starts nothing more.
@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from backprop_bench.backends.base import usable_cpus
-from backprop_bench.study import StudyParams, read_study_params
+from backprop_bench.results.grid import StudyParams, read_study_params
 
 DATA_STAGE = "preprocess"  # and download before it: what the side-by-side stages read
 SIDE_STAGES = ("stability",)  # besides the study stages
@@ -67,7 +67,7 @@ class Done:
 # The dvc commands running now. Each runs in its own process group (dvc and its stage's process),
 # so a stop signal reaches both through forward(), and a terminal's Ctrl-C does not reach them twice.
 _live: set[subprocess.Popen] = set()
-_lock = threading.RLock()  # reentrant: forward() may interrupt the main thread inside run()'s hold
+_lock = threading.RLock()  # reentrant: forward() may interrupt the main thread inside run_dvc()'s hold
 _stopped: list[int] = []  # the stop signal received, if any: no further command starts
 
 
@@ -83,7 +83,7 @@ def forward(signum: int, frame: object = None) -> None:
             os.killpg(pgid, signal.SIGINT)
 
 
-def run(name: str, cmd: Sequence[str], capture: bool) -> Done:
+def run_dvc(name: str, cmd: Sequence[str], capture: bool) -> Done:
     """Run cmd; with capture, its output is kept for printing in one piece (stages side by side).
     After a stop signal nothing starts: the result is 128 + the signal, as a shell reports it."""
     start = time.perf_counter()
@@ -109,7 +109,7 @@ def run_side_by_side(stages: Sequence[str], jobs: int) -> list[Done]:
     print(f"repro: {len(stages)} stages, {jobs} at a time: {', '.join(stages)}", flush=True)
 
     def one(stage: str) -> Done:
-        done = run(stage, dvc("--wait-for-lock", "repro", "-s", stage), capture=jobs > 1)
+        done = run_dvc(stage, dvc("--wait-for-lock", "repro", "-s", stage), capture=jobs > 1)
         if done.output:
             print(f"----- {stage} ({done.seconds:.1f} s, exit {done.returncode})\n{done.output.rstrip()}", flush=True)
         return done
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
     phases: list[tuple[str, float]] = []
-    data = run("data", dvc("repro", DATA_STAGE), capture=False)
+    data = run_dvc("data", dvc("repro", DATA_STAGE), capture=False)
     phases.append(("data", data.seconds))
     if data.returncode:
         return data.returncode
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed := [d.name for d in done if d.returncode]:
         print(f"repro: {', '.join(failed)} failed (output above); compare not run", file=sys.stderr)
         return 1
-    rest = run("compare and the rest", dvc("repro"), capture=False)
+    rest = run_dvc("compare and the rest", dvc("repro"), capture=False)
     phases.append(("compare and the rest", rest.seconds))
     print(describe(phases, done, jobs), flush=True)
     return rest.returncode

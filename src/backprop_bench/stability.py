@@ -23,9 +23,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from backprop_bench.backends import make_backend
-from backprop_bench.dataset import Dataset, load_dataset
-from backprop_bench.io import atomic_write, write_json
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, check, init_params
+from backprop_bench.core.checks import is_integer, is_number, read_section
+from backprop_bench.core.dataset import Dataset, load_dataset
+from backprop_bench.core.files import atomic_write, write_json
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.report.tables import markdown_table
 
 SPEC = MLPSpec((784, 128, 64, 10))  # relu hidden, softmax + cross-entropy: the study's model
 DTYPE = "float32"
@@ -40,35 +42,20 @@ PARITY = (
 Run = Mapping[str, Any]
 
 
-def _int(v: object, least: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
-def _pos(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
 def read_params(path: Path) -> dict[str, Any]:
-    """params.yaml's `stability:` section, checked; an error names the option, its value and the rule."""
-    import yaml  # PyYAML comes with DVC and OmegaConf
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: params file not found")
-    p = (yaml.safe_load(path.read_text()) or {}).get("stability")
-    if not isinstance(p, dict):
-        raise ValueError(f"{path}: expected a top-level 'stability:' section")
-    for key in KEYS:
-        check(key in p, f"stability.{key}", None, f"is missing from {path}")
-    lrs, batches, sub = p["lrs"], p["batch_sizes"], p["subset"]
-    ok = isinstance(lrs, list) and len(lrs) >= 2 and all(map(_pos, lrs)) and lrs == sorted(set(lrs))
-    check(ok, "stability.lrs", lrs, "must list at least 2 increasing learning rates > 0")
-    ok = isinstance(batches, list) and len(batches) > 0 and all(_int(b, 1) for b in batches)
-    check(ok, "stability.batch_sizes", batches, "must list integers >= 1")
-    check(_int(p["epochs"], 1), "stability.epochs", p["epochs"], "must be an integer >= 1")
-    check(_int(p["seed"], 0), "stability.seed", p["seed"], "must be an integer >= 0")
-    check(sub is None or _int(sub, 10), "stability.subset", sub, "must be null or an integer >= 10")
-    check(_pos(p["blowup"]) and p["blowup"] > 1, "stability.blowup", p["blowup"], "must be a number > 1")
-    return {k: p[k] for k in KEYS} | {"lrs": [float(v) for v in lrs], "blowup": float(p["blowup"])}
+    """params.yaml's `stability:` section, checked; a ParamsError names the file, the key, the value and the rule."""
+    p = read_section(path, "stability")
+    lrs, batches, subset = p.get("lrs"), p.get("batch_sizes"), p.get("subset")
+    ok = isinstance(lrs, list) and len(lrs) >= 2 and all(is_number(v) and v > 0 for v in lrs)
+    ok = ok and lrs == sorted(set(lrs))  # increasing, no repeats
+    p.check(ok, "lrs", lrs, "must list at least 2 increasing learning rates > 0")
+    ok = isinstance(batches, list) and len(batches) > 0 and all(is_integer(b, 1) for b in batches)
+    p.check(ok, "batch_sizes", batches, "must list integers >= 1")
+    epochs, seed = p.integer("epochs", 1), p.integer("seed", 0)
+    p.check(subset is None or is_integer(subset, 10), "subset", subset, "must be null or an integer >= 10")
+    blowup = p.number("blowup", 1, strict=True)
+    lrs = [float(v) for v in lrs]
+    return dict(lrs=lrs, batch_sizes=batches, epochs=epochs, seed=seed, subset=subset, blowup=blowup)
 
 
 def load_data(path: Path, subset: int | None, seed: int) -> Dataset:
@@ -78,7 +65,7 @@ def load_data(path: Path, subset: int | None, seed: int) -> Dataset:
         raise ValueError(f"{path}: the sweep's model is 784-128-64-10; the data has {data.n_features} features")
     if subset is None or subset >= len(data.y_train):
         return data
-    from backprop_bench.data.split import stratified_split
+    from backprop_bench.core.split import stratified_split
 
     rows, _ = stratified_split(data.y_train, subset, np.random.default_rng(seed))
     return replace(data, x_train=data.x_train[rows], y_train=data.y_train[rows])
@@ -146,7 +133,7 @@ def split_sentence(runs: Sequence[Run], batch: int) -> str:
     )
 
 
-def stable_table(result: Mapping[str, Any]) -> list[str]:
+def stable_table(result: Mapping[str, Any]) -> str:
     """batch x strategy -> largest stable lr, and the lrs of the lowest final loss, as markdown rows."""
     c = {(s["strategy"], s["batch_size"]): s for s in result["largest_stable_lr"]}
     rows = [
@@ -157,7 +144,8 @@ def stable_table(result: Mapping[str, Any]) -> list[str]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---:"] * len(header), *rows])
+    """Every column right-aligned, the rule line spaced: | ---: | (stability.md's bytes as they were)."""
+    return markdown_table(header, rows, align="r", compact_rule=False)
 
 
 def _lr(v: float | None) -> str:
@@ -215,7 +203,7 @@ def markdown(result: Mapping[str, Any]) -> str:
     )
 
 
-def run(
+def map_stability(
     data_path: Path,
     out_dir: Path,
     lrs: Sequence[float],
@@ -226,7 +214,7 @@ def run(
     blowup: float,
 ) -> dict[str, Any]:
     """The sweep and its three reports (the PNG, the JSON, the markdown last); returns the JSON dict."""
-    from backprop_bench.plots import plot_stability
+    from backprop_bench.report.plots import plot_stability
 
     t0 = time.perf_counter()
     data = load_data(data_path, subset, seed)
@@ -269,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where stability.{json,md,png} go")
     args = parser.parse_args(argv)
     try:
-        result = run(args.data, args.out_dir, **read_params(args.params))
+        result = map_stability(args.data, args.out_dir, **read_params(args.params))
     except (ValueError, FileNotFoundError) as err:
         print(f"stability: error: {err}", file=sys.stderr)
         return 1

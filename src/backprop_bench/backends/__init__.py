@@ -12,7 +12,7 @@ FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras")
 
 # (framework, compile) -> (module, class). compile=True means each framework's fast path:
 # numpy's preallocated buffers, torch.compile, XLA; the backend records which in info().
-_CLASSES = {
+CLASSES = {
     ("numpy", False): ("numpy_backend", "NumpyBackend"),
     ("numpy", True): ("numpy_fast", "NumpyFastBackend"),
     ("torch", False): ("torch_backend", "TorchBackend"),
@@ -24,7 +24,7 @@ _CLASSES = {
 def backend_class(framework: str, compile: bool = False) -> type[Backend]:
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework={framework!r} is not one of {', '.join(FRAMEWORKS)}")
-    module, name = _CLASSES.get((framework, compile), _CLASSES[(framework, False)])
+    module, name = CLASSES.get((framework, compile), CLASSES[(framework, False)])
     return getattr(importlib.import_module(f"backprop_bench.backends.{module}"), name)
 
 

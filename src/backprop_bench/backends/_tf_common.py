@@ -5,8 +5,8 @@ activations, losses, OptimizerSpec's rule and the two strategies are written onc
 ``parallel_step`` (one tape, all gradients from the pre-step weights, then every update)
 and ``sequential_step`` (one forward pass under a persistent tape; from the output back,
 autograd of each layer's local ops, update layer l, send the error on through the updated
-W[l]). Dropout masks (model.dropout_masks, the batch's rows) and the l1/l2 penalty follow
-model.Regularization. Only the backends import this module, so importing it may import TensorFlow.
+W[l]). Dropout masks (core.specs.dropout_masks, the batch's rows) and the l1/l2 penalty follow
+core.specs.Regularization. Only the backends import this module, so importing it may import TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name, usable_cpus  # noqa: E402
-from backprop_bench.model import NO_REGULARIZATION, MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
+from backprop_bench.core.specs import NO_REGULARIZATION, MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
 
 # (W, b) tf.Variables of one layer.
 VarLayer = tuple[tf.Variable, tf.Variable]
@@ -76,7 +76,7 @@ def intra_op_threads() -> int:
 
 
 def activate(name: str, z: tf.Tensor) -> tf.Tensor:
-    """Hidden or output activation by name (model.HIDDEN_/OUTPUT_ACTIVATIONS)."""
+    """Hidden or output activation by name (core.specs.HIDDEN_/OUTPUT_ACTIVATIONS)."""
     if name == "relu":
         return tf.nn.relu(z)
     if name == "sigmoid":

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from backprop_bench.model import (
+from backprop_bench.core.checks import check, check_choice
+from backprop_bench.core.specs import (
     DEVICES,
     DTYPES,
     NO_REGULARIZATION,
@@ -28,8 +29,6 @@ from backprop_bench.model import (
     Regularization,
     accuracy,
     as_targets,
-    check,
-    check_choice,
 )
 
 
@@ -152,7 +151,7 @@ class Backend:
     def train_epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None = None) -> float:
         """Walk order in slices of batch_size (the last may be short), one step each; returns
         the sample-weighted mean of the pre-update batch losses. masks: the epoch's dropout
-        masks (model.dropout_masks), required exactly when the regularization has dropout."""
+        masks (core.specs.dropout_masks), required exactly when the regularization has dropout."""
         order = check_batch(order, self.n_loaded, batch_size)
         masks = self._check_masks(masks, len(order))
         losses = np.asarray(self._epoch(order, batch_size, masks), dtype=np.float64)

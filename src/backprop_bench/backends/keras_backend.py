@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from backprop_bench.backends import _tf_common as tfc  # noqa: E402
 from backprop_bench.backends._tf_common import tf  # noqa: E402
 from backprop_bench.backends.base import as_params, n_steps  # noqa: E402
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(

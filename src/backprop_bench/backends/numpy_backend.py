@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params
 
 # ---------------------------------------------------------------- activations
 # a = f(z), and dL/dz = dL/da * f'(z) written from the output a: the backward pass needs only a.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from backprop_bench.backends.numpy_backend import NumpyBackend, to_numpy
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params
 
 # ---------------------------------------------------------------- activations
 # Each works in place: forward turns z into a, backward turns dL/da into dL/dz using

@@ -17,7 +17,7 @@ import numpy as np
 from backprop_bench.backends import _tf_common as tfc
 from backprop_bench.backends._tf_common import tf
 from backprop_bench.backends.base import as_params
-from backprop_bench.model import MLPSpec, Params
+from backprop_bench.core.specs import MLPSpec, Params
 
 
 class TensorflowBackend(tfc.TfBackend):

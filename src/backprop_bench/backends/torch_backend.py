@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name, n_steps
-from backprop_bench.model import MLPSpec, OptimizerSpec, Params
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params
 
 # Each hidden activation beside its derivative, written from its output a = f(z)
 # (relu: a > 0 iff z > 0), so the sequential step needs only the forward's activations.

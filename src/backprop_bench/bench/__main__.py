@@ -24,8 +24,8 @@ from backprop_bench.backends import FRAMEWORKS
 from backprop_bench.bench import cells as C
 from backprop_bench.bench import peak as P
 from backprop_bench.bench import report as R
-from backprop_bench.io import atomic_write
-from backprop_bench.model import MLPSpec, OptimizerSpec
+from backprop_bench.core.files import atomic_write
+from backprop_bench.core.specs import MLPSpec, OptimizerSpec
 
 BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"  # set in the re-executed child: JSON of what was removed
@@ -194,7 +194,7 @@ def build_all(
     return made, info
 
 
-def run(args: argparse.Namespace) -> dict:
+def run_bench(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns what it wrote to bench.json."""
     spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
     x, y, data = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         reexec_without_blas_env(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: still write the report
     try:
-        run(args)
+        run_bench(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

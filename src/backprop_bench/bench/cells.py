@@ -20,7 +20,7 @@ import numpy as np
 
 from backprop_bench.backends import make_backend
 from backprop_bench.backends.base import DeviceUnavailable, timed_epoch
-from backprop_bench.model import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SIZES = (784, 128, 64, 10)
 N_TRAIN = 60_000
@@ -76,19 +76,18 @@ def is_stock(mode: str) -> bool:
 
 def fashion_mnist_files(params: Path, data_dir: Path | None = None) -> list[Path]:
     """[train images, train labels]: params.yaml's data.catalog.fashion_mnist local_dir
-    (or data_dir, when given) / the catalog's file names. ConfigError when params lacks one."""
+    (or data_dir, when given) / the catalog's file names. ParamsError when params lacks one."""
+    from backprop_bench.core.checks import check
     from backprop_bench.data.download import Catalog  # the pipeline's own catalog reader
-    from backprop_bench.data.formats import ConfigError, read_data_params
+    from backprop_bench.data.formats import read_data_params
 
     where = f"data.catalog.{DATASET}"
     entry = (read_data_params(params).get("catalog") or {}).get(DATASET)
-    if entry is None:
-        raise ConfigError(f"{params}: no {where}")
-    catalog = Catalog.from_params(entry, where)
+    check(entry is not None, where, entry, "is missing", params)
+    catalog = Catalog.from_params(entry, where, params)
     files = catalog.files_for("idx")  # role -> {name, sha256}; the local copy's sha256 may differ
     folder = data_dir or catalog.local_dir
-    if not folder:
-        raise ConfigError(f"{params}: {where}.local_dir is not set (nor --data-dir)")
+    check(bool(folder), f"{where}.local_dir", folder, "must be set (or pass --data-dir)", params)
     return [Path(folder) / files[role]["name"] for role in ("train_images", "train_labels")]
 
 
@@ -102,13 +101,13 @@ def load_train_set(
     """
     if source == "synthetic":
         return _synthetic(n_samples, seed, "requested")
-    from backprop_bench.data.formats import ConfigError
+    from backprop_bench.core.checks import ParamsError
 
     try:
         paths = fashion_mnist_files(params, data_dir)
         absent = [str(p) for p in paths if not p.is_file()]
         why = f"{' and '.join(absent)} not found" if absent else ""
-    except ConfigError as err:
+    except ParamsError as err:
         why = str(err)
     if not why:
         return _fashion_mnist(paths, n_samples)

@@ -12,7 +12,8 @@ import statistics
 from dataclasses import asdict
 
 from backprop_bench.bench.cells import STOCK, Cell, framework_modes, is_stock
-from backprop_bench.model import MLPSpec
+from backprop_bench.core.specs import MLPSpec
+from backprop_bench.report.tables import markdown_table
 
 # The project's speed goals (docs/benchmark.md), judged on CPU cells of one run.
 GOAL_PEAK_FRACTION = {256: 0.70, 64: 0.50}  # NumPy parallel GFLOP/s over the square-sgemm median
@@ -202,21 +203,19 @@ def _header(result: dict) -> list[str]:
 
 def _peak_table(result: dict) -> list[str]:
     p, batches = result["peak"], result["batches"]
+    header = ["library", f"{p['square_n']}^2", f"{p['square_n']}^2 after the rounds"]
+    header += [f"MLP shapes b{b}" for b in batches]
+    rows = [
+        [lib["library"], f"{lib['square']['median']:.1f}", f"{lib['square_after']['median']:.1f}"]
+        + [f"{lib[f'mlp_b{b}']:.1f}" for b in batches]
+        for lib in p["libraries"]
+    ]
     lines = [
         "",
         "## Matmul peak (float32, median GFLOP/s)",
         "",
-        f"| library | {p['square_n']}^2 | {p['square_n']}^2 after the rounds | "
-        + " | ".join(f"MLP shapes b{b}" for b in batches)
-        + " |",
-        "|---|---:|---:|" + "---:|" * len(batches),
+        markdown_table(header, rows, align="l" + "r" * (len(header) - 1)),
     ]
-    for lib in p["libraries"]:
-        lines.append(
-            f"| {lib['library']} | {lib['square']['median']:.1f} | {lib['square_after']['median']:.1f} | "
-            + " | ".join(f"{lib[f'mlp_b{b}']:.1f}" for b in batches)
-            + " |"
-        )
     gflop = result["gflop_per_epoch"]
     floors = ", ".join(f"b{b} {gflop / c['gflops']:.3f} s ({c['library']})" for b, c in p["ceiling"].items())
     lines.append(f"\nMatmul floor of one epoch (its products alone, at the fastest rate above): {floors}.")
@@ -224,25 +223,19 @@ def _peak_table(result: dict) -> list[str]:
 
 
 def _cell_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "",
-        "## Cells (epoch = one pass over the train set)",
-        "",
-        "| cell | status | first epoch s | min s | median s | samples/s | GFLOP/s | % peak | % ceiling "
-        "| x torch eager | / fw best | seq/par |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    header = ["cell", "status", "first epoch s", "min s", "median s", "samples/s", "GFLOP/s", "% peak", "% ceiling"]
+    header += ["x torch eager", "/ fw best", "seq/par"]
+    cells = [
+        [r["cell"], r["status"], _f(r["first_epoch_seconds"], ".3f")]
+        + [_f(r.get("min_epoch_seconds"), ".3f"), _f(r.get("median_epoch_seconds"), ".3f")]
+        + [_f(r.get("samples_per_second"), ",.0f"), _f(r.get("gflops"), ".1f")]
+        + [_pct(r.get("peak_fraction")), _pct(r.get("ceiling_fraction"))]
+        + [_f(r.get(k), ".2f") for k in ("vs_torch_eager", "vs_framework_best", "seq_over_par")]
+        for r in rows
+        if not (r["status"] == "skipped" and r["device"] != "cpu")  # those are summarised in the GPU section
     ]
-    for r in rows:
-        if r["status"] == "skipped" and r["device"] != "cpu":
-            continue  # summarised in the GPU section
-        lines.append(
-            f"| {r['cell']} | {r['status']} | {_f(r['first_epoch_seconds'], '.3f')} | "
-            f"{_f(r.get('min_epoch_seconds'), '.3f')} | {_f(r.get('median_epoch_seconds'), '.3f')} | "
-            f"{_f(r.get('samples_per_second'), ',.0f')} | {_f(r.get('gflops'), '.1f')} | "
-            f"{_pct(r.get('peak_fraction'))} | {_pct(r.get('ceiling_fraction'))} | "
-            f"{_f(r.get('vs_torch_eager'), '.2f')} | {_f(r.get('vs_framework_best'), '.2f')} | "
-            f"{_f(r.get('seq_over_par'), '.2f')} |"
-        )
+    table = markdown_table(header, cells, align="ll" + "r" * (len(header) - 2))
+    lines = ["", "## Cells (epoch = one pass over the train set)", "", table]
     problems = [r for r in rows if r["status"] == "failed" or (r["status"] == "skipped" and r["device"] == "cpu")]
     if problems:
         lines += ["", "Cells that did not run:", ""] + [f"- {r['cell']}: {r['reason']}" for r in problems]

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from backprop_bench.backends.base import check_batch, cpu_name
-from backprop_bench.model import MLPSpec, Params
+from backprop_bench.core.specs import MLPSpec, Params
 
 STOCK_FRAMEWORKS = ("torch", "tensorflow", "keras")
 

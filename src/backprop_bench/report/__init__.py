@@ -1,0 +1,1 @@
+"""Reporting: statistics, tables (one writer for every report) and plots."""

@@ -1,0 +1,240 @@
+"""Every figure the project draws: a run's curves and confusion matrix (MLflow artifacts),
+and the report's loss curves, time and accuracy bars and disagreements (compare stage).
+
+matplotlib is imported inside the functions, through ``Figure`` (no pyplot: no GUI
+backend, no global figure state), so importing this module costs nothing. Each PNG is
+written atomically (core/files.py atomic_write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.core.files import atomic_write
+from backprop_bench.results.metrics import FINISHED, EpochStats
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+COLORS = dict(zip(FRAMEWORKS, ("tab:blue", "tab:red", "tab:orange", "tab:green")))  # one per framework
+LINESTYLES = {"sequential": "--", "parallel": "-"}
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+
+
+# ---------------------------------------------------------------- one run
+
+
+def plot_curves(history: Sequence[EpochStats], path: str | Path, title: str) -> Path:
+    """Loss (left, log scale) and accuracy (right) per epoch, train and val."""
+    fig = _figure((10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [h.epoch for h in history]
+    ax_loss.plot(epochs, [h.train_loss for h in history], label="train")
+    ax_loss.plot(epochs, [h.val_loss for h in history], label="val")
+    ax_acc.plot(epochs, [h.train_accuracy for h in history], label="train")
+    ax_acc.plot(epochs, [h.val_accuracy for h in history], label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title=title)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    ax_loss.legend()
+    ax_acc.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, path: str | Path, title: str) -> Path:
+    """Counts of (true, predicted) label pairs; y_true and y_pred are (N,) int labels."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    fig = _figure((5.5, 5))
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        color = "white" if n > counts.max() / 2 else "black"  # readable on dark cells
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(n_classes), yticks=range(n_classes))
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the report (compare's rows)
+
+
+def plot_loss_bands(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Train loss per epoch, one panel per mode: per framework x strategy (x device, when there
+    are several) the mean over seeds as a line and the min-max over seeds as a band.
+
+    A run is compare's dict: framework, strategy, device, mode, status and, when finished,
+    history (columns epoch and train_loss, each (E,)). Seeds of unequal length are cut to the shortest.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    curves: dict[tuple[str, str, str, str], list[Mapping[str, np.ndarray]]] = {}
+    for r in runs:
+        if r["status"] == FINISHED:
+            key = (r.get("mode", "controlled"), r["framework"], r["strategy"], r["device"])
+            curves.setdefault(key, []).append(r["history"])
+    modes = list(dict.fromkeys(k[0] for k in curves)) or ["nothing finished"]
+    several_devices = len({k[3] for k in curves}) > 1
+    fig = _figure((6.5 * len(modes), 4.5))
+    axes = fig.subplots(1, len(modes), squeeze=False, sharey=True)[0]
+    for (mode, framework, strategy, device), histories in curves.items():
+        n = min(len(h["train_loss"]) for h in histories)
+        losses = np.stack([h["train_loss"][:n] for h in histories])  # (seeds, epochs)
+        epochs, color = histories[0]["epoch"][:n], COLORS.get(framework, "tab:gray")
+        label = f"{framework} {strategy}" + (f" {device}" if several_devices else "") + f" ({len(histories)} seeds)"
+        ax = axes[modes.index(mode)]
+        ax.plot(epochs, losses.mean(axis=0), LINESTYLES.get(strategy, ":"), color=color, marker=".", label=label)
+        ax.fill_between(epochs, losses.min(axis=0), losses.max(axis=0), color=color, alpha=0.15, linewidth=0)
+    for ax, mode in zip(axes, modes):
+        ax.set(title=f"{mode} mode", xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("train loss (cross-entropy)")
+    fig.suptitle("Train loss per epoch: mean over seeds, band = min to max (solid: parallel, dashed: sequential)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_interval_bars(
+    rows: Sequence[Mapping[str, Any]], key: str, path: str | Path, label: str, spec: str = ".2f", scale: float = 1.0
+) -> Path:
+    """Horizontal bars of rows' ``key`` (mean x scale) with whiskers of its 95 % interval: one group
+    per framework x strategy (x device, when there are several), one bar per mode (native hatched).
+
+    A row is compare's table row: framework, strategy, device, mode, status and ``key``, an object with
+    mean, half_width and n (stats.Interval), or None when no seed finished. When every whisker is
+    narrow next to the bars (test accuracy), the axis zooms to the values and says it does not start at 0.
+    """
+    from matplotlib.patches import Patch
+
+    several_devices = len({r["device"] for r in rows}) > 1
+    groups = list(dict.fromkeys((r["framework"], r["strategy"], r["device"]) for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    height = 0.8 / len(modes)
+    fig = _figure((9, 0.38 * len(rows) + 0.3 * len(groups) + 1.5))
+    ax = fig.subplots()
+    done = [r for r in rows if r[key] is not None]
+    means = [r[key].mean * scale for r in done]
+    for r in rows:
+        g, k = groups.index((r["framework"], r["strategy"], r["device"])), modes.index(r["mode"])
+        y = g + (k - (len(modes) - 1) / 2) * height
+        if r[key] is None:
+            ax.text(0, y, f" {r['mode']}: {r['status']}", va="center", fontsize=8, color="tab:red")
+            continue
+        mean, hw = r[key].mean * scale, (r[key].half_width * scale if r[key].n > 1 else 0.0)
+        color = COLORS.get(r["framework"], "tab:gray")
+        hatch = "//" if r["mode"] == "native" else None
+        ax.barh(y, mean, height=height * 0.9, color=color, alpha=0.75, hatch=hatch, edgecolor="black", linewidth=0.5)
+        ax.errorbar(mean, y, xerr=hw, fmt="none", ecolor="black", capsize=3, linewidth=1)
+        text = f"{mean:{spec}}" + (f" ± {hw:{spec}}" if r[key].n > 1 else "") + f"  ({r['mode']}, n={r[key].n})"
+        ax.text(mean + hw, y, "  " + text, va="center", fontsize=8)
+    ax.set_yticks(range(len(groups)), [" ".join(g if several_devices else g[:2]) for g in groups])
+    ax.invert_yaxis()
+    xlabel = label
+    if means and min(means) > 0 and (max(means) - min(means)) < 0.2 * max(means):  # zoom: bars differ by little
+        low = min(r[key].mean * scale - (r[key].half_width * scale if r[key].n > 1 else 0) for r in done)
+        span = max(max(means) - low, 0.01 * max(means))
+        ax.set_xlim(low - 1.5 * span, max(means) + 2.5 * span)
+        xlabel += " (axis does not start at 0)"
+    elif means:
+        ax.set_xlim(0, 1.45 * max(means))
+    handles = [
+        Patch(facecolor="white", edgecolor="black", hatch="//" if m == "native" else None, label=m) for m in modes
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set(xlabel=xlabel, title=f"{label}: mean over seeds, whiskers = 95 % interval")
+    return _save(fig, path)
+
+
+def plot_disagreements(
+    predictions: Mapping[str, np.ndarray],
+    where: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    path: str | Path,
+    max_digits: int = 8,
+    caption: str = "",
+) -> Path:
+    """Up to max_digits of the test images at ``where`` (indices the frameworks disagree on),
+    each captioned with the true label and every framework's prediction, green where right
+    and red where wrong. predictions: framework -> (N_test,) labels; x_test (N_test, 784).
+    caption: which runs the predictions come from, added to the title."""
+    shown = where[:max_digits]
+    n_panels = max(len(shown), 1)
+    fig = _figure((1.7 * n_panels + 0.5, 3.2))
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    if len(shown) == 0:
+        axes[0].axis("off")
+        message = (
+            "fewer than two frameworks finished"
+            if len(predictions) < 2
+            else f"all frameworks agree on all {len(y_test)} test digits"
+        )
+        axes[0].text(0.5, 0.5, message, ha="center", va="center")
+    for ax, i in zip(axes, shown):
+        ax.imshow(x_test[i].reshape(28, 28), cmap="gray_r")  # a row is 784 pixels, row-major 28x28
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"test #{i}, true {y_test[i]}", fontsize=8)
+        for k, (framework, pred) in enumerate(predictions.items()):
+            right = pred[i] == y_test[i]
+            ax.text(
+                0.5,
+                -0.1 - 0.13 * k,
+                f"{framework}: {pred[i]} {'right' if right else 'wrong'}",
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="tab:green" if right else "tab:red",
+            )
+    title = f"Test digits the frameworks disagree on ({len(shown)} of {len(where)} shown)"
+    fig.suptitle(f"{title}\n{caption}" if caption else title, fontsize=10)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the stability map (stability stage)
+
+
+def plot_stability(runs: Sequence[Mapping[str, Any]], limit: float, path: str | Path) -> Path:
+    """Final train loss vs learning rate (both axes log), one line per strategy x batch size.
+
+    A run is stability.py's dict: lr, strategy, batch_size, status, final_loss. Diverged runs are
+    x marks above ``limit`` (the blow-up threshold, a dotted line), one row of them per line so
+    that they do not hide each other; each line runs up to its first divergence.
+    """
+    fig = _figure((8, 5))
+    ax = fig.subplots()
+    batches = sorted({r["batch_size"] for r in runs})
+    colors = dict(zip(batches, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")))
+    series = [(b, s) for b in batches for s in ("sequential", "parallel")]
+    for k, (b, strategy) in enumerate(series):
+        mine = sorted((r for r in runs if (r["batch_size"], r["strategy"]) == (b, strategy)), key=lambda r: r["lr"])
+        if not mine:
+            continue
+        row = limit * 1.2 ** (k + 1)  # this line's row of x marks
+        ok = [(r["lr"], r["final_loss"]) for r in mine if r["status"] == FINISHED]
+        bad = [(r["lr"], row) for r in mine if r["status"] != FINISHED]
+        line = [p for p in ok if not bad or p[0] < bad[0][0]] + bad[:1]
+        style = dict(color=colors.get(b, "tab:gray"), label=f"{strategy}, batch {b}")
+        ax.plot(*zip(*line), LINESTYLES[strategy], marker=".", **style)
+        if bad:
+            ax.plot(*zip(*bad), "x", markersize=9, mew=2, color=style["color"])
+    ax.axhline(limit, color="tab:red", linestyle=":", linewidth=1, label=f"blow-up threshold ({limit:.3g})")
+    ax.set(xscale="log", yscale="log", xlabel="learning rate (plain SGD)", ylabel="final train loss")
+    ax.set_title("Stability map: x = diverged (solid: parallel, dashed: sequential)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save(fig, path)

@@ -1,0 +1,45 @@
+"""MLflow housekeeping from the command line:
+
+python -m backprop_bench.tracking reap [--tracking-uri URI] [--experiment NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from backprop_bench.tracking.reaper import reap
+from backprop_bench.tracking.uri import TrackingUriError, resolve_uri, sqlite_path, validate_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m backprop_bench.tracking reap [--tracking-uri URI] [--experiment NAME]"""
+    parser = argparse.ArgumentParser(prog="python -m backprop_bench.tracking", description="MLflow housekeeping")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("reap", help="end FAILED (outcome=lost) this host's RUNNING runs whose process is gone")
+    cmd.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory",
+    )
+    cmd.add_argument("--experiment", default="backprop-bench")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.tracking_uri:
+            uri = validate_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
+        else:
+            uri = resolve_uri(None, Path.cwd())
+    except TrackingUriError as err:
+        print(f"reap: {err}", file=sys.stderr)
+        return 2
+    db = sqlite_path(uri)
+    reaped = [] if db is not None and not db.is_file() else reap(uri, args.experiment)
+    print(f"reap: {len(reaped)} lost run(s) of experiment {args.experiment!r} in {uri} marked FAILED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

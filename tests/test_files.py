@@ -1,0 +1,169 @@
+"""io.py: atomic writes (bytes, text, a writer function), the streamed sha256, the writers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backprop_bench.core.files import (
+    all_or_nothing,
+    atomic_write,
+    npz_bytes,
+    sha256_file,
+    write_csv,
+    write_json,
+    write_npy,
+    write_npz,
+)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_write_replaces_whole_and_cleans_up_on_failure(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    atomic_write(path, "old")
+    assert path.read_text() == "old"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+
+    def half_then_crash(f):
+        f.write(b"new but half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, half_then_crash)
+    assert path.read_text() == "old"  # the old file is untouched
+    assert os.listdir(path.parent) == ["f.txt"]  # no temp file left
+
+
+def test_atomic_write_takes_bytes_text_or_a_writer(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"good")
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 != 0o600  # not mkstemp's private mode
+    atomic_write(target, "é")  # text is written as UTF-8
+    assert target.read_bytes() == "é".encode()
+    assert atomic_write(target, lambda f: f.write(b"streamed")) == target
+    assert target.read_bytes() == b"streamed"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_sha256_file_streams_the_whole_file(tmp_path):
+    data = os.urandom(3 * (1 << 20) + 5)  # more than one 1 MiB chunk
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"x": float("nan")})
+    assert not (tmp_path / "m.json").exists()
+    write_json(tmp_path / "m.json", {"x": None, "y": 1.5})
+    assert (tmp_path / "m.json").read_text().endswith("}\n")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": None, "y": 1.5}
+
+
+def test_write_csv_header_then_rows(tmp_path):
+    write_csv(tmp_path / "t.csv", ["a", "b"], [[1, "x,y"], [float("nan"), ""]])
+    assert (tmp_path / "t.csv").read_text() == 'a,b\n1,"x,y"\nnan,\n'
+
+
+def test_write_npy_round_trips(tmp_path):
+    write_npy(tmp_path / "p.npy", np.arange(5, dtype=np.int64))
+    loaded = np.load(tmp_path / "p.npy")
+    assert loaded.dtype == np.int64 and loaded.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_npz_bytes_load_back_and_are_deterministic(tmp_path):
+    arrays = {"x_train": np.ones((3, 4), np.float32), "y_train": np.arange(3)}
+    payload = npz_bytes(arrays)
+    assert payload == npz_bytes(dict(arrays))  # no timestamps in the zip
+    write_npz(tmp_path / "a.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == payload
+    with np.load(tmp_path / "a.npz") as loaded:
+        assert sorted(loaded.files) == ["x_train", "y_train"]
+        np.testing.assert_array_equal(loaded["y_train"], arrays["y_train"])
+
+
+def test_npz_keeps_shapes_orders_and_zero_d_arrays(tmp_path):
+    arrays = {"s": np.array("text"), "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "v": np.arange(10)[::2]}
+    write_npz(tmp_path / "a.npz", arrays)
+    with np.load(tmp_path / "a.npz") as loaded:
+        assert loaded["s"].shape == () and str(loaded["s"]) == "text"
+        for key in ("f", "v"):
+            np.testing.assert_array_equal(loaded[key], arrays[key])
+
+
+def test_all_or_nothing_replaces_the_files_together(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    with all_or_nothing(tmp_path, ["a.txt", "b.txt"]) as stage:
+        atomic_write(stage / "a.txt", "new a")
+        atomic_write(stage / "b.txt", "new b")
+        assert (tmp_path / "a.txt").read_text() == "old a"  # nothing lands before the block ends
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # the staging folder is gone
+
+
+def test_all_or_nothing_rolls_back_when_a_move_fails(tmp_path, monkeypatch):
+    for name in ("a.txt", "c.txt"):
+        (tmp_path / name).write_text(f"old {name}")
+    real_replace = os.replace
+
+    def replace(src, dst):  # the third move into tmp_path fails (a full disk, a permission)
+        if Path(dst).parent == tmp_path and Path(src).parent.name.startswith(".staging-"):
+            moved.append(Path(dst).name)
+            if len(moved) == 3:
+                raise OSError("injected")
+        return real_replace(src, dst)
+
+    moved: list[str] = []
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="injected"):
+        with all_or_nothing(tmp_path, ["a.txt", "b.txt", "c.txt"]) as stage:
+            for name in ("a.txt", "b.txt", "c.txt"):
+                atomic_write(stage / name, f"new {name}")
+    assert moved == ["a.txt", "b.txt", "c.txt"]
+    # a.txt has its old bytes back, b.txt (which did not exist) is gone, c.txt was never replaced
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "old a.txt", "c.txt": "old c.txt"}
+
+
+def test_all_or_nothing_leaves_out_dir_alone_on_an_error_in_the_block(tmp_path):
+    (tmp_path / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with all_or_nothing(tmp_path, ["a.txt"]) as stage:
+            atomic_write(stage / "a.txt", "new")
+            raise RuntimeError("the second file could not be made")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old"
+
+
+def test_exit_now_flushes_output_and_logs_then_exits_with_the_code(tmp_path):
+    """exit_now skips the interpreter's teardown (and atexit), but nothing printed or logged is lost."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, logging, sys\n"
+        "from backprop_bench.core.files import exit_now\n"
+        "logging.basicConfig(filename=sys.argv[1], level=logging.INFO)\n"
+        "logging.getLogger('x').info('logged line')\n"
+        "atexit.register(print, 'atexit ran')\n"
+        "print('printed', end='')\n"
+        "sys.stderr.write('to stderr')\n"
+        "exit_now(int(sys.argv[2]))\n"
+    )
+    log = tmp_path / "log.txt"
+    for rc in (0, 3):
+        cmd = [sys.executable, "-c", code, str(log), str(rc)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout, out.stderr) == (rc, "printed", "to stderr")
+        assert "logged line" in log.read_text()
