@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# dvc repro, with the study stages and the stability map two at a time on two cores
-# (src/backprop_bench/repro.py). The stages call `python -m ...`: the venv's python goes first on PATH.
+# dvc repro, with the study stages and the stability map side by side, one stage per usable
+# CPU (src/backprop_bench/repro.py). The stages call `python -m ...`: the venv's python goes first on PATH.
 run: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m backprop_bench.repro
 	$(PY) -m backprop_bench.compare --print-only

@@ -51,7 +51,6 @@ def main(cfg: DictConfig) -> None:
         raise
 
 
-
 def make_default_data(name: str, path: str | None, root: Path) -> None:
     """Outside a checkout (no dvc.yaml) there is no pipeline to make the default data: make it
     as the pipeline's defaults would, from the embedded MNIST sample (offline), and say so.
