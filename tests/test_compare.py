@@ -19,7 +19,7 @@ from backprop_bench import compare
 from backprop_bench.core.files import write_npy
 from backprop_bench.report import stats
 from backprop_bench.results.grid import read_study_params
-from backprop_bench.results.metrics import CellMetrics, EpochStats, write_history, write_metrics
+from backprop_bench.results.metrics import EpochStats, RunMetrics, write_history, write_metrics
 
 N_TEST, SEEDS = 12, 3
 FRAMEWORKS, STRATEGIES, MODES = ("numpy", "torch"), ("sequential", "parallel"), ("controlled", "native")
@@ -51,10 +51,10 @@ def write_run(runs: Path, framework: str, strategy: str, mode: str, seed: int, d
     folder = run_folder(runs, framework, strategy, mode, seed, device)
     cell = dict(cell=f"{framework}-{strategy}-{device}", framework=framework, strategy=strategy, device=device)
     if status:
-        write_metrics(folder / "metrics.json", CellMetrics(**cell, mode=mode, seed=seed, **status))
+        write_metrics(folder / "metrics.json", RunMetrics(**cell, mode=mode, seed=seed, **status))
         return folder
     loss, sps = final_loss(framework, strategy, mode, seed), samples_per_second(framework, strategy, mode, seed)
-    metrics = CellMetrics(
+    metrics = RunMetrics(
         **cell,
         status="finished",
         mode=mode,

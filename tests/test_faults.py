@@ -18,14 +18,12 @@ import importlib.util
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from conftest import run_in_process
+from conftest import make_split, run_in_process
 
 from backprop_bench.core import files as io
 from backprop_bench.data import download, formats, preprocess
-from backprop_bench.data.formats import N_PIXELS
 from backprop_bench.training import run as train
 
 pytest.importorskip("mlflow")
@@ -222,11 +220,6 @@ def test_a_failing_final_move_keeps_the_previous_outputs(move, good_run, trackin
 
 
 # ---------------------------------------------------------------- the data stages
-
-
-def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, N_PIXELS)).astype(np.uint8), np.arange(n) % 10
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""metrics.py: metrics.json (CellMetrics) and history.csv round-trip, and every malformed
+"""metrics.py: metrics.json (RunMetrics) and history.csv round-trip, and every malformed
 file is named with the key or column that is wrong."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from backprop_bench.results.metrics import (
     REQUIRED_KEYS,
     SKIPPED,
     STATUSES,
-    CellMetrics,
     EpochStats,
     MetricsError,
+    RunMetrics,
     read_history,
     read_metrics,
     write_history,
@@ -31,7 +31,7 @@ from backprop_bench.results.metrics import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = dict(cell="numpy-parallel-cpu", framework="numpy", strategy="parallel", device="cpu")
-FINISHED_CELL = CellMetrics(
+FINISHED_CELL = RunMetrics(
     **CELL,
     status=FINISHED,
     test_accuracy=0.9,
@@ -75,20 +75,20 @@ def test_history_columns_are_the_epoch_stats_fields():
 
 def test_statuses_and_key_groups_are_fields():
     assert STATUSES == ("finished", "skipped", "failed")
-    names = {f.name for f in fields(CellMetrics)}
+    names = {f.name for f in fields(RunMetrics)}
     assert set(REQUIRED_KEYS) | set(FINISHED_KEYS) | set(NULLABLE_KEYS) <= names
 
 
 def test_a_finished_cell_round_trips(tmp_path):
     write_metrics(tmp_path / "metrics.json", FINISHED_CELL)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(on_disk) == [f.name for f in fields(CellMetrics)]  # every field, in order
+    assert list(on_disk) == [f.name for f in fields(RunMetrics)]  # every field, in order
     assert on_disk["final_val_accuracy"] is None
     assert read_metrics(tmp_path / "metrics.json") == FINISHED_CELL
 
 
 def test_a_skipped_cell_has_only_the_keys_every_cell_has(tmp_path):
-    skipped = CellMetrics(**CELL, status=SKIPPED, reason="no GPU", mode="native", seed=2, mlflow_run_id="")
+    skipped = RunMetrics(**CELL, status=SKIPPED, reason="no GPU", mode="native", seed=2, mlflow_run_id="")
     every_cell = {"status": "skipped", "reason": "no GPU", "mode": "native", "seed": 2, "mlflow_run_id": ""}
     assert skipped.to_dict() == {**CELL, **every_cell}
     write_metrics(tmp_path / "metrics.json", skipped)
@@ -96,19 +96,19 @@ def test_a_skipped_cell_has_only_the_keys_every_cell_has(tmp_path):
 
 
 def test_unknown_keys_are_ignored_and_optional_ones_default():
-    m = CellMetrics.from_dict({**CELL, "status": "skipped", "reason": "", "extra": 1}, "m.json")
+    m = RunMetrics.from_dict({**CELL, "status": "skipped", "reason": "", "extra": 1}, "m.json")
     assert m.mlflow_run_id == "" and m.test_accuracy is None
 
 
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda d: d.pop("status"), r"m.json: missing key 'status' \(every cell needs: cell, framework"),
+        (lambda d: d.pop("status"), r"m.json: missing key 'status' \(every run needs: cell, framework"),
         (
             lambda d: d.update(status="done"),
             r"m.json: key 'status' is 'done', expected one of finished, skipped, failed",
         ),
-        (lambda d: d.pop("samples_per_second"), r"m.json: missing key 'samples_per_second' \(a finished cell needs"),
+        (lambda d: d.pop("samples_per_second"), r"m.json: missing key 'samples_per_second' \(a finished run needs"),
         (lambda d: d.update(train_seconds=None), r"m.json: key 'train_seconds' is None, expected a number"),
         (lambda d: d.update(test_accuracy="0.9"), r"m.json: key 'test_accuracy' is '0.9', expected a number"),
         (lambda d: d.update(epochs=True), r"m.json: key 'epochs' is True, expected a number"),
@@ -118,12 +118,12 @@ def test_malformed_metrics_name_the_file_and_key(change, message):
     d = FINISHED_CELL.to_dict()
     change(d)
     with pytest.raises(MetricsError, match=message):
-        CellMetrics.from_dict(d, "m.json")
+        RunMetrics.from_dict(d, "m.json")
 
 
 def test_nullable_numbers_may_be_none():
     d = FINISHED_CELL.to_dict() | {"steady_epoch_seconds": None, "final_val_accuracy": None}
-    assert CellMetrics.from_dict(d, "m.json") == replace(FINISHED_CELL, steady_epoch_seconds=None)
+    assert RunMetrics.from_dict(d, "m.json") == replace(FINISHED_CELL, steady_epoch_seconds=None)
 
 
 def test_unreadable_metrics_files_are_named(tmp_path):
@@ -169,7 +169,7 @@ def test_bad_history_names_the_file_row_and_column(tmp_path):
 def test_the_architecture_doc_documents_every_field():
     doc = (ROOT / "docs" / "architecture.md").read_text()
     documented = set(re.findall(r"^\| `(\w+)` \|", doc, flags=re.MULTILINE))
-    missing = [f.name for f in fields(CellMetrics) + fields(EpochStats) if f.name not in documented]
+    missing = [f.name for f in fields(RunMetrics) + fields(EpochStats) if f.name not in documented]
     assert not missing, f"docs/architecture.md has no table row for {missing}"
     for status in STATUSES:
         assert f"`{status}`" in doc

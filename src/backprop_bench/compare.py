@@ -47,7 +47,7 @@ CSV_COLUMNS = (*KEYS, "status", "n_finished", "n_seeds", *(k + s for k in POOLED
 CSV_COLUMNS += ("speed_vs_numpy", "backend_loc", "note")
 HALVES = (("", "mean"), ("_hw", "half_width"))  # comparison.csv: an interval as <key> and <key>_hw
 
-Run = dict[str, Any]  # CellMetrics' fields, plus `history` and `predictions` (N_test,) when finished
+Run = dict[str, Any]  # RunMetrics' fields, plus `history` and `predictions` (N_test,) when finished
 Key = tuple[str, str, str, str]  # KEYS
 Groups = dict[Key, list[Run]]  # the runs of one row, seed i at [i]
 

@@ -1,6 +1,6 @@
-"""A study cell's result files: metrics.json (``CellMetrics``) and history.csv (``EpochStats`` rows).
+"""A run's result files: metrics.json (``RunMetrics``) and history.csv (``EpochStats`` rows).
 
-train.py builds and writes both; compare.py reads them back with ``read_metrics`` and
+training/run.py writes both; compare.py reads them back with ``read_metrics`` and
 ``read_history``, whose errors name the file and the key. docs/architecture.md ("A study
 cell") documents every field.
 """
@@ -23,7 +23,7 @@ STATUSES = (FINISHED, SKIPPED, FAILED)
 
 
 class MetricsError(ValueError):
-    """A cell's metrics.json or history.csv is missing or malformed: the message names the file and key."""
+    """A run's metrics.json or history.csv is missing or malformed: the message names the file and key."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,10 @@ HISTORY_COLUMNS = tuple(f.name for f in fields(EpochStats))
 
 
 @dataclass(frozen=True)
-class CellMetrics:
-    """metrics.json of one cell. A cell that did not finish has only the first eight fields and mlflow_run_id."""
+class RunMetrics:
+    """metrics.json of one run. A run that did not finish has only the first eight fields and mlflow_run_id."""
 
-    cell: str  # {framework}-{strategy}-{device}
+    cell: str  # {framework}-{strategy}-{device}: RunKey.cell, the runs of one report row before mode and seed
     framework: str
     strategy: str
     device: str  # as asked: cpu | cuda | auto
@@ -55,7 +55,7 @@ class CellMetrics:
     reason: str = ""  # why it was skipped or failed; "" when finished
     mode: str = "controlled"  # core.specs.MODES
     seed: int | None = None  # the run's seed: initial weights, batch order (and dropout masks)
-    # ---- a finished cell
+    # ---- a finished run
     test_accuracy: float | None = None  # fraction in [0, 1]
     test_loss: float | None = None
     train_seconds: float | None = None  # all epochs of the training loop, the first included
@@ -85,13 +85,13 @@ class CellMetrics:
         return d
 
     @classmethod
-    def from_dict(cls, obj: Any, source: str | Path) -> CellMetrics:
+    def from_dict(cls, obj: Any, source: str | Path) -> RunMetrics:
         """Check a parsed metrics.json (from ``source``, named in errors) and build it; unknown keys are ignored."""
         if not isinstance(obj, dict):
             raise MetricsError(f"{source}: expected one JSON object, got {type(obj).__name__}")
         for key in REQUIRED_KEYS:
             if key not in obj:
-                raise MetricsError(f"{source}: missing key {key!r} (every cell needs: {', '.join(REQUIRED_KEYS)})")
+                raise MetricsError(f"{source}: missing key {key!r} (every run needs: {', '.join(REQUIRED_KEYS)})")
         if obj["status"] not in STATUSES:
             raise MetricsError(f"{source}: key 'status' is {obj['status']!r}, expected one of {', '.join(STATUSES)}")
         finished = obj["status"] == FINISHED
@@ -99,7 +99,7 @@ class CellMetrics:
             for key in FINISHED_KEYS:
                 if key not in obj:
                     needs = ", ".join(FINISHED_KEYS)
-                    raise MetricsError(f"{source}: missing key {key!r} (a finished cell needs: {needs})")
+                    raise MetricsError(f"{source}: missing key {key!r} (a finished run needs: {needs})")
         for key in NUMBER_KEYS:
             value = obj.get(key)
             if value is None and (key in NULLABLE_KEYS or not finished):
@@ -110,8 +110,8 @@ class CellMetrics:
         return cls(**{k: v for k, v in obj.items() if k in names})
 
 
-REQUIRED_KEYS = ("cell", "framework", "strategy", "device", "status", "reason")  # every cell
-# What compare needs of a finished cell; train.py writes all the other fields too.
+REQUIRED_KEYS = ("cell", "framework", "strategy", "device", "status", "reason")  # every run
+# What compare needs of a finished run; training/run.py writes all the other fields too.
 FINISHED_KEYS = (
     "test_accuracy",
     "train_seconds",
@@ -120,24 +120,24 @@ FINISHED_KEYS = (
     "samples_per_second",
     "final_train_loss",
 )
-NUMBER_KEYS = tuple(k for k, t in get_type_hints(CellMetrics).items() if t in (float | None, int | None))
+NUMBER_KEYS = tuple(k for k, t in get_type_hints(RunMetrics).items() if t in (float | None, int | None))
 NULLABLE_KEYS = ("steady_epoch_seconds", "final_val_accuracy", "best_epoch", "stopped_epoch")
 
 
-def write_metrics(path: str | Path, metrics: CellMetrics) -> Path:
+def write_metrics(path: str | Path, metrics: RunMetrics) -> Path:
     return write_json(path, metrics.to_dict())
 
 
-def read_metrics(path: str | Path) -> CellMetrics:
-    """One cell's metrics.json, checked (``CellMetrics.from_dict``)."""
+def read_metrics(path: str | Path) -> RunMetrics:
+    """One run's metrics.json, checked (``RunMetrics.from_dict``)."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MetricsError(f"{path}: not found (has the cell's train stage run?)") from None
+        raise MetricsError(f"{path}: not found (has the run's study stage run?)") from None
     except json.JSONDecodeError as err:
         raise MetricsError(f"{path}: line {err.lineno} column {err.colno}: not valid JSON: {err.msg}") from None
-    return CellMetrics.from_dict(obj, path)
+    return RunMetrics.from_dict(obj, path)
 
 
 def write_history(path: str | Path, history: Sequence[EpochStats]) -> Path:
@@ -153,7 +153,7 @@ def read_history(path: str | Path, columns: Sequence[str] = HISTORY_COLUMNS) -> 
             rows = list(csv.DictReader(f))
             header = rows[0].keys() if rows else []
     except FileNotFoundError:
-        raise MetricsError(f"{path}: not found (a finished cell writes its history)") from None
+        raise MetricsError(f"{path}: not found (a finished run writes its history)") from None
     for column in columns:
         if column not in header:
             raise MetricsError(f"{path}: missing column {column!r} (expected at least {', '.join(columns)})")

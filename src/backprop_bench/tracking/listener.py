@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from backprop_bench.core.dataset import Dataset
 from backprop_bench.core.specs import labels_of
 from backprop_bench.results.key import RunKey
-from backprop_bench.results.metrics import FINISHED, SKIPPED, CellMetrics, EpochStats
+from backprop_bench.results.metrics import FINISHED, SKIPPED, EpochStats, RunMetrics
 from backprop_bench.tracking.run import MlflowRun, flatten
 from backprop_bench.tracking.uri import resolve_uri
 from backprop_bench.training.config import Components
@@ -109,7 +109,7 @@ class MlflowListener(Listener):
         for name in OUT_FILES:
             self.mlflow.log_artifact(folder / name)
 
-    def run_ended(self, metrics: CellMetrics) -> None:
+    def run_ended(self, metrics: RunMetrics) -> None:
         if metrics.status == FINISHED:
             self.mlflow.set_tags({"outcome": FINISHED})
         self._end(None)

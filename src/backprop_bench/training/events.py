@@ -17,7 +17,7 @@ import numpy as np
 
 from backprop_bench.core.dataset import Dataset
 from backprop_bench.results.key import RunKey
-from backprop_bench.results.metrics import CellMetrics, EpochStats
+from backprop_bench.results.metrics import EpochStats, RunMetrics
 
 OUT_FILES = ("metrics.json", "history.csv", "weights.npz", "predictions.npy")  # what a run leaves in its folder
 
@@ -26,7 +26,7 @@ OUT_FILES = ("metrics.json", "history.csv", "weights.npz", "predictions.npy")  #
 class Outputs:
     """A run's four files, as values: what run writes, and what a listener may log."""
 
-    metrics: CellMetrics
+    metrics: RunMetrics
     history: Sequence[EpochStats]
     predictions: np.ndarray  # (N_test,) predicted labels
 
@@ -48,6 +48,6 @@ class Listener:
     def outputs_staged(self, folder: Path, outputs: Outputs) -> None:
         """The files are in ``folder`` (staging); an exception here leaves the old outputs in place."""
 
-    def run_ended(self, metrics: CellMetrics) -> None: ...
+    def run_ended(self, metrics: RunMetrics) -> None: ...
 
     def run_failed(self, error: BaseException) -> None: ...

@@ -23,7 +23,7 @@ from backprop_bench.backends.base import Backend
 from backprop_bench.core.dataset import Dataset, load_dataset
 from backprop_bench.core.files import all_or_nothing, under, write_npy
 from backprop_bench.core.specs import Params, init_params, predicted_labels
-from backprop_bench.results.metrics import FINISHED, SKIPPED, CellMetrics, EpochStats, write_history, write_metrics
+from backprop_bench.results.metrics import FINISHED, SKIPPED, EpochStats, RunMetrics, write_history, write_metrics
 from backprop_bench.results.weights import save_weights
 from backprop_bench.training.callbacks import check_monitors
 from backprop_bench.training.config import Components
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def run(
     c: Components, out_dir: Path, project_root: Path, listener: Listener | None = None, pool: dict | None = None
-) -> CellMetrics:
+) -> RunMetrics:
     """Train one run and write its four files into out_dir; returns its metrics. Raises on failure.
 
     pool: what the runs of one process (a study stage) share: the loaded dataset, and
@@ -114,7 +114,7 @@ def evaluate(c: Components, backend: Backend, data: Dataset, result: FitResult, 
     if not math.isfinite(test_loss):
         raise Diverged(f"diverged in the last epoch: test loss {test_loss}; lr too high?")
     last = result.history[-1]
-    metrics = CellMetrics(
+    metrics = RunMetrics(
         **c.key.fields(),
         status=FINISHED,
         test_accuracy=test_acc,
@@ -145,7 +145,7 @@ def evaluate(c: Components, backend: Backend, data: Dataset, result: FitResult, 
 def skipped(c: Components, err: DeviceUnavailable, run_id: str) -> Outputs:
     """The outputs of a run that cannot run here (cuda asked for, no GPU): a reason, no numbers."""
     log.warning("SKIPPED %s: %s", c.key.cell, err)
-    metrics = CellMetrics(**c.key.fields(), status=SKIPPED, reason=str(err), mlflow_run_id=run_id)
+    metrics = RunMetrics(**c.key.fields(), status=SKIPPED, reason=str(err), mlflow_run_id=run_id)
     return Outputs(metrics, [], np.zeros(0, np.int64))
 
 
