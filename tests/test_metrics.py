@@ -127,7 +127,7 @@ def test_nullable_numbers_may_be_none():
 
 
 def test_unreadable_metrics_files_are_named(tmp_path):
-    with pytest.raises(MetricsError, match=r"nope.json: not found \(has the cell's train stage run\?\)"):
+    with pytest.raises(MetricsError, match=r"nope.json: not found \(has the run's study stage run\?\)"):
         read_metrics(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(MetricsError, match=r"bad.json: line 1 column 2: not valid JSON"):
