@@ -119,7 +119,7 @@ def test_a_crashing_cell_fails_the_others_run_and_the_exit_code_says_so(tmp_path
         "train.seed=1,2",
     )
     assert proc.returncode != 0
-    assert "FAILED numpy-parallel-cpu: Diverged: diverged at epoch" in proc.stdout + proc.stderr
+    assert "FAILED numpy-parallel-cpu-controlled-s1: Diverged: diverged at epoch" in proc.stdout + proc.stderr
     parent, children = runs_of(tracking_uri)
     statuses = sorted((r.data.params["optimizer.lr"], r.info.status) for r in children)
     assert statuses == [

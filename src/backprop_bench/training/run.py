@@ -92,7 +92,7 @@ def train(c: Components, backend: Backend, data: Dataset, listener: Listener) ->
     """fit, with the batch order of the run's mode, telling the listener after every epoch."""
     t, n = c.train, len(data.x_train)
     cls = type(backend)
-    log.info("%s: %d train samples, %d epochs, batch %d", c.key.cell, n, t.epochs, t.batch_size)
+    log.info("%s: %d train samples, %d epochs, batch %d", c.key.name, n, t.epochs, t.batch_size)
     return fit(
         backend,
         data,
@@ -138,7 +138,7 @@ def evaluate(c: Components, backend: Backend, data: Dataset, result: FitResult, 
         blas=info.get("blas", ""),
         mlflow_run_id=run_id,
     )
-    log.info("%s: test_accuracy %.4f, train %.2f s", c.key.cell, test_acc, result.train_seconds)
+    log.info("%s: test_accuracy %.4f, train %.2f s", c.key.name, test_acc, result.train_seconds)
     return Outputs(metrics, result.history, predicted_labels(backend.predict(data.x_test)))
 
 
