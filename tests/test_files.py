@@ -1,20 +1,26 @@
-"""io.py: atomic writes (bytes, text, a writer function), the streamed sha256, the writers."""
+"""core/files.py: atomic, durable writes (bytes, text, a writer function), all-or-nothing folders and
+their leftovers, one writer per folder, the streamed sha256, the writers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backprop_bench.core.files import (
+    Busy,
     all_or_nothing,
     atomic_write,
     npz_bytes,
+    one_writer,
     sha256_file,
     write_csv,
     write_json,
@@ -167,3 +173,83 @@ def test_exit_now_flushes_output_and_logs_then_exits_with_the_code(tmp_path):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert (out.returncode, out.stdout, out.stderr) == (rc, "printed", "to stderr")
         assert "logged line" in log.read_text()
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    kind = lambda fd: "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"  # noqa: E731
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(kind(fd)), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b)))
+    atomic_write(tmp_path / "f.txt", "x")
+    assert events == ["file", "rename", "dir"]
+
+
+# A child that stages a file in out_dir, says so, and waits to be killed there: between the
+# staging and the moves, as a power cut or the OOM killer would leave it.
+STAGE_AND_WAIT = """
+import sys, time
+from backprop_bench.core.files import all_or_nothing
+with all_or_nothing(sys.argv[1], ["a.txt"]) as stage:
+    (stage / "a.txt").write_text("never moved")
+    print("staged", flush=True)
+    time.sleep(60)
+"""
+
+HOLD_LOCK = """
+import sys, time
+from backprop_bench.core.files import one_writer
+with one_writer(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def _child(code: str, arg: Path, ready: str) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", code, str(arg)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == ready
+    return child
+
+
+def _kill(child: subprocess.Popen) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+
+
+def test_a_killed_writers_staging_folder_is_removed_at_the_next_start(tmp_path):
+    child = _child(STAGE_AND_WAIT, tmp_path, "staged")
+    try:
+        (live,) = tmp_path.glob(".staging-*")  # the child's own, while it lives, is left alone
+        with all_or_nothing(tmp_path, []):
+            assert live.is_dir()
+    finally:
+        _kill(child)
+    assert live.is_dir()  # killed: nothing cleaned up after it
+    with all_or_nothing(tmp_path, ["b.txt"]) as stage:
+        (stage / "b.txt").write_text("new")
+    assert not live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
+
+
+def test_one_writer_refuses_a_second_process_naming_the_folder_and_pid(tmp_path):
+    child = _child(HOLD_LOCK, tmp_path, "holding")
+    try:
+        with pytest.raises(Busy, match=rf"out_dir {tmp_path} is being written by another process \(pid {child.pid}\)"):
+            with one_writer(tmp_path, "out_dir"):
+                pass
+    finally:
+        _kill(child)
+    with one_writer(tmp_path) as folder:  # the kernel dropped the dead holder's lock
+        assert (folder / ".writer.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".writer.lock").exists()  # not left among the folder's outputs
+
+
+def test_one_writer_does_not_follow_a_planted_symlink(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".writer.lock").symlink_to(target)
+    with pytest.raises(OSError):
+        with one_writer(tmp_path / "out"):
+            pass
+    assert target.read_text() == "keep"

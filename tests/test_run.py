@@ -13,6 +13,7 @@ import sys
 import pytest
 from conftest import ROOT
 
+from backprop_bench.core.files import Busy
 from backprop_bench.training.config import to_components
 from backprop_bench.training.events import Listener
 from backprop_bench.training.loop import Diverged
@@ -71,6 +72,23 @@ def test_a_failure_is_told_once_and_raised(small_cfg, tmp_path):
     with pytest.raises(Diverged):
         run(to_components(cfg), tmp_path / "out", tmp_path, rec)
     assert rec.events[-1] == "failed Diverged" and not any(e.startswith("ended") for e in rec.events)
+
+
+def test_a_second_run_into_the_same_out_dir_is_refused_before_it_starts(small_cfg, tmp_path):
+    c, out = to_components(small_cfg("train.epochs=2")), tmp_path / "out"
+    second = Recorder()
+
+    class StartsAnotherMidway(Recorder):  # a joblib multirun with a fixed out_dir, in one process
+        def epoch_ended(self, stats):
+            super().epoch_ended(stats)
+            with pytest.raises(Busy, match=f"out_dir {out} is being written by another process"):
+                run(c, out, tmp_path, second)
+
+    first = StartsAnotherMidway()
+    run(c, out, tmp_path, first)
+    assert second.events == []  # refused up front: no MLflow run was ever started for it
+    assert first.events[-1] == "ended finished"
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "predictions.npy", "weights.npz"]
 
 
 def test_a_skipped_run_stages_its_files_and_ends(small_cfg, tmp_path):

@@ -1,14 +1,17 @@
 """Every file the project writes goes through here: atomically, and in one format per kind.
 
-Atomic: the content goes to a temp file beside the target, which ``os.replace`` then
-moves over it, so a reader (DVC, compare, a rerun after a crash) sees the old file or the
-new one, never half of one. ``sha256_file`` streams, so a 100 MB CSV is never in memory.
+Atomic: the content goes to a temp file beside the target, is fsynced, and ``os.replace``
+then moves it over the target, whose folder is fsynced in turn; so a reader (DVC, compare, a
+rerun after a crash, even after a power cut) sees the old file or the new one, never half of
+one. ``sha256_file`` streams, so a 100 MB CSV is never in memory. ``one_writer`` keeps two
+processes from writing one folder at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -43,12 +46,24 @@ def atomic_write(path: str | Path, content: Content) -> Path:
                 content(f)
             else:
                 f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on disk before the name points at them
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # and the rename itself
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the entries of folder (a rename, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -57,15 +72,92 @@ def all_or_nothing(out_dir: str | Path, names: Sequence[str]) -> Iterator[Path]:
     ends without an error they replace their namesakes in out_dir together; if one move
     fails, the files already moved are put back as they were (or removed where there was
     none), so out_dir holds all the old files or all the new ones, never a mix. On an error
-    inside the block out_dir is untouched. The staging folder is always removed."""
+    inside the block out_dir is untouched. The staging folder is always removed; one left by a
+    killed process (its name carries the pid) is removed by the next all_or_nothing there."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    remove_stale_staging(out_dir)
+    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING}{os.getpid()}-"))
     try:
         yield stage
+        for name in names:
+            _fsync_file(stage / name)
         _replace_all([(stage / name, out_dir / name) for name in names], stage / ".previous")
+        fsync_dir(out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+STAGING = ".staging-"  # all_or_nothing's folders: .staging-<pid>-<random>
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders in out_dir whose process is gone (killed between two moves,
+    say); returns them. A live process's folder, or one named otherwise, is left alone."""
+    removed = []
+    for stage in out_dir.glob(STAGING + "*"):
+        pid = stage.name[len(STAGING) :].split("-", 1)[0]
+        if stage.is_dir() and not stage.is_symlink() and (not pid.isdigit() or not _alive(int(pid))):
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+class Busy(RuntimeError):
+    """Another process is writing the folder."""
+
+
+@contextlib.contextmanager
+def one_writer(folder: str | Path, what: str = "folder") -> Iterator[Path]:
+    """Hold folder's writer lock (``folder/.writer.lock``, an flock) for the block, or raise Busy
+    at once, naming the folder and the pid that holds it: two runs into one out_dir would
+    interleave their files. The lock file is removed on the way out, so it never ends up among
+    the folder's outputs (a DVC out)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".writer.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise Busy(
+                f"{what} {folder} is being written by another process (pid {holder}): "
+                "give each run its own out_dir, or wait for that one to end"
+            ) from None
+        # The holder before us may have removed the file between our open and our lock: then
+        # our lock is on a name no one else sees, so start again on the current file.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield folder
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def _replace_all(moves: Sequence[tuple[Path, Path]], keep: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from backprop_bench.backends import DeviceUnavailable, backend_class
 from backprop_bench.backends.base import Backend
 from backprop_bench.core.dataset import Dataset, load_dataset
-from backprop_bench.core.files import all_or_nothing, under, write_npy
+from backprop_bench.core.files import all_or_nothing, one_writer, under, write_npy
 from backprop_bench.core.specs import Params, init_params, predicted_labels
 from backprop_bench.results.metrics import FINISHED, SKIPPED, EpochStats, RunMetrics, write_history, write_metrics
 from backprop_bench.results.weights import save_weights
@@ -39,25 +39,29 @@ def run(
     """Train one run and write its four files into out_dir; returns its metrics. Raises on failure.
 
     pool: what the runs of one process (a study stage) share: the loaded dataset, and
-    backends, restarted instead of rebuilt when a run needs the same kind (build_backend)."""
+    backends, restarted instead of rebuilt when a run needs the same kind (build_backend).
+
+    A second run into the same out_dir while this one runs is refused up front (core.files.Busy,
+    before its listener hears of it): their files would interleave."""
     listener = listener or Listener()
-    listener.run_started(c.key)
-    try:
-        data = load(c, project_root, pool)
-        listener.data_loaded(data)
+    with one_writer(out_dir, "out_dir"):
+        listener.run_started(c.key)
         try:
-            backend = build(c, data, pool)
-        except DeviceUnavailable as err:
-            outputs, weights = skipped(c, err, listener.run_id), []
-        else:
-            listener.backend_built(backend.info() | {"resolved_device": backend.device})
-            result = train(c, backend, data, listener)
-            outputs, weights = evaluate(c, backend, data, result, listener.run_id), backend.params()
-        write(out_dir, c, outputs, weights, listener.outputs_staged)
-    except BaseException as err:
-        listener.run_failed(err)
-        raise
-    listener.run_ended(outputs.metrics)
+            data = load(c, project_root, pool)
+            listener.data_loaded(data)
+            try:
+                backend = build(c, data, pool)
+            except DeviceUnavailable as err:
+                outputs, weights = skipped(c, err, listener.run_id), []
+            else:
+                listener.backend_built(backend.info() | {"resolved_device": backend.device})
+                result = train(c, backend, data, listener)
+                outputs, weights = evaluate(c, backend, data, result, listener.run_id), backend.params()
+            write(out_dir, c, outputs, weights, listener.outputs_staged)
+        except BaseException as err:
+            listener.run_failed(err)
+            raise
+        listener.run_ended(outputs.metrics)
     return outputs.metrics
 
 
