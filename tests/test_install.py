@@ -78,3 +78,14 @@ def test_pip_install_then_train_from_an_empty_folder(tmp_path):
     (found,) = (empty / "outputs").rglob("metrics.json")  # Hydra's run folder: out_dir is null by default
     metrics = json.loads(found.read_text())
     assert metrics["status"] == "finished" and metrics["epochs"] == 1 and metrics["test_accuracy"] > 0.5
+
+
+def test_pyproject_requires_the_mlflow_major_version_the_code_uses():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (mlflow,) = [Requirement(d) for d in deps if Requirement(d).name == "mlflow"]
+    # logged models (tracking/columns.py) exist from MLflow 3 on; no 2.x may satisfy the range
+    assert not mlflow.specifier.contains("2.99.0") and mlflow.specifier.contains("3.17.2")
