@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, run_in_process
 
 from backprop_bench.core.files import sha256_file
+from backprop_bench.core.specs import scale_pixels as scale
 from backprop_bench.data.formats import read_csv, write_canonical_csv
-from backprop_bench.data.preprocess import scale
 from backprop_bench.predict import main as predict_main
 from backprop_bench.predict import predict
 from backprop_bench.tracking import columns as mlflow_logging
@@ -168,8 +168,13 @@ def test_the_pyfunc_model_predicts_what_predict_does(small_cfg, model_env, tmp_p
     meta = pyfunc.metadata
     assert meta.run_id == run_id and meta.model_id == output.model_id
     sig = meta.signature.to_dict()
-    assert json.loads(sig["inputs"]) == [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 784]}}]
+    assert sig["inputs"] is None  # MLflow's schema takes one dtype; the model takes several (below)
     assert json.loads(sig["outputs"]) == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}]
+    assert meta.metadata["input"] == (
+        "an (N, 784) array or table of 784 pixel columns (the label column dropped): "
+        "float32/float64 scaled to [0, 1], or integers 0-255"
+    )
+    _the_model_takes_what_users_have(pyfunc, x, expected)
 
     # the environment: numpy and mlflow, never torch or TensorFlow
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "dl")))
@@ -182,6 +187,28 @@ def test_the_pyfunc_model_predicts_what_predict_does(small_cfg, model_env, tmp_p
     assert sorted(p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")) == sorted(
         f"backprop_bench/{name}" for name in mlflow_logging.MODEL_CODE
     )
+
+
+def _the_model_takes_what_users_have(pyfunc, x: np.ndarray, expected: list[int]) -> None:
+    """float32 arrays, and integer pixels 0-255 (Kaggle's test.csv: pixel0..pixel783, no label),
+    predict as the processed float64 pixels do; anything else is refused by name."""
+    import pandas as pd
+
+    pixels = np.rint(x * 255).astype(np.int64)  # the raw pixels these processed ones came from
+    kaggle = pd.DataFrame(pixels, columns=[f"pixel{i}" for i in range(784)])
+    for given in (x.astype(np.float32), kaggle, pixels.astype(np.uint8)):
+        assert np.argmax(pyfunc.predict(given), axis=1).tolist() == expected
+    expect = "expected an \\(N, 784\\) array or table of 784 pixel columns"
+    bad = {
+        "got shape \\(5, 785\\)": pd.DataFrame(np.hstack([np.zeros((5, 1), np.int64), pixels[:5]])),  # label kept
+        "integer pixels range -1..300": np.tile([-1, 300], (2, 392)),
+        "float pixels range 0.0..255.0": pixels[:2].astype(np.float64) * 0 + 255.0 * (np.arange(784) % 2),
+        "float pixels range nan": np.full((2, 784), np.nan),
+        "got dtype <U1": np.full((2, 784), "a"),
+    }
+    for message, given in bad.items():
+        with pytest.raises(Exception, match=f"{message}.*; {expect}"):
+            pyfunc.predict(given)
 
 
 def test_the_model_loads_from_its_own_code_without_torch_or_tensorflow(small_cfg, model_env, tmp_path, test_csv):

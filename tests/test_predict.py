@@ -38,6 +38,20 @@ def test_predict_from_an_mlflow_run_id(small_cfg, tracking_uri, tmp_path, test_c
     assert f"accuracy {metrics['test_accuracy']:.4f}" in capsys.readouterr().out
 
 
+def test_predict_refuses_a_run_that_did_not_finish_unless_asked(small_cfg, tracking_uri, tmp_path, test_csv, capsys):
+    from mlflow.tracking import MlflowClient
+
+    run_id = run_in_process(small_cfg(uri=tracking_uri), tmp_path)["mlflow_run_id"]
+    args = ["--run-id", run_id, "--tracking-uri", tracking_uri, "--csv", str(test_csv)]
+    client = MlflowClient(tracking_uri)
+    for status in ("FAILED", "RUNNING"):  # failed after its weights were logged; lost (killed, never ended)
+        client.update_run(run_id, status=status)
+        with pytest.raises(SystemExit, match=f"run {run_id} is {status}, not FINISHED.*--allow-unfinished"):
+            main(args)
+    assert main([*args, "--allow-unfinished"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
 def test_predict_rejects_weights_of_another_shape(tmp_path):
     from backprop_bench.core.specs import InitSpec, MLPSpec, init_params
     from backprop_bench.results.weights import save_weights

@@ -175,3 +175,10 @@ def test_labels_of_labels_or_targets():
     assert labels_of(np.array([2, 0])).dtype == np.int64
     assert labels_of(np.array([[0.1, 0.9], [0.7, 0.3]])).tolist() == [1, 0]
     assert labels_of(np.array([[0.01], [0.99]])).tolist() == [0, 1]
+
+
+def test_scale_pixels_maps_0_255_to_float32_0_1():
+    from backprop_bench.core.specs import scale_pixels
+
+    out = scale_pixels(np.array([[0, 51, 255]], dtype=np.uint8))
+    assert out.dtype == np.float32 and out.tolist() == np.array([[0, 0.2, 1]], np.float32).tolist()

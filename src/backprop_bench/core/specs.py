@@ -285,6 +285,14 @@ def labels_of(y: np.ndarray) -> np.ndarray:
     return y.astype(np.int64) if y.ndim == 1 else predicted_labels(y)
 
 
+PIXEL_MAX = 255  # raw pixels are integers 0..PIXEL_MAX (MNIST's uint8)
+
+
+def scale_pixels(x: np.ndarray) -> np.ndarray:
+    """Integer pixels 0-255 -> float32 in [0, 1]: what preprocess stores and every model reads."""
+    return x.astype(np.float32) / np.float32(PIXEL_MAX)
+
+
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     """Share of samples whose predicted class is the true one.
 

@@ -19,16 +19,12 @@ import numpy as np
 
 from backprop_bench.core.checks import ParamsError, check, is_integer, is_number
 from backprop_bench.core.files import all_or_nothing, sha256_file, write_json, write_npz
+from backprop_bench.core.specs import scale_pixels
 from backprop_bench.core.split import stratified_split
 from backprop_bench.data import formats
 from backprop_bench.data.formats import DataError
 
 SPLITS = ("train", "val", "test")
-
-
-def scale(x: np.ndarray) -> np.ndarray:
-    """uint8 pixels 0-255 -> float32 in [0, 1]."""
-    return x.astype(np.float32) / np.float32(255.0)
 
 
 def check_options(
@@ -66,11 +62,11 @@ def preprocess(
         x_train, y_train = x_train[keep], y_train[keep]
     val, train = stratified_split(y_train, round(val_fraction * len(y_train)), rng)
     return {
-        "x_train": scale(x_train[train]),
+        "x_train": scale_pixels(x_train[train]),
         "y_train": y_train[train].astype(np.int64),
-        "x_val": scale(x_train[val]),
+        "x_val": scale_pixels(x_train[val]),
         "y_val": y_train[val].astype(np.int64),
-        "x_test": scale(x_test),
+        "x_test": scale_pixels(x_test),
         "y_test": y_test.astype(np.int64),
     }
 

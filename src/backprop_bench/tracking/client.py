@@ -66,3 +66,10 @@ def download_artifact(run_id: str, name: str, uri: str | None, project_root: Pat
 
     client = MlflowClient(resolve_uri(uri, project_root))
     return Path(retry(client.download_artifacts, run_id, name, str(dst)))
+
+
+def run_status(run_id: str, uri: str | None, project_root: Path) -> str:
+    """A run's MLflow status (FINISHED, FAILED, KILLED, RUNNING, ...); the store is resolve_uri(uri, project_root)."""
+    from mlflow.tracking import MlflowClient
+
+    return retry(MlflowClient(resolve_uri(uri, project_root)).get_run, run_id).info.status

@@ -12,9 +12,9 @@ a finished run's files are logged:
   and ``.git.repoURL`` when the checkout has an ``origin`` remote.
 - **Models**: the final weights as an MLflow ``pyfunc`` model named ``model`` (an MLflow 3
   logged model of the run: ``runs:/<run id>/model``), predicting with the NumPy backend's
-  forward pass. Input: an (N, 784) float64 tensor of processed pixels (scaled as
-  preprocess scales them; a DataFrame or CSV with 784 columns and a header row will do),
-  output: the (N, 10) output activations (probabilities). It is saved "from code" (a
+  forward pass. Input: an (N, 784) array or table (a DataFrame, a CSV without its label
+  column) of float32/float64 pixels scaled to [0, 1] or integer pixels 0-255 (scaled as
+  preprocess scales them); output: the (N, 10) output activations (probabilities). It is saved "from code" (a
   three-line script, no pickle), carries its own copy of the few project modules it needs
   and requires only numpy (besides mlflow), never torch or TensorFlow.
   ``tracking.register_model`` registers it in the Model Registry.
@@ -41,6 +41,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from backprop_bench.tracking.client import retry  # sqlite "database is locked": retried with backoff
+from backprop_bench.tracking.pyfunc import input_contract
 
 if TYPE_CHECKING:
     from backprop_bench.core.dataset import Dataset
@@ -174,18 +175,14 @@ mlflow.models.set_model(WeightsModel())
 """
 
 
-def model_signature(n_in: int, n_out: int, dtype: str) -> Any:
-    """An (N, n_in) float64 tensor -> an (N, n_out) tensor of the run's dtype.
-
-    A tensor, not n_in named columns: MLflow checks a column schema column by column,
-    ~0.2 s per call for 784 columns. float64 because a DataFrame (a CSV) arrives as float64.
-    """
+def model_signature(n_out: int, dtype: str) -> Any:
+    """Outputs: an (N, n_out) tensor of the run's dtype. No input schema: MLflow's enforcement
+    takes one dtype, and the model takes float or integer pixels (tracking/pyfunc.py says which,
+    in the MLmodel's metadata ``input``, and checks them itself)."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    inputs = Schema([TensorSpec(np.dtype(np.float64), (-1, n_in))])
-    outputs = Schema([TensorSpec(np.dtype(dtype), (-1, n_out))])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(dtype), (-1, n_out))]))
 
 
 def pip_requirements() -> list[str]:
@@ -226,8 +223,9 @@ def log_pyfunc_model(client: Any, run_id: str, weights: Path, data: Dataset, reg
                     python_model=str(script),
                     artifacts={"weights": str(weights)},
                     code_paths=[str(code)],
-                    signature=model_signature(spec.sizes[0], spec.sizes[-1], dtype),
+                    signature=model_signature(spec.sizes[-1], dtype),
                     input_example=example,
+                    metadata={"input": input_contract(spec.sizes[0])},
                     pip_requirements=pip_requirements(),
                     mlflow_model=meta,
                 )
