@@ -242,6 +242,9 @@ def test_one_writer_refuses_a_second_process_naming_the_folder_and_pid(tmp_path)
     with one_writer(tmp_path) as folder:  # the kernel dropped the dead holder's lock
         assert (folder / ".writer.lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".writer.lock").exists()  # not left among the folder's outputs
+    with one_writer(tmp_path / "new"):
+        pass
+    assert not (tmp_path / "new").exists()  # made for the lock, left empty: removed again
 
 
 def test_one_writer_does_not_follow_a_planted_symlink(tmp_path):

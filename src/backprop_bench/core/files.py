@@ -127,8 +127,10 @@ def one_writer(folder: str | Path, what: str = "folder") -> Iterator[Path]:
     """Hold folder's writer lock (``folder/.writer.lock``, an flock) for the block, or raise Busy
     at once, naming the folder and the pid that holds it: two runs into one out_dir would
     interleave their files. The lock file is removed on the way out, so it never ends up among
-    the folder's outputs (a DVC out)."""
+    the folder's outputs (a DVC out), and so is the folder if this made it and it stayed empty
+    (a run that failed before writing leaves nothing)."""
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".writer.lock"
     while True:
@@ -158,6 +160,9 @@ def one_writer(folder: str | Path, what: str = "folder") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the run wrote its files
+                folder.rmdir()
 
 
 def _replace_all(moves: Sequence[tuple[Path, Path]], keep: Path) -> None:
