@@ -21,11 +21,11 @@ from typing import BinaryIO
 import numpy as np
 
 from backprop_bench.core.checks import Section, params_file
+from backprop_bench.core.dataset import N_CLASSES
 from backprop_bench.core.files import atomic_write
 
 N_PIXELS = 784  # 28 x 28, row-major
 N_COLUMNS = N_PIXELS + 1  # label + pixels
-N_CLASSES = 10
 CANONICAL_HEADER = ["label"] + [f"p{i}" for i in range(N_PIXELS)]
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dims (N, 28, 28)
