@@ -29,7 +29,19 @@ def test_missing_keys_are_named_with_the_file(tmp_path):
         ("y_val", lambda a: a.astype(np.float32), r"y_val must be int labels"),
         ("x_test", lambda a: a[:, :10], r"x_test must be a float \(N, 784\) array"),
         ("y_train", lambda a: a[:-1], r"y_train must be int labels of shape \(64,\)"),
-        ("y_train", lambda a: a - 5, r"y_train has a negative label"),
+        ("y_train", lambda a: a - 5, r"y_train row \d+: label -\d, expected 0..9 \(the model's classes\)"),
+        ("y_test", lambda a: np.where(np.arange(len(a)) == 7, 10, a), r"y_test row 7: label 10, expected 0..9"),
+        (
+            "x_val",
+            lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3 * 784 + 5, np.nan, a),
+            r"x_val row 3: value nan",
+        ),
+        (
+            "x_train",
+            lambda a: np.where(np.arange(a.size).reshape(a.shape) == 9, np.inf, a),
+            r"x_train row 0: value inf",
+        ),
+        ("x_test", lambda a: a * 255, r"x_test row \d+: value \d+\.\d+, expected pixels in \[0, 1\] \(finite\)"),
     ],
 )
 def test_bad_arrays_are_named_with_the_file_and_key(tmp_path, key, value, message):
@@ -39,6 +51,11 @@ def test_bad_arrays_are_named_with_the_file_and_key(tmp_path, key, value, messag
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match=f"bad.npz: {message}"):
         load_dataset("mnist", path)
+
+
+def test_labels_are_checked_against_the_model_s_classes(tiny_npz):
+    with pytest.raises(ValueError, match=r"y_train row \d+: label [3-9], expected 0..2 \(the model's classes\)"):
+        load_dataset("mnist", tiny_npz, n_classes=3)
 
 
 def test_a_missing_file_says_how_to_make_it(tmp_path):

@@ -345,6 +345,19 @@ def test_file_source_kaggle_csv_and_idx_folder(tmp_path):
         ),
         ({"source": "url", "catalog": {"mnist": "oops"}}, r"data.catalog.mnist='oops': must be a mapping"),
         ({"source": "url", "url": {"timeout_s": 0}}, r"data.url.timeout_s=0: must be a number >= 0.001"),
+        ({"source": "url", "url": {"deadline_s": -1}}, r"data.url.deadline_s=-1: must be a number >= 0.001"),
+        ({"source": "url", "max_rows": 0}, r"data.max_rows=0: must be an integer >= 1"),
+        (
+            {
+                "source": "file",
+                "file": {"format": "csv", "dir": "data/local", "train_csv": "../x.csv", "test_csv": "t"},
+            },
+            r"data.file.train_csv='../x.csv': must be a file in data.file.dir=data/local, the folder DVC watches",
+        ),
+        (
+            {"source": "file", "file": {"format": "csv", "dir": "data/local", "train_csv": "a", "test_csv": "/etc/t"}},
+            r"data.file.test_csv='/etc/t': must be a file in data.file.dir=data/local",
+        ),
     ],
 )
 def test_config_errors_name_the_option(params, pattern, tmp_path):
@@ -355,7 +368,8 @@ def test_config_errors_name_the_option(params, pattern, tmp_path):
 def test_read_params_unpacks_the_repo_params_into_plain_values():
     p = download.read_params(formats.read_data_params(Path(__file__).parents[1] / "params.yaml"))
     assert (p.source, p.dataset, p.test_size, p.split_seed) == ("embedded", "mnist", 1000, 0)
-    assert (p.attempts, p.backoff_s, p.timeout_s) == (3, 2.0, 60.0)
+    assert (p.attempts, p.backoff_s, p.timeout_s, p.deadline_s) == (3, 2.0, 60.0, 1800.0)
+    assert (p.max_rows, p.file_dir) == (100_000, "data/local")
     assert isinstance(p.backoff_s, float) and isinstance(p.timeout_s, float)
     assert p.catalogs["fashion_mnist"].local_dir == "/usr/share/datasets/fashion-mnist"
     assert p.catalog().where == "data.catalog.mnist" and p.catalog().format == "idx"
@@ -400,3 +414,43 @@ def test_main_writes_canonical_csvs_and_a_failure_keeps_them(server, tmp_path, c
     assert err.startswith("download: error: could not download test_labels.gz (expected sha256 0000")
     assert "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == good
+
+
+def test_a_file_source_with_zero_images_keeps_the_good_csvs(tmp_path, capsys):
+    """An IDX quartet whose train split holds no images is refused by name before anything
+    is replaced; the CSVs are read from data.file.dir, by names relative to it."""
+    local = tmp_path / "local"
+    train, test = make_split(10, 1), make_split(10, 2)
+    names = {role: {"name": f"{role}.gz", "sha256": "unchecked"} for role in download.IDX_ROLES}
+    arrays = {"train_images": train[0], "train_labels": train[1], "test_images": test[0], "test_labels": test[1]}
+    for role, array in arrays.items():
+        formats.write_idx(local / f"{role}.gz", array.reshape(-1, 28, 28) if role.endswith("images") else array)
+    data = {
+        "source": "file",
+        "file": {"format": "idx", "dir": str(local)},
+        "catalog": {"mnist": {"url": {"format": "idx", "files": names}}},
+    }
+    params = write_params(tmp_path / "params.yaml", data)
+    out = tmp_path / "raw"
+    argv = ["--params", str(params), "--out-dir", str(out), "--no-progress"]
+    assert download.main(argv) == 0
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    formats.write_idx(local / "train_images.gz", np.zeros((0, 28, 28), np.uint8))
+    formats.write_idx(local / "train_labels.gz", np.zeros(0, np.uint8))
+    assert download.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"download: error: {local / 'train_images.gz'}: offset 4: the header declares 0 images, "
+        "expected 1..100,000 (data.max_rows=100,000 rows)"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good
+
+    # csv: names relative to data.file.dir
+    formats.write_canonical_csv(local / "tr.csv", *train)
+    formats.write_canonical_csv(local / "te.csv", *test)
+    data["file"] = {"format": "csv", "dir": str(local), "train_csv": "tr.csv", "test_csv": "te.csv"}
+    (x_tr, _), (_, y_te) = load(data, tmp_path / "cache")
+    np.testing.assert_array_equal(x_tr, train[0])
+    np.testing.assert_array_equal(y_te, test[1])

@@ -17,10 +17,12 @@ import pytest
 
 from backprop_bench.core.files import (
     Busy,
+    NpzError,
     all_or_nothing,
     atomic_write,
     npz_bytes,
     one_writer,
+    read_npz,
     sha256_file,
     write_csv,
     write_json,
@@ -256,3 +258,40 @@ def test_one_writer_does_not_follow_a_planted_symlink(tmp_path):
         with one_writer(tmp_path / "out"):
             pass
     assert target.read_text() == "keep"
+
+
+# ----------------------------------------------------------------------------- read_npz
+
+
+def test_read_npz_reads_what_np_savez_writes(tmp_path):
+    arrays = {
+        "x": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "f": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "s": np.array('{"sizes": [4, 2]}'),
+        "e": np.zeros((0, 784), np.float32),
+    }
+    np.savez(tmp_path / "plain.npz", **arrays)
+    np.savez_compressed(tmp_path / "packed.npz", **arrays)
+    write_npz(tmp_path / "ours.npz", arrays)
+    for name in ("plain.npz", "packed.npz", "ours.npz"):
+        got = read_npz(tmp_path / name)
+        assert sorted(got) == sorted(arrays)
+        for key, value in arrays.items():
+            assert got[key].dtype == value.dtype and np.array_equal(got[key], value)
+        assert got["x"].flags.writeable
+    assert list(read_npz(tmp_path / "ours.npz", ["s"])) == ["s"]
+
+
+def test_read_npz_checks_headers_before_loading(tmp_path):
+    np.savez(tmp_path / "obj.npz", a=np.array([1, "x"], dtype=object))
+    with pytest.raises(NpzError, match=r"obj.npz: a: dtype object holds Python objects \(a pickle\)"):
+        read_npz(tmp_path / "obj.npz")
+    write_npz(tmp_path / "a.npz", {"x": np.zeros((100, 10))})
+    with pytest.raises(NpzError, match=r"a.npz: missing key\(s\) y, z; has x"):
+        read_npz(tmp_path / "a.npz", ["x", "y", "z"])
+    with pytest.raises(NpzError, match=r"a.npz: 8,128 bytes of arrays, more than the limit of 8,000"):
+        read_npz(tmp_path / "a.npz", max_bytes=8000)
+    data = (tmp_path / "a.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:-30])
+    with pytest.raises(NpzError, match=r"cut.npz: not a readable .npz \(truncated or corrupt\)"):
+        read_npz(tmp_path / "cut.npz")

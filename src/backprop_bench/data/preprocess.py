@@ -92,11 +92,14 @@ def process_files(
     val_fraction: float,
     seed: int,
     file: str | Path | None = None,
+    max_rows: int = formats.MAX_ROWS,
 ) -> dict:
     """Read, validate and write. Nothing is written unless everything before succeeded,
-    so a bad input leaves the previous outputs as they were. file: the params file, for errors."""
-    x_train, y_train = formats.read_csv(train_csv)
-    x_test, y_test = formats.read_csv(test_csv)
+    so a bad input leaves the previous outputs as they were. file: the params file, for
+    errors; max_rows: the most rows a CSV may have (bounds the memory it takes)."""
+    check(is_integer(max_rows, 1), "data.max_rows", max_rows, "must be an integer >= 1", file)
+    x_train, y_train = formats.read_csv(train_csv, max_rows=max_rows)
+    x_test, y_test = formats.read_csv(test_csv, max_rows=max_rows)
     arrays = preprocess(x_train, y_train, x_test, y_test, subset, val_fraction, seed, file)
     stats = make_stats(
         arrays,
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             val_fraction=data.get("val_fraction", 0.1),
             seed=data.get("seed", 0),
             file=args.params,
+            max_rows=data.get("max_rows", formats.MAX_ROWS),
         )
     except (DataError, ParamsError) as err:
         print(f"preprocess: error: {err}", file=sys.stderr)
