@@ -74,6 +74,14 @@ def test_a_failure_is_told_once_and_raised(small_cfg, tmp_path):
     assert rec.events[-1] == "failed Diverged" and not any(e.startswith("ended") for e in rec.events)
 
 
+def test_labels_outside_the_models_classes_fail_before_anything_is_built(small_cfg, tmp_path):
+    rec = Recorder()
+    with pytest.raises(ValueError, match=r"y_train has labels 0..9, the model's 5 outputs take 0..4"):
+        run(to_components(small_cfg("model.sizes=[784,16,5]")), tmp_path / "out", tmp_path, rec)
+    assert rec.events == ["started numpy-parallel-cpu-controlled-s0", "failed ValueError"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_second_run_into_the_same_out_dir_is_refused_before_it_starts(small_cfg, tmp_path):
     c, out = to_components(small_cfg("train.epochs=2")), tmp_path / "out"
     second = Recorder()

@@ -74,8 +74,13 @@ def load(c: Components, project_root: Path, pool: dict | None) -> Dataset:
     if data.n_features != c.spec.sizes[0]:
         raise ValueError(f"model.sizes[0]={c.spec.sizes[0]} but data {data.name} has {data.n_features} features")
     n_out = c.spec.sizes[-1]
-    if data.y_train.ndim == 1 and data.y_train.max() >= n_out:
-        raise ValueError(f"data {data.name} has label {data.y_train.max()}, the model has only {n_out} outputs")
+    classes = max(n_out, 2)  # one sigmoid output tells 0 from 1
+    for split, y in (("train", data.y_train), ("val", data.y_val), ("test", data.y_test)):
+        if y.ndim == 1 and len(y) and (y.min() < 0 or y.max() >= classes):
+            raise ValueError(
+                f"data {data.name}: y_{split} has labels {y.min()}..{y.max()}, "
+                f"the model's {n_out} outputs take 0..{classes - 1}"
+            )
     check_monitors(c.training, len(data.x_val))
     return data
 
