@@ -35,7 +35,7 @@ _DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy dialects MLflow sto
 CREDENTIALS_HOWTO = (
     "keep passwords out of URIs: for an mlflow server set MLFLOW_TRACKING_USERNAME and "
     "MLFLOW_TRACKING_PASSWORD; for a PostgreSQL store use PostgreSQL's own PGPASSFILE (or ~/.pgpass) "
-    'or PGPASSWORD (docs/reference.md, "Credentials")'
+    'or PGPASSWORD (docs/architecture.md, MLflow, "Credentials")'
 )
 
 
