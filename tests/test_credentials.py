@@ -70,3 +70,13 @@ def test_a_uri_password_is_in_no_output_param_tag_artifact_or_log_line(mlflow_se
     for name, text in printed.items():  # the warning, or the refusal, points to the supported ways
         assert "MLFLOW_TRACKING_PASSWORD" in text and "PGPASSFILE" in text, (name, text[-2000:])
     assert "mysql://alice:***@127.0.0.1" in printed["refused"] and not (tmp_path / "hydra-refused").exists()
+
+
+def test_hydra_records_the_command_line_without_the_password(tiny_npz, tmp_path):
+    # Tracking off: nothing is logged, yet Hydra writes every override into .hydra/ before
+    # the run starts, so the password must be gone from the command line by then.
+    args = shrunk(tiny_npz, tmp_path / "out", None, f"hydra.run.dir={tmp_path / 'h'}")
+    proc = run_app("backprop_bench.train", *args, f"tracking.uri=http://alice:{SENTINEL}@127.0.0.1:1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tracking.uri=http://127.0.0.1:1" in (tmp_path / "h" / ".hydra" / "overrides.yaml").read_text()
+    assert SENTINEL not in proc.stdout + proc.stderr and files_holding(tmp_path, SENTINEL) == []

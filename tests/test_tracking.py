@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,6 @@ def test_a_uri_password_moves_into_the_variable_its_client_reads(uri, clean, env
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"):
         monkeypatch.delenv(name, raising=False)
     assert validate_uri(uri, tmp_path) == clean
-    import os
-
     assert {k: os.environ[k] for k in env} == env
     assert "SECRET" not in caplog.text and "MLFLOW_TRACKING_PASSWORD" in caplog.text and "PGPASSFILE" in caplog.text
 
@@ -212,6 +211,25 @@ def test_an_exception_fails_the_run_with_its_error_and_traceback(tracking_uri, t
     assert r.data.metrics["train_loss"] == 2.0  # what was logged before the crash is kept
     text = Path(client.download_artifacts(r.info.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "1 / 0" in text
+
+
+def test_a_failed_runs_error_traceback_params_and_tags_name_no_password(tracking_uri):
+    secret = "postgresql://bob:SECRET@db/mlflow"
+    with pytest.raises(RuntimeError):
+        with MlflowRun(tracking_uri, "backprop-bench", "r", {"store": secret}) as run:
+            run.log_params({"tracking.uri": secret})
+            run.set_tags({"note": f"was {secret}"})
+            raise RuntimeError(f"could not reach {secret}")
+    client, r = _only_run(tracking_uri)
+    traceback_txt = Path(client.download_artifacts(r.info.run_id, "traceback.txt")).read_text()
+    shown = [
+        r.data.tags["error"],
+        r.data.tags["store"],
+        r.data.tags["note"],
+        r.data.params["tracking.uri"],
+        traceback_txt,
+    ]
+    assert all("bob:***@db" in text and "SECRET" not in text for text in shown), shown
 
 
 def test_ctrl_c_kills_the_run(tracking_uri):
