@@ -231,3 +231,54 @@ def running_runs(db: Path) -> list[str]:
     except sqlite3.OperationalError:  # no runs table yet, or locked
         return []
     return [name for (name,) in rows if not name.startswith("study-")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_queued_experiments_keep_their_runs_in_the_projects_own_store(tmp_path, monkeypatch):
+    """`dvc exp run --queue` twice, then `dvc queue start -j 2`, with no tracking URI set: DVC runs
+    each experiment in a temporary copy under .dvc/tmp/exps/ and deletes it afterwards, yet every
+    run lands in the project's own mlflow.db (the one `make mlflow-ui` shows), and each
+    experiment's metrics.json names runs that are there, FINISHED."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, as a user has it
+    repo = copy_repo(tmp_path / "repo")
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["data"]["subset"] = 300
+    params["train"].update(epochs=1, batch_size=32)
+    params["study"].update(frameworks=["numpy"], strategies=["sequential"], modes=["controlled"], seeds=1)
+    params["stability"].update(lrs=[0.1, 5.0], batch_sizes=[64], epochs=1, subset=300)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=repo, check=True)
+
+    def dvc_ok(*args: str) -> str:
+        done = run_dvc(list(args), repo, timeout=600)
+        assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    queued = {"one-epoch": "train.epochs=1", "two-epochs": "train.epochs=2"}
+    for name, param in queued.items():
+        dvc_ok("exp", "run", "--queue", "-n", name, "-S", param)
+    dvc_ok("queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while "Queued" in (status := dvc_ok("queue", "status")) or "Running" in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    rows = [line.split() for line in status.splitlines() if line.split()[1:2] and line.split()[1] in queued]
+    assert sorted((row[1], row[-1]) for row in rows) == sorted((name, "Success") for name in queued), status
+
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    for name in queued:
+        dvc_ok("exp", "apply", name)  # the experiment's outputs, checked out from the cache
+        (metrics,) = (repo / "runs/numpy-cpu").glob("*/metrics.json")
+        run_id = json.loads(metrics.read_text())["mlflow_run_id"]
+        assert run_id, metrics
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == queued[name].split("=")[1]
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from conftest import run_in_process
 
 from backprop_bench.tracking.run import MlflowRun, NullRun, flatten, open_run
-from backprop_bench.tracking.uri import TrackingUriError, resolve_uri, validate_uri
+from backprop_bench.tracking.uri import (
+    TrackingUriError,
+    redact,
+    resolve_uri,
+    take_process_credentials,
+    validate_uri,
+)
 from backprop_bench.training.loop import Diverged
 
 mlflow = pytest.importorskip("mlflow")
@@ -39,7 +46,7 @@ def test_relative_sqlite_is_taken_from_the_project_root_and_made_absolute(monkey
     [
         "http://127.0.0.1:5000",
         "https://mlflow.example.org",
-        "postgresql://user:pw@db/mlflow",
+        "postgresql://user@db/mlflow",
         "postgresql+psycopg2://db/mlflow",
         "mysql://db/mlflow",
         "databricks",
@@ -79,6 +86,85 @@ def test_a_bad_environment_variable_is_named_as_such(monkeypatch, tmp_path):
     with pytest.raises(TrackingUriError, match=r"^MLFLOW_TRACKING_URI='./mlruns': the file store"):
         resolve_uri(None, tmp_path)
     assert resolve_uri(f"sqlite:///{tmp_path}/x.db", tmp_path).endswith("/x.db")  # tracking.uri wins
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql+psycopg2://user:S3CR@T@db:5432/mlflow", "postgresql+psycopg2://user:***@db:5432/mlflow"),
+        ("https://bob:pw@server", "https://bob:***@server"),
+        ("http://:pw@server:5000/x", "http://:***@server:5000/x"),
+        ("mysql://u@h/db?charset=utf8&password=pw", "mysql://u@h/db?charset=utf8&password=***"),
+        ("Error: 'postgresql://a:pw@h:1/d' and http://x:pw@z", "Error: 'postgresql://a:***@h:1/d' and http://x:***@z"),
+        ("http://127.0.0.1:5000/a@b", "http://127.0.0.1:5000/a@b"),  # an @ in the path, no userinfo
+        ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+        ("no uri at all: user:pw@host", "no uri at all: user:pw@host"),
+    ],
+)
+def test_redact_hides_every_uri_password(text, shown):
+    assert redact(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("uri", "clean", "env"),
+    [
+        (
+            "http://bob:S%40CRET@127.0.0.1:5000",
+            "http://127.0.0.1:5000",
+            {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": "S@CRET"},
+        ),
+        (
+            "postgresql+psycopg2://bob:SECRET@db:5432/mlflow",
+            "postgresql+psycopg2://bob@db:5432/mlflow",
+            {"PGPASSWORD": "SECRET"},
+        ),
+        (
+            "postgresql://bob@db/mlflow?password=SECRET&sslmode=require",
+            "postgresql://bob@db/mlflow?sslmode=require",
+            {"PGPASSWORD": "SECRET"},
+        ),
+    ],
+)
+def test_a_uri_password_moves_into_the_variable_its_client_reads(uri, clean, env, monkeypatch, tmp_path, caplog):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    assert validate_uri(uri, tmp_path) == clean
+    assert {k: os.environ[k] for k in env} == env
+    assert "SECRET" not in caplog.text and "MLFLOW_TRACKING_PASSWORD" in caplog.text and "PGPASSFILE" in caplog.text
+
+
+def test_a_password_a_store_cannot_take_from_the_environment_is_refused_redacted(tmp_path):
+    with pytest.raises(TrackingUriError) as err:
+        validate_uri("mysql://bob:SECRET@db/mlflow", tmp_path, "tracking.uri")
+    message = str(err.value)
+    assert "SECRET" not in message and message.startswith("tracking.uri='mysql://bob:***@db/mlflow'")
+    assert "MLFLOW_TRACKING_PASSWORD" in message and "PGPASSFILE" in message and "PGPASSWORD" in message
+
+
+def test_the_command_line_and_the_environment_lose_their_passwords_before_hydra(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": "https://env:SECRET1@server"}
+    argv = ["train", "-m", "tracking.uri='http://cli:SECRET2@127.0.0.1:1'", "train.epochs=1"]
+    take_process_credentials(argv, env)
+    assert argv == ["train", "-m", "tracking.uri='http://127.0.0.1:1'", "train.epochs=1"]
+    assert env == {
+        "MLFLOW_TRACKING_URI": "https://server",
+        "MLFLOW_TRACKING_USERNAME": "cli",  # the command line wins, as tracking.uri wins over the variable
+        "MLFLOW_TRACKING_PASSWORD": "SECRET2",
+    }
+
+
+def test_a_queued_dvc_experiment_keeps_its_runs_in_the_project_store(monkeypatch, tmp_path):
+    # DVC runs a queued experiment in <project>/.dvc/tmp/exps/<tmp>/ and deletes that copy afterwards.
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpab12"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert resolve_uri(None, copy) == f"sqlite:///{project.resolve()}/mlflow.db"
+    assert validate_uri("sqlite:///sweep.db", copy) == f"sqlite:///{project.resolve()}/sweep.db"
+    # A DVC_ROOT the run does not lie in changes nothing.
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "other"))
+    assert resolve_uri(None, copy) == f"sqlite:///{copy.resolve()}/mlflow.db"
 
 
 def test_a_directory_is_not_a_sqlite_file(tmp_path):
@@ -125,6 +211,25 @@ def test_an_exception_fails_the_run_with_its_error_and_traceback(tracking_uri, t
     assert r.data.metrics["train_loss"] == 2.0  # what was logged before the crash is kept
     text = Path(client.download_artifacts(r.info.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "1 / 0" in text
+
+
+def test_a_failed_runs_error_traceback_params_and_tags_name_no_password(tracking_uri):
+    secret = "postgresql://bob:SECRET@db/mlflow"
+    with pytest.raises(RuntimeError):
+        with MlflowRun(tracking_uri, "backprop-bench", "r", {"store": secret}) as run:
+            run.log_params({"tracking.uri": secret})
+            run.set_tags({"note": f"was {secret}"})
+            raise RuntimeError(f"could not reach {secret}")
+    client, r = _only_run(tracking_uri)
+    traceback_txt = Path(client.download_artifacts(r.info.run_id, "traceback.txt")).read_text()
+    shown = [
+        r.data.tags["error"],
+        r.data.tags["store"],
+        r.data.tags["note"],
+        r.data.params["tracking.uri"],
+        traceback_txt,
+    ]
+    assert all("bob:***@db" in text and "SECRET" not in text for text in shown), shown
 
 
 def test_ctrl_c_kills_the_run(tracking_uri):

@@ -11,12 +11,14 @@ and logs to MLflow (training/run.py). Outcomes and exit codes: docs/architecture
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_bench.core.files import under
+from backprop_bench.tracking.uri import redact, take_process_credentials
 from backprop_bench.training.config import CONF_DIR, register_configs, to_components
 from backprop_bench.training.run import run
 from backprop_bench.training.signals import terminate_as_interrupt
@@ -28,8 +30,19 @@ DEFAULT_DATA = "data/processed/mnist.npz"  # conf/data/mnist.yaml's path
 register_configs()
 
 
+def main() -> None:
+    """The entry point: a password in tracking.uri or $MLFLOW_TRACKING_URI moves into the
+    environment before Hydra records the command line (.hydra/, multirun.yaml, its error lines)."""
+    try:
+        take_process_credentials(sys.argv)
+    except ValueError as err:  # TrackingUriError: a password this store cannot take from the environment
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    app()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -47,7 +60,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(c, out_dir, root, listener)
     except Exception as err:
-        log.error("FAILED %s: %s: %s", c.key.name, type(err).__name__, err)
+        log.error("FAILED %s: %s: %s", c.key.name, type(err).__name__, redact(str(err)))
         raise
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from backprop_bench.tracking.reaper import reap
-from backprop_bench.tracking.uri import TrackingUriError, resolve_uri, sqlite_path, validate_uri
+from backprop_bench.tracking.uri import TrackingUriError, redact, resolve_uri, sqlite_path, validate_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     db = sqlite_path(uri)
     reaped = [] if db is not None and not db.is_file() else reap(uri, args.experiment)
-    print(f"reap: {len(reaped)} lost run(s) of experiment {args.experiment!r} in {uri} marked FAILED")
+    print(f"reap: {len(reaped)} lost run(s) of experiment {args.experiment!r} in {redact(uri)} marked FAILED")
     return 0
 
 

@@ -22,7 +22,7 @@ from backprop_bench.core.specs import labels_of
 from backprop_bench.results.key import RunKey
 from backprop_bench.results.metrics import FINISHED, SKIPPED, EpochStats, RunMetrics
 from backprop_bench.tracking.run import MlflowRun, flatten
-from backprop_bench.tracking.uri import resolve_uri
+from backprop_bench.tracking.uri import redact, resolve_uri
 from backprop_bench.training.config import Components
 from backprop_bench.training.events import OUT_FILES, Listener, Outputs
 
@@ -54,7 +54,7 @@ class MlflowListener(Listener):
     def __init__(self, c: Components, uri: str, project_root: Path, resolved: dict, sweep: Mapping[str, str]):
         self.c, self.uri, self.root, self.resolved = c, uri, project_root, resolved
         # Link to the sweep's parent run only when both live in the same tracking store.
-        self.parent = sweep.get("parent_run_id") if sweep.get("uri") == uri else None
+        self.parent = sweep.get("parent_run_id") if sweep.get("uri") == redact(uri) else None
         self.sweep_id = sweep.get("sweep_id", "")
         self.mlflow: MlflowRun | None = None
         self.data: Dataset | None = None
@@ -97,7 +97,7 @@ class MlflowListener(Listener):
 
         c, extra, title = self.c, folder / "mlflow", self.c.key.cell
         extra.mkdir()
-        (extra / "config.yaml").write_text(OmegaConf.to_yaml(self.resolved))
+        (extra / "config.yaml").write_text(redact(OmegaConf.to_yaml(self.resolved)))
         if c.tracking.plots:
             plots.plot_curves(outputs.history, extra / "curves.png", title)
             y_test, n_out = labels_of(self.data.y_test), c.spec.sizes[-1]

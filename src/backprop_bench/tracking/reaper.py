@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from backprop_bench.tracking.client import retry
+from backprop_bench.tracking.uri import redact
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def reap_now_and_then(client, uri: str, experiment_id: str) -> None:
     try:
         reap_lost(client, experiment_id)
     except Exception as err:
-        log.warning("MLflow: could not check for lost runs: %s: %s", type(err).__name__, err)
+        log.warning("MLflow: could not check for lost runs: %s: %s", type(err).__name__, redact(str(err)))
 
 
 def reap(uri: str, experiment: str) -> list[str]:

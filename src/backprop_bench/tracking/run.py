@@ -14,7 +14,7 @@ from typing import Any
 
 from backprop_bench.tracking.client import client_and_experiment, retry
 from backprop_bench.tracking.reaper import process_tags, reap_now_and_then
-from backprop_bench.tracking.uri import resolve_uri
+from backprop_bench.tracking.uri import redact, resolve_uri
 
 PARAM_MAX = 6000  # MLflow's longest param value
 
@@ -69,7 +69,7 @@ class MlflowRun(NullRun):
         flush_seconds: float = 2.0,
     ) -> None:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
-        self.tags = {k: str(v)[:TAG_MAX] for k, v in (tags or {}).items()}
+        self.tags = {k: redact(str(v))[:TAG_MAX] for k, v in (tags or {}).items()}
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.flush_seconds = flush_seconds
@@ -100,7 +100,7 @@ class MlflowRun(NullRun):
                 self.set_tags({"outcome": outcome, "error": f"{exc_type.__name__}: {exc}"})
             if outcome == "failed":
                 text = "".join(traceback.format_exception(exc_type, exc, tb))
-                retry(self.client.log_text, self.run_id, text, "traceback.txt")
+                retry(self.client.log_text, self.run_id, redact(text), "traceback.txt")
         finally:
             retry(self.client.set_terminated, self.run_id, status)
         return False  # never swallow the exception
@@ -108,14 +108,14 @@ class MlflowRun(NullRun):
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:PARAM_MAX]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:PARAM_MAX]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             retry(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))[:TAG_MAX]) for k, v in tags.items()]
         for i in range(0, len(items), 100):
             retry(self.client.log_batch, self.run_id, tags=items[i : i + 100])
 

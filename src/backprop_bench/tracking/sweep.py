@@ -18,12 +18,12 @@ from omegaconf import DictConfig
 
 from backprop_bench.tracking.client import retry
 from backprop_bench.tracking.run import MlflowRun
-from backprop_bench.tracking.uri import TrackingUriError, resolve_uri
+from backprop_bench.tracking.uri import TrackingUriError, redact, resolve_uri
 
 log = logging.getLogger(__name__)
 
 
-SWEEP_FILE = "mlflow_sweep.json"  # in the multirun's sweep dir: {sweep_id, parent_run_id, uri}
+SWEEP_FILE = "mlflow_sweep.json"  # in the multirun's sweep dir: {sweep_id, parent_run_id, uri (redacted)}
 
 
 def read_sweep_info(sweep_dir: str | Path) -> dict:
@@ -63,7 +63,7 @@ class SweepCallback(Callback):
         # starts. Cells on many nodes creating it at once would race (one create wins, the
         # others fail and must look it up again; _experiment_id copes, but only after a failure).
         self.run = open_parent(uri, tracking.experiment, f"sweep-{sweep_id}", sweep_id, tags)
-        info = {"sweep_id": sweep_id, "parent_run_id": self.run.run_id, "uri": uri}
+        info = {"sweep_id": sweep_id, "parent_run_id": self.run.run_id, "uri": redact(uri)}
         atomic_write(sweep_dir / SWEEP_FILE, json.dumps(info) + "\n")
         atexit.register(self._close, ended=False)
 
@@ -81,7 +81,7 @@ def open_parent(uri: str, experiment: str, run_name: str, sweep_id: str, tags: M
     to it through mlflow.parentRunId and carry the sweep_id tag."""
     run = MlflowRun(uri, experiment, run_name, {"sweep_id": sweep_id, **tags})
     run.__enter__()
-    log.info("MLflow parent run %s (%s) in %s", run.run_id, run_name, uri)
+    log.info("MLflow parent run %s (%s) in %s", run.run_id, run_name, redact(uri))
     return run
 
 
