@@ -364,7 +364,7 @@ start_postgres() {
     fi
     # pg_hba (initdb above): peer for the local socket, scram-sha-256 for TCP; passwords stored the same way.
     pg pg_ctl -D "$RUN/postgres/data" -l "$RUN/log/postgres.log" -w -t 60 start \
-        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $RUN/postgres -c shared_buffers=32MB -c password_encryption=scram-sha-256" \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $RUN/postgres -c shared_buffers=32MB -c max_connections=200 -c password_encryption=scram-sha-256" \
         >/dev/null || die "PostgreSQL did not start; see $RUN/log/postgres.log"
     # On stdin, not the command line; \gexec creates what is missing.
     psql_admin >/dev/null <<EOF
@@ -434,11 +434,15 @@ start_mlflow() {
     # As $MLFLOW_USER with only the environment it needs (no root's), in its own session (setsid),
     # so `down` can stop the server and its workers as one group. The store URI holds no
     # password: psycopg2 reads it from PGPASSFILE.
+    # Each worker serves up to 40 requests at once (its thread pool): up to 40 database
+    # connections per store (runs, users), not SQLAlchemy's 15, or a team's concurrent runs
+    # wait 30 s for one and fail (tests/test_load.py). PostgreSQL allows 200.
     setsid setpriv --reuid="$MLFLOW_USER" --regid="$MLFLOW_USER" --init-groups env -i \
         PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 HOME="$RUN/mlflow" PGPASSFILE="$RUN/mlflow/pgpass" \
         BB_MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB" \
         BB_MLFLOW_AUTH_CONFIG="$RUN/mlflow/auth.ini" BB_MLFLOW_ARTIFACTS="$RUN/mlflow/artifacts" \
         BB_MLFLOW_HOST=127.0.0.1 BB_MLFLOW_PORT="$MLFLOW_PORT" BB_MLFLOW_WORKERS="${BB_MLFLOW_WORKERS:-2}" \
+        MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=10 MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=30 \
         BB_PYTHON="$MLFLOW_PY" ${MLFLOW_PYTHONPATH:+PYTHONPATH="$MLFLOW_PYTHONPATH"} "$ROOT/scripts/mlflow_server.sh" </dev/null >"$RUN/log/mlflow.log" 2>&1 &
     local pid=$! start
     echo "$pid" >"$(pid_file mlflow)"
