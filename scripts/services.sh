@@ -111,7 +111,9 @@ writable_by_others() { (((8#$(mode_of "$1") & 8#022) != 0)); } # group or world 
 
 check_above() { # every folder above the state folder: root's, and no one else may rename in it (unless sticky, like /tmp)
     local dir
-    dir=$(realpath -e "$(dirname "$RUN")" 2>/dev/null) || return 0 # made by up (mkdir -p), as root
+    dir=$(dirname "$RUN")
+    while [[ ! -e $dir ]]; do dir=$(dirname "$dir"); done # the rest up makes itself (mkdir -p)
+    dir=$(realpath -e "$dir")
     while :; do
         [[ $(owner_of "$dir") == 0 ]] ||
             die "$dir (above $RUN) belongs to uid $(owner_of "$dir"), not root: its owner could swap the state folder; choose another BB_SERVICES_DIR"

@@ -119,6 +119,11 @@ def under_an_open_folder(state: Path, victim: Path) -> None:
     state.parent.chmod(0o777)
 
 
+def under_someone_elses_folder(state: Path, victim: Path) -> None:
+    """The state folder's parent does not exist yet, but the folder above it is another user's."""
+    os.chown(state.parent, 65534, 65534)
+
+
 REFUSALS = {
     plant_symlink: "{state} holds a symbolic link, {state}/env: up follows none",
     world_writable: "{state} is writable by group or others (mode 777)",
@@ -126,6 +131,7 @@ REFUSALS = {
     not_ours: "{state} holds files up did not make (no .backprop-bench-services in it)",
     is_a_symlink: "{state} is a symbolic link",
     under_an_open_folder: "{parent} (above {state}) is writable by others (mode 777) without the sticky bit",
+    under_someone_elses_folder: "{parent} (above {state}) belongs to uid 65534, not root",
 }
 
 
@@ -140,13 +146,33 @@ def test_up_refuses_a_state_folder_someone_else_could_have_prepared(tmp_path, pr
     state = tmp_path / "open" / "state"
     state.parent.mkdir()
     prepare(state, victim)
+    if prepare is under_someone_elses_folder:
+        state = state.parent / "not-yet" / "state"  # up would make not-yet itself
     before = snapshot(tmp_path)
     done = script(SERVICES_SH, "up", BB_SERVICES_DIR=str(state), BB_PYTHON=sys.executable, BB_SERVICES_INSTALL="0")
     assert done.returncode == 1, done.stdout + done.stderr
-    expected = REFUSALS[prepare].format(state=state, parent=state.parent)
+    expected = REFUSALS[prepare].format(state=state, parent=tmp_path / "open")
     assert done.stderr.startswith(f"services.sh: {expected}"), done.stderr
     assert done.stdout == ""
     assert snapshot(tmp_path) == before, "up changed files although it refused"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a folder owned by another user needs root to make")
+def test_down_signals_nothing_from_a_folder_another_user_could_write(tmp_path):
+    """Its pid files say which processes root signals: another user's folder could name any."""
+    decoy = subprocess.Popen(["bash", "-c", "exec -a slurmd sleep 300"])
+    try:
+        (tmp_path / "state" / "pid").mkdir(parents=True)
+        (tmp_path / "state" / "pid" / "slurmd.pid").write_text(f"{decoy.pid}\n")
+        os.chown(tmp_path / "state", 65534, 65534)
+        down = script(SERVICES_SH, "down", BB_SERVICES_DIR=str(tmp_path / "state"))
+        assert down.returncode == 1 and down.stderr.startswith(
+            f"services.sh: {tmp_path / 'state'} belongs to uid 65534, not root"
+        ), down.stderr
+        assert decoy.poll() is None, "down signalled a pid from a folder it cannot trust"
+    finally:
+        decoy.kill()
+        decoy.wait()
 
 
 def test_the_mlflow_server_serves_other_machines_only_with_authentication(tmp_path):
