@@ -31,17 +31,21 @@ def one_run(client, experiment_id: str, name: str, epochs: int, start: threading
     from mlflow.entities import Metric
 
     run_id = client.create_run(experiment_id, run_name=name).info.run_id
-    start.wait()  # every run of every process is RUNNING before any logs
-    latencies = []
-    for epoch in range(epochs):
-        now = int(time.time() * 1000)
-        loss = 1.0 / (epoch + 1)
-        metrics = [Metric(key, loss if "loss" in key else 1 - loss, now, epoch) for key in METRICS]
-        began = time.perf_counter()
-        client.log_batch(run_id, metrics=metrics)
-        latencies.append(time.perf_counter() - began)
-    done = time.time()
-    client.log_text(run_id, f"{name}: {epochs} epochs\n", "summary.txt")
+    try:
+        start.wait()  # every run of every process is RUNNING before any logs
+        latencies = []
+        for epoch in range(epochs):
+            now = int(time.time() * 1000)
+            loss = 1.0 / (epoch + 1)
+            metrics = [Metric(key, loss if "loss" in key else 1 - loss, now, epoch) for key in METRICS]
+            began = time.perf_counter()
+            client.log_batch(run_id, metrics=metrics)
+            latencies.append(time.perf_counter() - began)
+        done = time.time()
+        client.log_text(run_id, f"{name}: {epochs} epochs\n", "summary.txt")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # never left RUNNING
+        raise
     client.set_terminated(run_id, "FINISHED")
     return latencies, done
 
