@@ -68,8 +68,9 @@ clean:
 
 # The one-machine stack for cluster sweeps (docs/cluster.md): munge, MariaDB + slurmdbd,
 # slurmctld + slurmd (one-node SLURM), PostgreSQL and an MLflow server on it, all on
-# 127.0.0.1, state under /tmp/backprop-bench-services ($$BB_SERVICES_DIR). As root it installs
-# the Debian packages it lacks. Then, in a shell: source /tmp/backprop-bench-services/env
+# 127.0.0.1, MLflow with basic auth, state in the root-owned private folder
+# /var/lib/backprop-bench-services ($$BB_SERVICES_DIR). As root it installs the Debian packages
+# it lacks. Then, as root, in a shell: source /var/lib/backprop-bench-services/env
 services-up: setup
 	BB_PYTHON=$(abspath $(PY)) scripts/services.sh up
 
@@ -80,6 +81,7 @@ services-status:
 	scripts/services.sh status
 
 # A shared MLflow server, in the foreground, artifacts served over HTTP: a sqlite store under
-# mlflow-server/ unless BB_MLFLOW_BACKEND_STORE_URI names a database (postgresql+psycopg2://...).
+# mlflow-server/ unless BB_MLFLOW_BACKEND_STORE_URI names a database (postgresql+psycopg2://...);
+# loopback only unless BB_MLFLOW_AUTH_CONFIG turns on MLflow's basic auth.
 mlflow-server: setup
 	BB_PYTHON=$(abspath $(PY)) scripts/mlflow_server.sh

@@ -1,31 +1,34 @@
 """Cluster sweeps for real: Hydra multiruns as SLURM jobs (the submitit launcher) on the
 one-node cluster that scripts/services.sh starts, logging to its `mlflow server` on
-PostgreSQL; a crashed cell and a scancel-led one; submitit's local executor; and the
-services script's own promises (127.0.0.1 only, idempotent up, down stops exactly its pids).
+PostgreSQL with MLflow's basic auth; a crashed cell and a scancel-led one; submitit's local
+executor; and the services script's own promises (127.0.0.1 only, only the team gets in,
+each daemon as its own user, secrets kept private, idempotent up, down stops exactly its pids).
 
-The services come up once for this module (a private run directory and free ports, so a
+The services come up once for this module (a private state folder and free ports, so a
 stack a developer already runs is left alone) and go down at the end. docs/cluster.md.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pwd
 import re
-import shutil
 import signal
-import socket
+import stat
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT, make_tiny_npz, run_app
 from repo_copy import copy_repo, dvc
+from services_stack import SERVICES, Stack, cannot_run, running_stack
 from test_dvc_team import shrink
 
 from backprop_bench.data.formats import write_canonical_csv
@@ -34,81 +37,24 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra: pip install -e '.[cluster]'")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-SERVICES_SH = ROOT / "scripts" / "services.sh"
-SERVICES = ["munge", "mariadb", "slurmdbd", "slurmctld", "slurmd", "postgres", "mlflow"]
-# What the services need, by the Debian package that brings it (services.sh installs them).
-DEBIAN = {"munged": "munge", "mariadbd": "mariadb-server", "slurmdbd": "slurmdbd", "slurmctld": "slurm-wlm"}
 
-
-def cannot_run() -> str | None:
-    """Why the services cannot start here, or None."""
-    if os.geteuid() != 0:
-        return "scripts/services.sh up needs root (slurmd starts jobs as their users, PostgreSQL runs as postgres)"
-    missing = [pkg for exe, pkg in DEBIAN.items() if not (shutil.which(exe) or Path("/usr/sbin", exe).exists())]
-    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
-        missing.append("postgresql")
-    if missing and not shutil.which("apt-get"):
-        return f"Debian packages {', '.join(missing)} are missing and there is no apt-get to install them"
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Stack:
-    run_dir: Path
-    env: dict[str, str]  # the environment of a client: SLURM_CONF and the services' settings
-    uri: str  # the MLflow server
-    up_log: str
-
-    def script(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(SERVICES_SH), command], env=self.env, capture_output=True, text=True, timeout=900, check=False
-        )
-
-    def slurm(self, *args: str) -> str:
-        return subprocess.run(args, env=self.env, capture_output=True, text=True, check=True, timeout=60).stdout
-
-    def pids(self) -> dict[str, int]:
-        """Each service's pid, from the pid files `up` left."""
-        files = {s: self.run_dir / "pid" / f"{s}.pid" for s in SERVICES}
-        files["postgres"] = self.run_dir / "postgres" / "data" / "postmaster.pid"
-        return {s: int(f.read_text().split()[0]) for s, f in files.items() if f.is_file()}
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def services():
-    """scripts/services.sh up in a private run directory on free ports; down (and removed) after."""
+    """The stack, up in a private state folder on free ports for this module; down after."""
     reason = cannot_run()
     if reason:
         pytest.skip(reason)
-    # Under /tmp, not pytest's tmp_path: unix socket paths stay short, and the postgres user
-    # can reach its data directory (pytest's base directory is private to root).
-    run_dir = Path(tempfile.mkdtemp(prefix="bb-services-", dir="/tmp"))
-    run_dir.chmod(0o755)
-    ports = {
-        name: str(free_port())
-        for name in ("MLFLOW", "PG", "MYSQL", "SLURMCTLD", "SLURMD", "SLURMDBD")  # BB_<name>_PORT
-    }
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {f"BB_{name}_PORT": port for name, port in ports.items()}
-    env |= {"BB_SERVICES_DIR": str(run_dir), "BB_PYTHON": sys.executable, "SLURM_CONF": str(run_dir / "etc/slurm.conf")}
-    stack = Stack(run_dir, env, f"http://127.0.0.1:{ports['MLFLOW']}", "")
-    up = stack.script("up")
-    try:
-        assert up.returncode == 0, f"services.sh up failed:\n{up.stdout}\n{up.stderr}"
-        stack.up_log = up.stdout
-        print(up.stdout)  # the start time of each service (pytest -s shows it)
+    with running_stack() as stack:
         yield stack
-    finally:
-        down = stack.script("down")
-        print(down.stdout, down.stderr)
-        if down.returncode == 0:
-            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def server(services, monkeypatch):
+    """The stack, with this process logged in as the project's MLflow user (MlflowClient reads
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), as after `source <state>/env`."""
+    for name, value in services.credentials.items():
+        monkeypatch.setenv(name, value)
+    return services
 
 
 @pytest.fixture(scope="module")
@@ -178,16 +124,95 @@ def test_the_services_listen_on_localhost_only_and_up_is_idempotent(services):
     assert {p: listening.get(p) for p in ports} == {p: {"0100007F"} for p in ports}  # 127.0.0.1, little-endian hex
 
 
+# Who each daemon runs as: root only where it must be (slurmd starts jobs as their users).
+DAEMON_USERS = {
+    "munge": "munge",
+    "mariadb": "mysql",
+    "slurmdbd": "slurm",
+    "slurmctld": "slurm",
+    "slurmd": "root",
+    "postgres": "postgres",
+    "mlflow": "bb-mlflow",
+}
+
+
+def http_status(url: str, user: str | None = None, password: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if user is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def owner(pid: int) -> str:
+    return pwd.getpwuid(Path(f"/proc/{pid}").stat().st_uid).pw_name
+
+
+def test_only_the_team_gets_in_and_no_secret_leaves_the_state_folder(services):
+    """The MLflow server answers 401 without the project's credentials; every daemon runs as
+    its own user; the generated secrets are private files, found in no log, config others can
+    read, command line or status output; PostgreSQL keeps SCRAM hashes and trusts no one."""
+    search = f"{services.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    creds = services.credentials
+    user, password = creds["MLFLOW_TRACKING_USERNAME"], creds["MLFLOW_TRACKING_PASSWORD"]
+    assert http_status(search) == 401
+    assert http_status(search, user, "not-the-password") == 401
+    assert http_status(search, "admin", password) == 401
+    assert http_status(search, user, password) == 200
+    assert http_status(f"{services.uri}/health") == 200  # the only door without a key
+
+    pids = services.pids()
+    assert {s: owner(pid) for s, pid in pids.items()} == DAEMON_USERS
+    server_group = [
+        p for p in Path("/proc").iterdir() if p.name.isdigit() and os.getpgid(int(p.name)) == pids["mlflow"]
+    ]
+    assert len(server_group) > 1 and {owner(int(p.name)) for p in server_group} == {"bb-mlflow"}  # workers too
+
+    run = services.run_dir
+    modes = {f: stat.S_IMODE(f.stat().st_mode) for f in [run, run / "env", *(run / "secrets").iterdir()]}
+    assert modes.pop(run) == 0o711 and set(modes.values()) == {0o600}, modes
+    assert len(modes) == 1 + 4  # env; postgres, mariadb, mlflow-admin, mlflow-user
+    key = run / "munge" / "munge.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o400 and key.owner() == "munge"
+    secrets = [f.read_text() for f in (run / "secrets").iterdir()]
+    assert password in secrets and all(len(s) == 48 for s in secrets)
+    readable = [f for f in run.rglob("*") if f.is_file() and f.stat().st_mode & stat.S_IROTH]  # logs, slurm.conf
+    assert run / "etc" / "slurm.conf" in readable and run / "log" / "slurmctld.log" in readable
+    for f in [*readable, *(run / "log").iterdir()]:
+        text = f.read_text(errors="replace")
+        assert not [s for s in secrets if s in text], f"a secret in {f}"
+    status = services.script("status").stdout
+    command_lines = [p.joinpath("cmdline").read_bytes().decode(errors="replace") for p in server_group]
+    for shown in [status, services.up_log, *command_lines]:
+        assert not [s for s in secrets if s in shown]
+
+    port, sock = services.env["BB_PG_PORT"], str(run / "postgres")
+    query = "SELECT rolpassword FROM pg_authid WHERE rolname = 'backprop_bench'"
+    hashed = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-h", sock, "-p", port, "-d", "postgres", "-tAc", query],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert hashed.startswith("SCRAM-SHA-256$")
+    hba = (run / "postgres" / "data" / "pg_hba.conf").read_text().splitlines()
+    methods = {line.split()[-1] for line in hba if line.strip() and not line.startswith("#")}
+    assert methods == {"peer", "scram-sha-256"}, methods
+
+
 @pytest.mark.timeout(600)
-def test_an_eight_cell_sweep_on_slurm_logs_every_run_to_the_server(services, tiny, tmp_path):
+def test_an_eight_cell_sweep_on_slurm_logs_every_run_to_the_server(server, tiny, tmp_path):
     npz, csv = tiny
     start = time.monotonic()
-    args = sweep_args("slurm", str(npz), services.uri, tmp_path / "multirun", "hydra.launcher.timeout_min=10", *GRID)
-    proc = run_app("backprop_bench.train", *args, cwd=ROOT, env_extra=services.env)
+    args = sweep_args("slurm", str(npz), server.uri, tmp_path / "multirun", "hydra.launcher.timeout_min=10", *GRID)
+    proc = run_app("backprop_bench.train", *args, cwd=ROOT, env_extra=server.env)
     print(f"8 cells through SLURM: {time.monotonic() - start:.1f} s wall")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    client, parent, children = sweep_runs(services.uri, experiment_of(tmp_path / "multirun"))
+    client, parent, children = sweep_runs(server.uri, experiment_of(tmp_path / "multirun"))
     assert parent.info.status == "FINISHED" and len(children) == 8
     assert sorted(r.info.run_name for r in children) == sorted(
         f"{f}-{s}-cpu-controlled-s{seed}"
@@ -201,21 +226,21 @@ def test_an_eight_cell_sweep_on_slurm_logs_every_run_to_the_server(services, tin
     jobs = {r.data.tags["slurm_job_id"] for r in children}
     array = {j.split("_")[0] for j in jobs}
     assert len(jobs) == 8 and len(array) == 1 and all(re.fullmatch(r"\d+_[0-7]", j) for j in jobs), jobs
-    wait_until_slurm_is_idle(services)  # a job's result is written a moment before SLURM marks it done
-    states = settled_sacct(services, array.pop(), "JobID,State")
+    wait_until_slurm_is_idle(server)  # a job's result is written a moment before SLURM marks it done
+    states = settled_sacct(server, array.pop(), "JobID,State")
     assert sorted(line.split("|")[1] for line in states.split()) == ["COMPLETED"] * 8, states
 
     # Artifacts went through the server into its own store, and come back the same way.
     run = next(r for r in children if r.info.run_name == "torch-parallel-cpu-controlled-s1")
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     got = Path(client.download_artifacts(run.info.run_id, "weights.npz", str(tmp_path)))
-    assert got.stat().st_size > 0 and list((services.run_dir / "mlflow" / "artifacts").rglob("weights.npz"))
+    assert got.stat().st_size > 0 and list((server.run_dir / "mlflow" / "artifacts").rglob("weights.npz"))
     predicted = run_app(
         "backprop_bench.predict",
         "--run-id",
         run.info.run_id,
         "--tracking-uri",
-        services.uri,
+        server.uri,
         "--csv",
         str(csv),
         cwd=tmp_path,
@@ -225,7 +250,7 @@ def test_an_eight_cell_sweep_on_slurm_logs_every_run_to_the_server(services, tin
 
 
 @pytest.mark.timeout(600)
-def test_a_crashed_cell_ends_failed_and_a_cancelled_one_killed(services, tiny, tmp_path):
+def test_a_crashed_cell_ends_failed_and_a_cancelled_one_killed(server, tiny, tmp_path):
     """One cell's data file is missing (it fails inside its job, after its run opened); the last
     cell trains ~forever (its epochs come from an env var only it reads) until scancel stops it."""
     npz, _ = tiny
@@ -237,19 +262,19 @@ def test_a_crashed_cell_ends_failed_and_a_cancelled_one_killed(services, tiny, t
     per_cell_path = str(data / "${framework.name}-${strategy.name}-s${train.seed}.npz")
     experiment = experiment_of(tmp_path / "multirun")
     per_cell_epochs = "train.epochs='${oc.env:BB_TEST_EPOCHS_${framework.name}_${strategy.name}_s${train.seed},1}'"
-    args = sweep_args("slurm", per_cell_path, services.uri, tmp_path / "multirun", *GRID, per_cell_epochs)
-    env = {k: v for k, v in services.env.items() if k != "MLFLOW_TRACKING_URI"}
+    args = sweep_args("slurm", per_cell_path, server.uri, tmp_path / "multirun", *GRID, per_cell_epochs)
+    env = {k: v for k, v in server.env.items() if k != "MLFLOW_TRACKING_URI"}
     env["BB_TEST_EPOCHS_torch_parallel_s1"] = "1000000"  # sbatch passes the environment to the jobs
     log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "backprop_bench.train", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        client = MlflowClient(services.uri)
+        client = MlflowClient(server.uri)
         target = wait_for_training(
             client, experiment_of(tmp_path / "multirun"), "torch-parallel-cpu-controlled-s1", proc
         )
-        services.slurm("scancel", target.data.tags["slurm_job_id"])
+        server.slurm("scancel", target.data.tags["slurm_job_id"])
         assert proc.wait(timeout=300) != 0, "a sweep with a failed cell must exit non-zero"
     finally:
         if proc.poll() is None:
@@ -257,9 +282,9 @@ def test_a_crashed_cell_ends_failed_and_a_cancelled_one_killed(services, tiny, t
             proc.wait()
         log.close()
     output = (tmp_path / "sweep.log").read_text()
-    wait_until_slurm_is_idle(services)  # the parent may stop waiting before SLURM is done with every job
+    wait_until_slurm_is_idle(server)  # the parent may stop waiting before SLURM is done with every job
 
-    _, parent, children = sweep_runs(services.uri, experiment)
+    _, parent, children = sweep_runs(server.uri, experiment)
     status = {r.info.run_name: r.info.status for r in children}
     assert len(children) == 8, status
     assert status.pop("numpy-parallel-cpu-controlled-s0") == "FAILED"
@@ -271,7 +296,7 @@ def test_a_crashed_cell_ends_failed_and_a_cancelled_one_killed(services, tiny, t
     cancelled = runs["torch-parallel-cpu-controlled-s1"].data.tags
     assert cancelled["outcome"] == "killed" and cancelled["error"] == "KeyboardInterrupt: signal 15"
     assert parent.info.status == "FAILED"  # a cell failed; nothing is left RUNNING
-    state = settled_sacct(services, cancelled["slurm_job_id"], "State")
+    state = settled_sacct(server, cancelled["slurm_job_id"], "State")
     assert state.split()[0].startswith("CANCELLED"), state
     # The parent waits on the jobs in order: the last one, cancelled, is what it reports.
     assert f"UncompletedJobError: Job {cancelled['slurm_job_id']} " in output, output[-3000:]
@@ -331,15 +356,15 @@ def test_a_four_cell_sweep_on_submitit_local(tiny, tmp_path, tracking_uri):
 
 
 @pytest.mark.timeout(600)
-def test_the_dvc_pipeline_logs_its_study_to_the_server(services, tmp_path):
+def test_the_dvc_pipeline_logs_its_study_to_the_server(server, tmp_path):
     """dvc repro with MLFLOW_TRACKING_URI on the server: the study stage's parent and runs go
     there (compare reads only the runs' files, so it is indifferent to the store)."""
     repo = copy_repo(tmp_path / "repo")
     shrink(repo)  # NumPy only, both strategies, controlled, 2 seeds
-    done = dvc(["repro"], repo, {"MLFLOW_TRACKING_URI": services.uri}, timeout=600)
+    done = dvc(["repro"], repo, {"MLFLOW_TRACKING_URI": server.uri}, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (repo / "reports" / "comparison.md").is_file()
-    client = MlflowClient(services.uri)
+    client = MlflowClient(server.uri)
     runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id], max_results=100)
     (parent,) = [r for r in runs if r.info.run_name == "study-numpy-cpu"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

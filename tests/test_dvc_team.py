@@ -118,15 +118,18 @@ def test_dvc_queue_runs_three_experiments_two_at_a_time(pushed):
         assert summary_numbers(experiments[name]["metrics"]), (name, experiments[name]["metrics"])
 
 
-def test_the_repository_has_a_default_remote_outside_itself():
+def test_the_repository_has_a_default_remote_outside_itself_and_private_to_its_user():
     def project_config(key: str) -> str:  # .dvc/config only, not a developer's config.local
         done = run_dvc(["config", "--project", key], ROOT)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
     assert project_config("core.remote") == "storage"
-    url = Path(project_config("remote.storage.url"))
-    assert url.is_absolute() and ROOT not in url.parents and url != ROOT
+    url = project_config("remote.storage.url")
+    # In the user's home (DVC expands ~): private to them, not a /tmp folder anyone can make first.
+    path = Path(url).expanduser()
+    assert path.is_absolute() and Path.home() in path.parents, url
+    assert ROOT not in path.parents and path != ROOT
 
 
 def test_the_metric_is_committed_and_the_other_reports_are_not():
