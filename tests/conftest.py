@@ -133,3 +133,15 @@ def run_in_process(cfg, root: Path, sweep: dict | None = None) -> dict:
     c = to_components(cfg)
     listener = for_run(c, root, OmegaConf.to_container(cfg, resolve=True), sweep or {})
     return run(c, Path(c.out_dir), root, listener).to_dict()
+
+
+# make test runs the suite on two pytest-xdist workers (--dist loadgroup). The modules that
+# start the team stack share one state folder, its fixed ports and the DVC remote, so they run
+# on one worker, one after another.
+ONE_WORKER_MODULES = {"test_services", "test_cluster", "test_load", "test_dvc_team"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("team-stack"))

@@ -76,7 +76,12 @@ def test_a_fresh_clone_pulls_the_data_and_every_output(pushed, tmp_path):
     repo, remote, dvc = pushed
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    assert not (clone / "data").exists() and not (clone / "runs").exists()
+    # git brings only data/local's README (the folder of data.source=file); DVC brings the rest
+    assert [p.relative_to(clone).as_posix() for p in (clone / "data").rglob("*")] == [
+        "data/local",
+        "data/local/README.md",
+    ]
+    assert not (clone / "runs").exists()
     dvc(["remote", "modify", "--local", "storage", "url", str(remote)], clone)
     dvc(["pull"], clone)
     for out in STAGE_OUTPUTS:
