@@ -135,6 +135,34 @@ def run_in_process(cfg, root: Path, sweep: dict | None = None) -> dict:
     return run(c, Path(c.out_dir), root, listener).to_dict()
 
 
+def stop_session(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM a server started with start_new_session=True, and its workers (its session);
+    SIGKILL what is left after grace_s."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def services():
+    """The team stack (scripts/services.sh), up in a private state folder on free ports for the
+    module that asks for it; down after. Skips with the reason where it cannot run."""
+    from services_stack import cannot_run, running_stack
+
+    reason = cannot_run()
+    if reason:
+        pytest.skip(reason)
+    with running_stack() as stack:
+        yield stack
+
+
 # make test runs the suite on two pytest-xdist workers (--dist loadgroup). The modules that
 # start the team stack share one state folder, its fixed ports and the DVC remote, so they run
 # on one worker, one after another.

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_tiny_npz, run_app
 from repo_copy import copy_repo, dvc
-from services_stack import SERVICES, Stack, cannot_run, running_stack
+from services_stack import SERVICES, Stack
 from test_dvc_team import shrink
 
 from backprop_bench.data.formats import write_canonical_csv
@@ -36,16 +36,6 @@ from backprop_bench.data.formats import write_canonical_csv
 pytestmark = pytest.mark.slow
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra: pip install -e '.[cluster]'")
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def services():
-    """The stack, up in a private state folder on free ports for this module; down after."""
-    reason = cannot_run()
-    if reason:
-        pytest.skip(reason)
-    with running_stack() as stack:
-        yield stack
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import base64
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_app, shrunk
+from conftest import run_app, shrunk, stop_session
 from test_tracking_processes import free_port, runs_in
 
 SENTINEL = "Sentinel-7f3a9c1e-pw"
@@ -72,13 +71,7 @@ def auth_server(tmp_path, empty_mlflow_db):
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: its own session
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_session(proc)
         log.close()
 
 

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 from conftest import ROOT
-from services_stack import cannot_run, running_stack
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("psycopg2", reason="the cluster extra: pip install -e '.[cluster]'")
@@ -20,15 +19,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 PROCESSES, THREADS, EPOCHS = 4, 16, 50
 METRICS = ["train_accuracy", "train_loss", "val_accuracy", "val_loss"]
-
-
-@pytest.fixture(scope="module")
-def services():
-    reason = cannot_run()
-    if reason:
-        pytest.skip(reason)
-    with running_stack() as stack:
-        yield stack
 
 
 @pytest.mark.timeout(900)

@@ -7,7 +7,6 @@ tests/test_cluster.py."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -17,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_in_process
+from conftest import ROOT, run_in_process, stop_session
 
 SERVICES_SH = ROOT / "scripts" / "services.sh"
 MLFLOW_SH = ROOT / "scripts" / "mlflow_server.sh"
@@ -234,8 +233,7 @@ def test_make_mlflow_server_defaults_to_sqlite_and_serves_artifacts(tmp_path, sm
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         metrics = run_in_process(small_cfg("tracking.plots=false", uri=url), tmp_path)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: a session of their own
-        server.wait(timeout=60)
+        stop_session(server, grace_s=60)
     first_line = (tmp_path / "server.log").read_text().splitlines()[0]
     assert first_line == f"mlflow server: store sqlite:///{tmp_path}/state/mlflow.db, " + (
         f"artifacts {tmp_path}/state/artifacts, {url}"

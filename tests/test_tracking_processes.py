@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_app, run_in_process, shrunk
+from conftest import ROOT, run_app, run_in_process, shrunk, stop_session
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -64,12 +64,7 @@ def mlflow_server(tmp_path, empty_mlflow_db):
             time.sleep(0.3)
         yield url, tmp_path / "server" / "art"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: its own session
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_session(proc)
         log.close()
 
 
