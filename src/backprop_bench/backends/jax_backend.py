@@ -119,10 +119,8 @@ class JaxBackend(Backend):
         self._params = self._put([(np.asarray(w, self.dtype), np.asarray(b, self.dtype)) for w, b in init])
         self._reset_optimizer()
         self._lr = self._put(np.float64(self.lr))
-        body = parallel_step if self.strategy == "parallel" else sequential_step
-        # spec, optimizer and regularization are static: one compilation per batch shape
-        self._step = jax.jit(partial(body, self.spec, self.opt_spec, self.reg))
-        self._forward_loss = jax.jit(partial(outputs, self.spec))
+        self._step = partial(STEP_AT, STEP[self.strategy], self.spec, self.opt_spec, self.reg)
+        self._forward_loss = partial(OUTPUTS, self.spec)
 
     def _put(self, tree):
         return jax.device_put(tree, self._dev)
@@ -131,17 +129,14 @@ class JaxBackend(Backend):
         self._x, self._t = self._put(x), self._put(t)
 
     def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
-        idx_all = self._put(order)  # one host -> device copy per epoch; batches gathered on the device
+        order_dev = self._put(order)  # one host -> device copy per epoch; batches gathered on the device
         masks_dev = None if masks is None else self._put(masks)
-        losses = []
+        state, losses = (self._params, self._slots, self._count), []
         for start in range(0, len(order), batch_size):
-            idx, rows = idx_all[start : start + batch_size], slice(start, start + batch_size)
-            batch_masks = None if masks_dev is None else [m[rows] for m in masks_dev]
-            self._count = self._count + 1  # the global step t, from 1, on the device
-            self._params, self._slots, loss = self._step(
-                self._params, self._slots, self._count, self._lr, self._x[idx], self._t[idx], batch_masks
-            )
+            size = min(batch_size, len(order) - start)  # static: one compilation per batch size
+            state, loss = self._step(size, state, self._lr, self._x, self._t, order_dev, masks_dev, start)
             losses.append(loss)
+        self._params, self._slots, self._count = state
         return np.asarray(jnp.stack(losses))  # the one read of the epoch
 
     def _set_lr(self, lr: float) -> None:
@@ -256,3 +251,22 @@ def sequential_step(spec, opt, reg, params, slots, count, lr, x, t, masks) -> tu
             mask, w_new = None if masks is None else masks[l - 1], params[l][0]
             d = jax.vjp(partial(feed_up, spec, mask, w_new), zs[l - 1])[1](d)[0]
     return params, slots, loss
+
+
+def step_at(step, spec, opt, reg, size: int, state, lr, x, t, order, masks, start) -> tuple:
+    """One step on the batch order[start : start + size] (and those rows of the masks), gathered
+    on the device inside the compiled step: one dispatch per step. state = (params, slots, count),
+    count the global step t of the previous step. Returns (state after, the pre-update loss)."""
+    params, slots, count = state
+    idx = jax.lax.dynamic_slice_in_dim(order, start, size)
+    batch_masks = None if masks is None else [jax.lax.dynamic_slice_in_dim(m, start, size) for m in masks]
+    params, slots, loss = step(spec, opt, reg, params, slots, count + 1, lr, x[idx], t[idx], batch_masks)
+    return (params, slots, count + 1), loss
+
+
+# Compiled once per process for each (strategy, spec, optimizer, regularization, batch size,
+# data shape): the frozen specs are static arguments, so a new backend of the same run (a
+# study's next seed) reuses the compiled step.
+STEP = {"parallel": parallel_step, "sequential": sequential_step}
+STEP_AT = jax.jit(step_at, static_argnums=(0, 1, 2, 3, 4))
+OUTPUTS = jax.jit(outputs, static_argnums=0)
