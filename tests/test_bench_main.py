@@ -35,7 +35,7 @@ TINY = [
     "0.001",
     "--keep-blas-env",
 ]
-FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules)"
+FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)"
 
 
 def test_numpy_bench_writes_every_requested_cell(tmp_path):
