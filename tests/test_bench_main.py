@@ -178,7 +178,7 @@ def test_the_re_executed_bench_reports_what_it_unset(monkeypatch):
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--frameworks", "numpy,jax"], "--frameworks: jax"),
+        (["--frameworks", "numpy,mxnet"], "--frameworks: mxnet"),
         (["--batches", "64,big"], "--batches"),
         (["--keras-spe", "16,x"], "--keras-spe"),
         (["--devices", "tpu"], "--devices: tpu"),
