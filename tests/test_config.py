@@ -147,3 +147,9 @@ def test_launcher_configs_compose():
     # The SLURM preset extends the submitit plugin's node (the cluster extra), which types its fields.
     slurm = compose("hydra/launcher=slurm", hydra_node=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min >= 5
+
+
+def test_every_framework_has_its_config_option():
+    from backprop_bench.backends import FRAMEWORKS
+
+    assert options("framework") == sorted(FRAMEWORKS)
