@@ -1,7 +1,8 @@
 """The MLP in JAX: jax.numpy forward, jax.vjp / value_and_grad gradients, OptimizerSpec's rule by hand.
 
-The parameters and the optimizer state are immutable pytrees; a step is a pure function
-(params, state, t, lr, x, t, masks) -> (params, state, loss) compiled once by ``jax.jit``.
+The parameters and the optimizer slots are immutable pytrees; a step is a pure function
+(params, slots, step count, lr, batch, targets, masks) -> (params, slots, loss), compiled by
+``jax.jit`` once per batch size.
 parallel: one value_and_grad of the batch loss, then every update. sequential: the output
 head's gradient by value_and_grad, then per layer dW, db by the vjp of z = a W + b, the update,
 and the error sent down by the vjp of the layer below through the *updated* W.
