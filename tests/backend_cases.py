@@ -26,10 +26,11 @@ from backprop_bench.core.specs import (  # noqa: F401 (OPTIMIZERS, STRATEGIES: r
 # frameworks, plus NumPy's fast path (numpy_fast.py, compile=True).
 BACKENDS = ("numpy", "numpy-fast", *FRAMEWORKS[1:])
 OTHER_BACKENDS = tuple(b for b in BACKENDS if b != "numpy")
-# BACKENDS with the two TensorFlow-based ones marked slow, for the tests that only repeat,
-# in another form, what test_parity's float64 test (every backend, never slow) already holds
-# them to: `make test-fast` stays under 3 minutes, `make test` runs them all.
-BACKENDS_TF_SLOW = [pytest.param(b, marks=pytest.mark.slow) if b in ("tensorflow", "keras") else b for b in BACKENDS]
+# BACKENDS with the two TensorFlow-based ones and jax (its compilations) marked slow, for the
+# tests that only repeat, in another form, what test_parity's float64 test (every backend,
+# never slow) already holds them to: `make test-fast` stays under 3 minutes, `make test` runs them all.
+SLOW_BACKENDS = ("tensorflow", "keras", "jax")
+BACKENDS_TF_SLOW = [pytest.param(b, marks=pytest.mark.slow) if b in SLOW_BACKENDS else b for b in BACKENDS]
 
 # Learning rates for the parity runs: large enough that 3 epochs move the weights well
 # away from their start, small enough that nothing diverges.

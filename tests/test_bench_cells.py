@@ -240,3 +240,16 @@ def test_an_interrupted_run_keeps_the_rounds_it_finished():
     assert done == 1
     assert [c.status for c in plan] == ["ok", "ok"]
     assert len(plan[1].epoch_seconds) == 1
+
+
+def test_every_framework_has_bench_modes_and_jax_benches_its_jitted_step():
+    from backprop_bench.backends import FRAMEWORKS
+
+    modes = cells.framework_modes([16])
+    assert set(modes) == set(FRAMEWORKS)
+    assert modes["jax"] == [("jit", False, 1)]  # compile=False: the jax backend's step is always jitted
+    planned = cells.plan_cells(["jax"], ["parallel", "sequential"], [64], ["cpu"], [16])
+    assert [(c.framework, c.mode, c.strategy) for c in planned] == [
+        ("jax", "jit", "parallel"),
+        ("jax", "jit", "sequential"),
+    ]

@@ -35,7 +35,7 @@ TINY = [
     "0.001",
     "--keep-blas-env",
 ]
-FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules)"
+FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)"
 
 
 def test_numpy_bench_writes_every_requested_cell(tmp_path):
@@ -178,7 +178,7 @@ def test_the_re_executed_bench_reports_what_it_unset(monkeypatch):
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--frameworks", "numpy,jax"], "--frameworks: jax"),
+        (["--frameworks", "numpy,mxnet"], "--frameworks: mxnet"),
         (["--batches", "64,big"], "--batches"),
         (["--keras-spe", "16,x"], "--keras-spe"),
         (["--devices", "tpu"], "--devices: tpu"),

@@ -86,7 +86,7 @@ def test_train_epoch_before_load_says_so():
 def test_importing_the_module_imports_no_framework():
     code = (
         "import sys, backprop_bench.bench.stock; "
-        "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -224,7 +224,7 @@ def test_the_model_loads_from_its_own_code_without_torch_or_tensorflow(small_cfg
         f"labels = np.argmax(m.predict(np.load({str(x_path)!r})), axis=1)\n"
         "import backprop_bench\n"
         "print(backprop_bench.__file__)\n"
-        "print(sorted(k for k in ('torch', 'tensorflow', 'keras') if k in sys.modules))\n"
+        "print(sorted(k for k in ('torch', 'tensorflow', 'keras', 'jax') if k in sys.modules))\n"
         "print(labels.tolist())\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -85,7 +85,7 @@ def test_wrong_type_fails_at_compose_time():
         ("train.batch_size=0", "train.batch_size=0", ">= 1"),
         ("train.dtype=float16", "train.dtype='float16'", "float32, float64"),
         ("optimizer.lr=0", "optimizer.lr=0.0", "> 0"),
-        ("framework.name=jax", "framework.name='jax'", "numpy, torch"),
+        ("framework.name=mxnet", "framework.name='mxnet'", "numpy, torch, tensorflow, keras, jax"),
         ("data.path=null", "data.path=None", "needs the processed .npz"),
         ("optimizer.momentum=1.0", "optimizer.momentum=1.0", "in [0, 1)"),
         ("strategy.name=diagonal", "strategy.name='diagonal'", "parallel, sequential"),
@@ -129,8 +129,8 @@ def test_the_schema_holds_no_rules():
     """Value rules run once, in to_components: building the schema objects checks only types."""
     from omegaconf import OmegaConf
 
-    c = OmegaConf.to_object(compose("train.epochs=-1", "optimizer.lr=0", "framework.name=jax"))
-    assert (c.train.epochs, c.optimizer.lr, c.framework.name) == (-1, 0.0, "jax")
+    c = OmegaConf.to_object(compose("train.epochs=-1", "optimizer.lr=0", "framework.name=mxnet"))
+    assert (c.train.epochs, c.optimizer.lr, c.framework.name) == (-1, 0.0, "mxnet")
 
 
 def test_model_rules_come_from_mlpspec():
@@ -147,3 +147,9 @@ def test_launcher_configs_compose():
     # The SLURM preset extends the submitit plugin's node (the cluster extra), which types its fields.
     slurm = compose("hydra/launcher=slurm", hydra_node=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min >= 5
+
+
+def test_every_framework_has_its_config_option():
+    from backprop_bench.backends import FRAMEWORKS
+
+    assert options("framework") == sorted(FRAMEWORKS)

@@ -77,6 +77,8 @@ DISTRIBUTIONS = {
     "torch": (1 / math.sqrt(FAN_IN), 1 / math.sqrt(FAN_IN) / math.sqrt(3), 1 / math.sqrt(FAN_IN)),  # U(+-1/sqrt(in))
     "tensorflow": (GLOROT, GLOROT / math.sqrt(3), 0.0),  # Glorot uniform
     "keras": (GLOROT, GLOROT / math.sqrt(3), 0.0),
+    # lecun_normal: a normal truncated at 2 stds, rescaled to std sqrt(1/fan_in) (0.8796: the truncated std)
+    "jax": (2 * math.sqrt(1 / FAN_IN) / 0.87962566103423978, math.sqrt(1 / FAN_IN), 0.0),
 }
 
 

@@ -107,3 +107,10 @@ def test_interval_bars(tmp_path):
     assert is_png(plots.plot_interval_bars(speeds[:3], "samples_per_second", tmp_path / "sps.png", "samples/s", ",.0f"))
     nothing = [r | {"samples_per_second": None} for r in rows]
     assert is_png(plots.plot_interval_bars(nothing, "samples_per_second", tmp_path / "none.png", "samples/s"))
+
+
+def test_every_framework_has_its_own_colour():
+    from backprop_bench.backends import FRAMEWORKS
+
+    assert set(plots.COLORS) == set(FRAMEWORKS)
+    assert len(set(plots.COLORS.values())) == len(FRAMEWORKS)

@@ -65,9 +65,9 @@ def test_bad_arguments_name_the_option(tmp_path, capsys):
         main(["--jobs", "-1"])
     assert "--jobs must be >= 0 (0: one per usable CPU), got -1" in capsys.readouterr().err
     bad = tmp_path / "params.yaml"
-    bad.write_text("study:\n  frameworks: [jax]\n")
+    bad.write_text("study:\n  frameworks: [mxnet]\n")
     assert main(["--params", str(bad)]) == 2
-    assert f"repro: {bad}: study.frameworks[0]='jax': must be one of" in capsys.readouterr().err
+    assert f"repro: {bad}: study.frameworks[0]='mxnet': must be one of" in capsys.readouterr().err
 
 
 def test_a_stop_signal_reaches_the_running_commands_process_group_and_starts_nothing(monkeypatch):

@@ -199,7 +199,7 @@ def test_importing_train_is_cheap_and_a_numpy_run_never_imports_torch_or_tensorf
         f"""
         import sys
         import backprop_bench.train
-        heavy = ("mlflow", "torch", "tensorflow", "keras", "matplotlib")
+        heavy = ("mlflow", "torch", "tensorflow", "keras", "jax", "matplotlib")
         print("after import:", [m for m in heavy if m in sys.modules])
         sys.argv = ["train"] + {shrunk(tiny_npz, tmp_path / "out", None, f"hydra.run.dir={tmp_path / 'h'}")!r}
         backprop_bench.train.main()

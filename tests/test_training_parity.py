@@ -30,6 +30,7 @@ FEATURES = {
 FAST_PATH = ("rmsprop", "schedule")  # what numpy's compile=True path implements
 OTHERS = [
     "torch",
+    "jax",
     "numpy-fast",
     pytest.param("tensorflow", marks=pytest.mark.slow),
     pytest.param("keras", marks=pytest.mark.slow),
@@ -112,7 +113,15 @@ def test_torch_compile_runs_every_feature(strategy):
 
 
 def gpu_missing(backend: str) -> str:
-    """Why `backend` cannot run on cuda here ("" when it can): torch's CUDA, or CuPy for numpy."""
+    """Why `backend` cannot run on cuda here ("" when it can): torch's or jax's CUDA, or CuPy for numpy."""
+    if backend == "jax":
+        from backprop_bench.backends import DeviceUnavailable
+        from backprop_bench.backends.jax_backend import resolve_device
+
+        try:
+            return "" if resolve_device("cuda") else "unreachable"
+        except DeviceUnavailable as err:
+            return str(err)
     if backend == "torch":
         import torch
 
@@ -125,9 +134,9 @@ def gpu_missing(backend: str) -> str:
 @pytest.mark.gpu
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
 def test_feature_parity_float64_on_cuda(backend, strategy, feature):
-    """The same features on the GPU (CuPy for numpy, torch on cuda) against the CPU reference:
+    """The same features on the GPU (CuPy for numpy, torch and jax on cuda) against the CPU reference:
     float64 on both, so only the kernels' summation order differs. Skipped without a GPU."""
     why = gpu_missing(backend)
     if why:

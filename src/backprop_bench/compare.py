@@ -310,7 +310,15 @@ def _sig(x: float, digits: int = 4) -> float | int:
 
 
 # summary.json's keys: dvc exp show makes each number a column as wide as its name or value
-SHORT = {"sequential": "seq", "parallel": "par", "numpy": "np", "torch": "pt", "tensorflow": "tf", "keras": "ks"}
+SHORT = {
+    "sequential": "seq",
+    "parallel": "par",
+    "numpy": "np",
+    "torch": "pt",
+    "tensorflow": "tf",
+    "keras": "ks",
+    "jax": "jx",
+}
 
 
 def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[str, float]]:

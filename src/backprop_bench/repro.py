@@ -38,7 +38,7 @@ from backprop_bench.results.grid import StudyParams, read_study_params
 DATA_STAGE = "preprocess"  # and download before it: what the side-by-side stages read
 SIDE_STAGES = ("stability",)  # besides the study stages
 # Longest first (keras's fit() costs the most per epoch, NumPy the least), so the short stages fill in.
-COST_ORDER = ("keras", "tensorflow", "torch", "numpy")
+COST_ORDER = ("keras", "tensorflow", "torch", "jax", "numpy")
 
 
 def side_by_side(p: StudyParams) -> list[str]:

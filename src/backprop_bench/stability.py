@@ -35,7 +35,7 @@ ORDER = ("sequential", "parallel")
 FINISHED, DIVERGED = "finished", "diverged"
 KEYS = ("lrs", "batch_sizes", "epochs", "seed", "subset", "blowup")  # params.yaml `stability:`, all read
 PARITY = (
-    "NumPy alone stands for all four backends: the float64 parity tests (tests/test_parity.py) prove that "
+    "NumPy alone stands for every backend: the float64 parity tests (tests/test_parity.py) prove that "
     "torch, TensorFlow and Keras compute the same steps as NumPy under both strategies, so the map is theirs "
     "too (in float32 they differ only by rounding, which can matter only for a run right at a threshold)."
 )

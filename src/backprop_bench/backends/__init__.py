@@ -1,4 +1,4 @@
-"""Backends, imported lazily: asking for "numpy" must never import torch or TensorFlow."""
+"""Backends, imported lazily: asking for "numpy" must never import torch, TensorFlow or JAX."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable
 
-FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras")
+FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras", "jax")
 
 # (framework, compile) -> (module, class). compile=True means each framework's fast path:
 # numpy's preallocated buffers, torch.compile, XLA; the backend records which in info().
@@ -18,6 +18,7 @@ CLASSES = {
     ("torch", False): ("torch_backend", "TorchBackend"),
     ("tensorflow", False): ("tensorflow_backend", "TensorflowBackend"),
     ("keras", False): ("keras_backend", "KerasBackend"),
+    ("jax", False): ("jax_backend", "JaxBackend"),
 }
 
 

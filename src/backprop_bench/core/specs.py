@@ -60,7 +60,7 @@ Params = list[Layer]
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """Architecture and loss of the network: what all four backends must agree on."""
+    """Architecture and loss of the network: what every backend must agree on."""
 
     sizes: tuple[int, ...]  # (in, hidden..., out): at least (in, out)
     hidden_activation: str = "relu"  # applied after every layer but the last

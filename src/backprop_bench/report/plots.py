@@ -21,7 +21,7 @@ from backprop_bench.results.metrics import FINISHED, EpochStats
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-COLORS = dict(zip(FRAMEWORKS, ("tab:blue", "tab:red", "tab:orange", "tab:green")))  # one per framework
+COLORS = dict(zip(FRAMEWORKS, ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")))  # one per framework
 LINESTYLES = {"sequential": "--", "parallel": "-"}
 
 
