@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from backprop_bench.core.files import atomic_write
+
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # one batch per epoch, as a run logs
 
 
@@ -133,10 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             "max": round(ms[-1], 1),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.out)  # atomic: a reader sees the old report or the new one
+    atomic_write(args.out, json.dumps(report, indent=2) + "\n")  # a reader sees the old report or the new one
     print(json.dumps(report))
     return report
 

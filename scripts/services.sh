@@ -61,6 +61,11 @@ SERVICES=(munge mariadb slurmdbd slurmctld slurmd postgres mlflow)
 # an unrelated process, which must not count as ours (nor be stopped).
 declare -A COMMAND=([munge]=munged [mariadb]=mariadbd [slurmdbd]=slurmdbd [slurmctld]=slurmctld
     [slurmd]=slurmd [postgres]=postgres [mlflow]="mlflow server")
+# Whom each one runs as. A pid file in a service user's folder is that user's to write: root
+# signals the pid only if the process also runs as that user, so the file cannot aim root's
+# kill at anyone else's process.
+declare -A OWNER=([munge]=munge [mariadb]=mysql [slurmdbd]=slurm [slurmctld]=slurm
+    [slurmd]=root [postgres]=postgres [mlflow]="$MLFLOW_USER")
 
 export SLURM_CONF=$RUN/etc/slurm.conf # every slurm daemon and command reads this one
 
@@ -88,6 +93,7 @@ pid_of() { # the pid in a service's pid file, if the file exists and names a liv
     pid=$(head -n1 "$file" | tr -dc 0-9)
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "${COMMAND[$1]}" || return 1
+    [[ $(stat -c %U "/proc/$pid" 2>/dev/null) == "${OWNER[$1]}" ]] || return 1
     printf '%s' "$pid"
 }
 
@@ -164,9 +170,22 @@ make_state() { # the state folder and root's own parts of it
 }
 
 service_dir() { # service_dir PATH USER MODE: a folder that belongs to a service's user
+    # PATH may sit in another service folder its user could have written: never follow a link
+    [[ -L $1 ]] && die "$1 is a symbolic link; a service's folder must be a real one (remove it and run up again)"
     [[ -d $1 ]] || mkdir "$1"
-    chown "$2:" "$1"
+    chown -h "$2:" "$1"
     chmod "$3" "$1"
+}
+
+place() { # place USER MODE DEST < CONTENT: a file for a service, made in root's secrets/ folder and
+    # renamed over DEST (mv -T replaces a planted link instead of following it): root never
+    # opens, chowns or chmods a name inside a folder that the service's user can write
+    local tmp
+    tmp=$(mktemp "$RUN/secrets/.place.XXXXXX")
+    cat >"$tmp"
+    chown "$1:" "$tmp"
+    chmod "$2" "$tmp"
+    mv -fT "$tmp" "$3"
 }
 
 service_log() { # service_log NAME USER: log/NAME.log, writable by the service's user
@@ -281,10 +300,7 @@ start_munge() {
     service_dir "$RUN/munge" munge 0711 # clients (slurm, jobs) reach the socket inside
     local key=$RUN/munge/munge.key
     if [[ ! -s $key ]]; then # up's own key, made once; munged never runs with --force
-        head -c 1024 /dev/urandom >"$key.new"
-        chown munge: "$key.new"
-        chmod 0400 "$key.new"
-        mv "$key.new" "$key"
+        head -c 1024 /dev/urandom | place munge 0400 "$key"
     fi
     service_log munge munge
     local munged
@@ -383,7 +399,7 @@ mlflow_config() { # what the server reads: PostgreSQL's password file and the ba
     local dir=$RUN/mlflow
     service_dir "$dir" "$MLFLOW_USER" 0700
     service_dir "$dir/artifacts" "$MLFLOW_USER" 0700
-    printf '127.0.0.1:%s:*:%s:%s\n' "$PG_PORT" "$PG_USER" "$(secret postgres)" >"$dir/pgpass.new"
+    printf '127.0.0.1:%s:*:%s:%s\n' "$PG_PORT" "$PG_USER" "$(secret postgres)" | place "$MLFLOW_USER" 0600 "$dir/pgpass"
     # default_permission EDIT: every user the admin makes can log to every experiment, not
     # delete one or change permissions. The admin is made at the server's first start.
     {
@@ -395,13 +411,7 @@ mlflow_config() { # what the server reads: PostgreSQL's password file and the ba
         say "authorization_function = mlflow.server.auth:authenticate_request_basic_auth"
         # a credential checked once a minute per worker, not on every request (PBKDF2 is slow)
         say "auth_cache_ttl_seconds = 60"
-    } >"$dir/auth.ini.new"
-    local f
-    for f in pgpass auth.ini; do
-        chown "$MLFLOW_USER:" "$dir/$f.new"
-        chmod 0600 "$dir/$f.new"
-        mv "$dir/$f.new" "$dir/$f"
-    done
+    } | place "$MLFLOW_USER" 0600 "$dir/auth.ini"
 }
 
 mlflow_project_user() { # the user the runs log as: made at first up, its password kept as in secrets/
@@ -428,7 +438,7 @@ except urllib.error.HTTPError as error:
         raise SystemExit(f"creating the MLflow user {user['username']}: HTTP {error.code}")
     call("PATCH", "update-password", user)
 EOF
-        die "could not create the MLflow user $MLFLOW_PROJECT_USER; see $RUN/log/mlflow.log"
+        die "could not create the MLflow user $MLFLOW_PROJECT_USER (the error above; the server's side: $RUN/log/mlflow.log)"
 }
 
 start_mlflow() {

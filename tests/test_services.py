@@ -174,6 +174,25 @@ def test_down_signals_nothing_from_a_folder_another_user_could_write(tmp_path):
         decoy.wait()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="down as root is what is tested")
+def test_down_signals_a_pid_only_if_it_runs_as_the_services_user(tmp_path):
+    """postgres writes its own pid file: naming a root process whose command line says
+    "postgres" must not make root stop it."""
+    decoy = subprocess.Popen(["bash", "-c", "exec -a postgres sleep 300"])  # root's, not postgres's
+    try:
+        state = tmp_path / "state"
+        (state / "postgres" / "data").mkdir(parents=True)
+        state.chmod(0o711)
+        (state / "postgres" / "data" / "postmaster.pid").write_text(f"{decoy.pid}\n")
+        down = script(SERVICES_SH, "down", BB_SERVICES_DIR=str(state))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert decoy.poll() is None, "down signalled a process that does not run as postgres"
+        assert "postgres: stopped" not in down.stdout
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
 def test_the_mlflow_server_serves_other_machines_only_with_authentication(tmp_path):
     python = {"BB_PYTHON": sys.executable}
     done = script(MLFLOW_SH, BB_MLFLOW_HOST="0.0.0.0", BB_MLFLOW_STATE_DIR=str(tmp_path), **python)

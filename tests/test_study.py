@@ -45,7 +45,10 @@ def test_read_study_params(tmp_path):
         ({"seeds": 0}, r"study.seeds=0: must be an integer >= 1"),
         ({"modes": ["controlled", "wild"]}, r"study.modes\[1\]='wild': must be one of controlled, native"),
         ({"strategies": []}, r"study.strategies=\[\]: must be a non-empty list"),
-        ({"frameworks": ["jax"]}, r"study.frameworks\[0\]='jax': must be one of numpy, torch, tensorflow, keras"),
+        (
+            {"frameworks": ["mxnet"]},
+            r"study.frameworks\[0\]='mxnet': must be one of numpy, torch, tensorflow, keras, jax",
+        ),
         ({"threads": -2}, r"study.threads=-2: must be an integer >= 0 \(0: each framework's default\)"),
         ({"threads": "one"}, r"study.threads='one': must be an integer >= 0"),
     ],

@@ -74,9 +74,9 @@ def load_npz(name: str, path: Path, n_classes: int = N_CLASSES) -> Dataset:
 
 def check_values(path: Path, split: str, x: np.ndarray, y: np.ndarray, n_classes: int) -> None:
     """x finite and in [0, 1] (pixels / 255), y in 0..n_classes-1; the error names the first bad row."""
-    bad_x = ~((x >= 0) & (x <= 1)).all(axis=1)  # NaN compares false: caught here too
-    if bad_x.any():
-        row = int(np.argmax(bad_x))
+    # min/max first: no full-size boolean temporaries on good data (NaN makes both comparisons fail)
+    if x.size and not (x.min() >= 0 and x.max() <= 1):
+        row = int(np.argmax(~((x >= 0) & (x <= 1)).all(axis=1)))
         value = x[row][~((x[row] >= 0) & (x[row] <= 1))][0]
         raise ValueError(f"{path}: x_{split} row {row}: value {value}, expected pixels in [0, 1] (finite)")
     bad_y = (y < 0) | (y >= n_classes)

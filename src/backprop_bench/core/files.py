@@ -81,9 +81,7 @@ def all_or_nothing(out_dir: str | Path, names: Sequence[str]) -> Iterator[Path]:
     remove_stale_staging(out_dir)
     stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING}{os.getpid()}-"))
     try:
-        yield stage
-        for name in names:
-            _fsync_file(stage / name)
+        yield stage  # the writers (atomic_write) fsync each file they stage
         _replace_all([(stage / name, out_dir / name) for name in names], stage / ".previous")
         fsync_dir(out_dir)
     finally:
@@ -113,11 +111,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, another user's
         return True
     return True
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 class Busy(RuntimeError):
