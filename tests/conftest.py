@@ -7,6 +7,7 @@ tests run is the config users run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,6 +134,21 @@ def run_in_process(cfg, root: Path, sweep: dict | None = None) -> dict:
     c = to_components(cfg)
     listener = for_run(c, root, OmegaConf.to_container(cfg, resolve=True), sweep or {})
     return run(c, Path(c.out_dir), root, listener).to_dict()
+
+
+FRAMEWORK_NAMES = ("torch", "tensorflow", "keras", "jax")  # what a NumPy run must never import
+
+
+def frameworks_imported_by(code: str, timeout: float = 300) -> list[str]:
+    """Run code in a fresh interpreter; the frameworks (FRAMEWORK_NAMES) it left imported, sorted."""
+    names = list(FRAMEWORK_NAMES)
+    probe = (
+        f"\nimport json as _j, sys as _s\nprint('IMPORTED', _j.dumps(sorted(m for m in {names!r} if m in _s.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code + probe], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = [line for line in out.stdout.splitlines() if line.startswith("IMPORTED ")][-1]
+    return json.loads(last.removeprefix("IMPORTED "))
 
 
 def stop_session(proc: subprocess.Popen, grace_s: float = 20) -> None:

@@ -2,12 +2,12 @@
 devices, dtypes, the contract's details, the optimizer rule. (Gradients: test_gradients.py;
 cross-backend: test_parity.py & co.; plain == fast bit for bit: test_numpy_fast.py.)"""
 
-import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
+from conftest import frameworks_imported_by
 
 from backprop_bench.backends import DeviceUnavailable, numpy_backend
 from backprop_bench.backends.numpy_backend import NumpyBackend
@@ -126,10 +126,8 @@ b2 = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(),
 b2.load(np.random.default_rng(0).random((8, 4)), np.arange(8) % 2); b2.train_epoch(np.arange(8), 4)
 b.load(np.random.default_rng(0).random((8, 4)), np.arange(8) % 2)
 b.train_epoch(np.arange(8), 4); b.evaluate(np.zeros((2, 4)), np.array([0, 1])); b.info()
-print(sorted(m for m in ("torch", "tensorflow", "keras", "jax") if m in sys.modules))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert frameworks_imported_by(code) == []
 
 
 # ---------------------------------------------------------------- dtypes
