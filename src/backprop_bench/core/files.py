@@ -257,7 +257,11 @@ def under(root: str | Path, path: str | Path) -> Path:
 
 class NpzError(ValueError):
     """An .npz that is not what np.savez writes of plain numbers: the message names the file,
-    the key and what was expected."""
+    the key and what was expected. ``missing``: the keys asked for that the file lacks."""
+
+    def __init__(self, message: str, missing: Sequence[str] = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 def read_npz(path: str | Path, keys: Sequence[str] | None = None, max_bytes: int = 1 << 31) -> dict[str, np.ndarray]:
@@ -275,7 +279,8 @@ def read_npz(path: str | Path, keys: Sequence[str] | None = None, max_bytes: int
             wanted = list(members) if keys is None else list(keys)
             missing = [k for k in wanted if k not in members]
             if missing:
-                raise NpzError(f"{path}: missing key(s) {', '.join(missing)}; has {', '.join(sorted(members))}")
+                has = ", ".join(sorted(members))
+                raise NpzError(f"{path}: missing key(s) {', '.join(missing)}; has {has}", missing)
             total = sum(members[k].file_size for k in wanted)
             if total > max_bytes:
                 raise NpzError(f"{path}: {total:,} bytes of arrays, more than the limit of {max_bytes:,}")

@@ -7,7 +7,6 @@ MLPSpec as a JSON string. A skipped run writes the spec and no layers.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,11 +39,12 @@ def load_weights(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[MLPSpec,
         raise FileNotFoundError(f"{path}: no such weights file")
     spec = _read_spec(path)
     keys = [f"{kind}{layer}" for layer in range(spec.n_layers) for kind in ("W", "b")]
-    present = _members(path)
-    for key in keys:
-        if key not in present:
-            raise ValueError(f"{path}: missing key {key} (a skipped run leaves no weights)")
-    arrays = read_npz(path, keys, max_bytes)
+    try:
+        arrays = read_npz(path, keys, max_bytes)
+    except NpzError as err:
+        if err.missing:
+            raise ValueError(f"{path}: missing key {err.missing[0]} (a skipped run leaves no weights)") from None
+        raise
     params = []
     for layer, (i, o) in enumerate(spec.shapes()):
         for key, shape in ((f"W{layer}", (i, o)), (f"b{layer}", (o,))):
@@ -59,18 +59,12 @@ def load_weights(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[MLPSpec,
     return spec, params
 
 
-def _members(path: Path) -> set[str]:
-    """The keys of an .npz (read_npz has checked it is a readable zip)."""
-    with zipfile.ZipFile(path) as zf:
-        return {name.removesuffix(".npy") for name in zf.namelist()}
-
-
 def _read_spec(path: Path) -> MLPSpec:
     """The 'spec' key: a JSON string of MLPSpec's fields."""
     try:
         text = read_npz(path, ["spec"], max_bytes=1 << 20)["spec"]
     except NpzError as err:
-        if "missing key(s) spec" in str(err):
+        if err.missing:
             raise ValueError(f"{path}: no 'spec' key; not a backprop-bench weights.npz") from None
         raise
     if text.shape != () or text.dtype.kind != "U":
