@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,26 @@ def frameworks_imported_by(code: str, timeout: float = 300) -> list[str]:
     assert out.returncode == 0, out.stderr[-3000:]
     last = [line for line in out.stdout.splitlines() if line.startswith("IMPORTED ")][-1]
     return json.loads(last.removeprefix("IMPORTED "))
+
+
+class LoopbackHTTP:
+    """Base of the tests' web servers: a ThreadingHTTPServer on 127.0.0.1 and a free port, served
+    from a daemon thread inside a with block. A subclass calls listen(Handler) in __init__."""
+
+    def listen(self, handler: type) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def stop_session(proc: subprocess.Popen, grace_s: float = 20) -> None:

@@ -5,14 +5,13 @@ mirror, transient 503s; plus the embedded and file sources and the stage's main(
 from __future__ import annotations
 
 import hashlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import make_split
+from conftest import LoopbackHTTP, make_split
 
 from backprop_bench.core.checks import ParamsError
 from backprop_bench.data import download, formats
@@ -24,7 +23,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Server:
+class Server(LoopbackHTTP):
     """Serves `files` (path -> bytes). `drop` paths send half the body and hang up;
     `fail_first[path] = k` answers 503 to the first k requests. `log` records every path asked."""
 
@@ -59,17 +58,8 @@ class Server:
                     return
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.listen(Handler)
+        self.url = self.base
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import threading
 import time
 import zipfile
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_split, make_tiny_npz
+from conftest import LoopbackHTTP, make_split, make_tiny_npz
 
 from backprop_bench.core.dataset import load_dataset
 from backprop_bench.core.files import NpzError, read_npz, write_npz
@@ -430,7 +430,7 @@ def test_truncated_weights_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- mirrors
 
 
-class Mirror:
+class Mirror(LoopbackHTTP):
     """A real HTTP server on 127.0.0.1 with hostile paths:
     /endless  200, no Content-Length, zeros until the client hangs up
     /drip     200, a Content-Length of 1000, then one byte every 0.1 s
@@ -473,18 +473,12 @@ class Mirror:
                 elif name == "stall":
                     mirror.stop.wait(30)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/m"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        self.listen(Handler)
+        self.url = self.base + "/m"
 
     def __exit__(self, *exc):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop.set()  # first: a handler waiting on it lets shutdown() return
+        super().__exit__(*exc)
 
 
 @pytest.fixture(scope="module")
