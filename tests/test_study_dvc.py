@@ -1,6 +1,6 @@
 """End to end: the whole DVC pipeline (download, preprocess, the study's stages, compare) in
 a temporary copy of the repository, shrunk through params.yaml to a tiny subset, 1 epoch,
-numpy and torch x both strategies x both modes x 2 seeds, run as `make run` runs it
+numpy, torch and jax x both strategies x both modes x 2 seeds, run as `make run` runs it
 (backprop_bench.repro: two stages at a time); then a plain `dvc repro` must rerun only what an
 edit to torch_backend.py changed, and a third must be a no-op."""
 
@@ -18,7 +18,7 @@ import yaml
 from repo_copy import ROOT, copy_repo, run_in
 from repo_copy import dvc as run_dvc
 
-FRAMEWORKS = ["numpy", "torch"]
+FRAMEWORKS = ["numpy", "torch", "jax"]
 STRATEGIES = ["sequential", "parallel"]
 MODES = ["controlled", "native"]
 SEEDS = 2
@@ -90,7 +90,7 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     assert "## sequential − parallel, paired by seed" in table and " ± " in table
     assert "Native mode" in table
     summary = json.loads((repo / "reports/summary.json").read_text())
-    assert list(summary["acc"]) == ["seq", "par", "hw"] and list(summary["sps"]) == ["np", "pt"]
+    assert list(summary["acc"]) == ["seq", "par", "hw"] and list(summary["x"]) == ["pt", "jx"]
     for name in ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png"):
         assert (repo / "reports" / name).stat().st_size > 0
     assert (tmp_path / "mlflow.db").is_file() and not (repo / "mlflow.db").exists()
@@ -143,7 +143,7 @@ def test_study_stage_cmd_matches_the_contract():
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_an_experiments_exp_show_fits_160_columns(tmp_path):
-    """The study's four frameworks (tiny data, 2 seeds, controlled mode: to keep it short) as
+    """The study's five frameworks (tiny data, 2 seeds, controlled mode: to keep it short) as
     `make run` runs it, committed as a team would, then `dvc exp run -S train.epochs=3`:
     `dvc exp show --only-changed` fits 160 columns, summary.json's numbers included."""
     repo = copy_repo(tmp_path / "repo")
@@ -151,7 +151,7 @@ def test_an_experiments_exp_show_fits_160_columns(tmp_path):
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     # every framework (summary.json's columns); controlled mode only, which summary.json reads
-    params["study"].update(frameworks=["numpy", "torch", "tensorflow", "keras"], modes=["controlled"])
+    params["study"].update(frameworks=["numpy", "torch", "tensorflow", "keras", "jax"], modes=["controlled"])
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "COLUMNS": "400"}  # no wrapping
     repro = run_in(repo, [sys.executable, "-m", "backprop_bench.repro", "--jobs", "2"], env, timeout=900)

@@ -318,6 +318,8 @@ SHORT = {
     "tensorflow": "tf",
     "keras": "ks",
     "jax": "jx",
+    "keras-jax": "kj",
+    "keras-torch": "kt",
 }
 
 
@@ -328,8 +330,10 @@ def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[
     acc.seq, acc.par: test accuracy (a fraction, 4 decimals), per seed the mean over the frameworks
     that finished it (equal by construction in controlled mode), then the mean over seeds;
     acc.hw: the wider of their 95 % t half-widths (two seeds or more);
-    sps.np, sps.pt, sps.tf, sps.ks: samples/s of numpy, torch, tensorflow, keras, the mean over
-    both strategies, 3 significant digits."""
+    x.pt, x.tf, x.ks, x.jx, ...: each other framework's speed as a multiple of NumPy's (its
+    samples/s over NumPy's at the same strategy, the mean over both strategies, 2 decimals); none
+    when NumPy is not in the study. A ratio, not samples/s: 7 columns a framework instead of 9, and
+    the machine's load cancels out of it."""
     mode, device = ("controlled" if "controlled" in p.modes else p.modes[0]), p.devices[0]
     acc: dict[str, float] = {}
     half_widths = []
@@ -343,12 +347,12 @@ def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[
                 half_widths.append(interval.half_width)
     if acc and half_widths:
         acc["hw"] = round(max(half_widths), 4)
-    sps: dict[str, float] = {}
+    speed: dict[str, float] = {}
     for f in p.frameworks:
-        here = [r["samples_per_second"] for r in rows if (r["framework"], r["device"], r["mode"]) == (f, device, mode)]
-        if means := [i.mean for i in here if i is not None]:
-            sps[SHORT.get(f, f)] = _sig(float(np.mean(means)), 3)
-    return {key: group for key, group in (("acc", acc), ("sps", sps)) if group}
+        here = [r["speed_vs_numpy"] for r in rows if (r["framework"], r["device"], r["mode"]) == (f, device, mode)]
+        if f != "numpy" and (ratios := [x for x in here if x is not None]):
+            speed[SHORT.get(f, f)] = round(float(np.mean(ratios)), 2)
+    return {key: group for key, group in (("acc", acc), ("x", speed)) if group}
 
 
 REPORT = """\

@@ -21,7 +21,10 @@ from backprop_bench.results.metrics import FINISHED, EpochStats
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-COLORS = dict(zip(FRAMEWORKS, ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")))  # one per framework
+# one per framework, in FRAMEWORKS' order (Keras on JAX and on torch: Keras's green, lighter and darker)
+COLORS = dict(
+    zip(FRAMEWORKS, ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple", "yellowgreen", "darkgreen"))
+)
 LINESTYLES = {"sequential": "--", "parallel": "-"}
 
 
