@@ -413,3 +413,30 @@ def test_one_seed_has_no_interval(study, tmp_path):
     assert row["test_accuracy_hw"] == "" and math.isclose(float(row["test_accuracy"]), accuracy("numpy", "", "", 0))
     assert "| numpy | sequential | cpu | controlled | 1/1 | 90.00 % |" in report
     assert json.loads((study[2] / "summary.json").read_text()).keys() == {"acc", "x"}  # no interval
+
+
+def test_keras_over_its_backend_is_a_ratio_per_seed(study, tmp_path):
+    """keras beside tensorflow: the steady epoch time of Keras over the backend's, per seed."""
+    runs = study[0]
+    for f in ("tensorflow", "keras"):
+        for s in STRATEGIES:
+            for m in MODES:
+                for seed in range(SEEDS):
+                    write_run(runs, f, s, m, seed)
+    for seed in range(SEEDS):  # keras 3x, 4x, 5x tensorflow's epoch time in sequential controlled
+        folder = run_folder(runs, "keras", "sequential", "controlled", seed)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["steady_epoch_seconds"] *= 3 + seed
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(run_folder(runs, "keras", "parallel", "native", 0))
+    report = run_compare(study, write_params(tmp_path / "k.yaml", frameworks=("numpy", "tensorflow", "keras")))
+    section = report.split("## What Keras costs over its own backend")[1].split("## Native mode")[0]
+    ratio = stats.mean_interval([3.0, 4.0, 5.0])
+    assert (
+        f"| keras | tensorflow | sequential | cpu | controlled | 3 | {ratio.mean:.2f} ± {ratio.half_width:.2f}× |  |"
+        in section
+    )
+    assert "| keras | tensorflow | parallel | cpu | controlled | 3 | 1.00 ± 0.00× |  |" in section
+    assert "| keras | tensorflow | parallel | cpu | native | 2 | 1.00 ± 0.00× |  |" in section  # seed 0 missing
+    alone = run_compare(study, write_params(tmp_path / "n.yaml", frameworks=("numpy", "keras")))
+    assert "The study runs no Keras framework beside its own backend (keras beside tensorflow" in alone

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from backprop_bench.backends import CLASSES
 from backprop_bench.core.files import atomic_write, write_json
 from backprop_bench.report import plots, tables
 from backprop_bench.report.stats import Interval, mean_interval, paired_test, smallest_p, spread
@@ -32,7 +33,15 @@ from backprop_bench.results.metrics import FINISHED, MetricsError, read_history,
 
 MISSING, INCOMPLETE = "missing", "incomplete"  # a run without metrics.json; a row with some seeds not finished
 BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
-SHARED_MODULES = {"tensorflow": ("_tf_common.py",), "keras": ("_tf_common.py",)}  # counted in each backend's LOC
+# counted in each backend's LOC: the math a backend runs, wherever it is written
+SHARED_MODULES = {
+    "tensorflow": ("_tf_common.py",),
+    "keras": ("_tf_common.py", "_keras_common.py"),
+    "keras-jax": ("_keras_common.py", "jax_backend.py"),
+    "keras-torch": ("_keras_common.py", "torch_backend.py"),
+}
+# Keras 3 on a backend -> that backend's own low-level loop, running the same step math
+KERAS_OVER = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 PNGS = ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png")
 REPORT_FILES = ("comparison.md", "comparison.csv", "summary.json", *PNGS)
 KEYS = ("framework", "strategy", "device", "mode")  # one row of the table: its runs differ only in seed
@@ -123,7 +132,7 @@ def count_loc(path: Path) -> int:
 
 def backend_loc(framework: str, backends_dir: Path = BACKENDS_DIR) -> tuple[int | None, str]:
     """(total lines of code, how it adds up) for one framework's backend, shared modules included."""
-    own = backends_dir / f"{framework}_backend.py"
+    own = backends_dir / f"{CLASSES[(framework, False)][0]}.py"
     if not own.is_file():
         return None, f"no {own.name}"
     total = count_loc(own)
@@ -217,6 +226,34 @@ def paired_section(groups: Groups) -> str:
     if not lines:
         return "The study does not run both strategies: nothing to pair.\n"
     header = ["framework", "device", "mode", "sequential − parallel", "seeds", "mean", "95 % interval", "p", "verdict"]
+    return tables.markdown_table(header, lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- what Keras costs
+
+
+def keras_section(groups: Groups, p: StudyParams) -> str:
+    """Per Keras framework beside its backend's own loop (KERAS_OVER), strategy, device and mode:
+    the steady epoch time of Keras over the backend's, per seed (the same weights and batches in
+    controlled mode), as a mean with its 95 % interval over the seeds both finished."""
+    lines = []
+    for keras, own in KERAS_OVER.items():
+        if keras not in p.frameworks or own not in p.frameworks:
+            continue
+        for mode, device, strategy in itertools.product(p.modes, p.devices, p.strategies):
+            k = {r["seed"]: r["steady_epoch_seconds"] for r in finished(groups[(keras, strategy, device, mode)])}
+            o = {r["seed"]: r["steady_epoch_seconds"] for r in finished(groups[(own, strategy, device, mode)])}
+            ratios = [k[i] / o[i] for i in sorted(k.keys() & o.keys()) if k[i] and o[i]]
+            line = [keras, own, strategy, device, mode, str(len(ratios))]
+            if not ratios:
+                lines.append(line + ["–", "no seed finished in both"])
+                continue
+            ratio = mean_interval(ratios, name=f"{keras} / {own} epoch time")
+            lines.append(line + [_fmt(ratio, 1, ".2f", "×"), ""])
+    if not lines:
+        pairs = ", ".join(f"{k} beside {o}" for k, o in KERAS_OVER.items())
+        return f"The study runs no Keras framework beside its own backend ({pairs}).\n"
+    header = ["Keras", "its backend", "strategy", "device", "mode", "seeds", "epoch time, Keras / backend", "note"]
     return tables.markdown_table(header, lines) + "\n"
 
 
@@ -380,6 +417,14 @@ only a comment or part of a docstring, a shared module counted in full in each b
 ## sequential − parallel, paired by seed
 
 {paired}
+## What Keras costs over its own backend
+
+Each Keras framework runs its backend's own step math inside Keras's `fit()`, layers and variables
+(docs/backends.md), so its epoch time over that backend's low-level loop is what Keras's machinery
+costs. Per seed (same weights and batches in controlled mode), then the mean with its 95 % interval;
+the stages ran beside others, so `make bench` measures the same ratio interleaved in one process.
+
+{keras}
 ## Native mode: do frameworks differ?
 
 {native}
@@ -418,6 +463,7 @@ def compare(
         table=markdown_table(rows),
         loc="; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items()),
         paired=paired_section(groups),
+        keras=keras_section(groups, p),
         native=native_section(groups, p, y_test),
         pngs=", ".join(PNGS),
     )
