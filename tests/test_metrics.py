@@ -16,15 +16,21 @@ from backprop_bench.results.metrics import (
     FINISHED,
     FINISHED_KEYS,
     HISTORY_COLUMNS,
+    NEVER,
+    NO_VAL,
     NULLABLE_KEYS,
+    REACHED,
     REQUIRED_KEYS,
     SKIPPED,
     STATUSES,
+    TARGET_COLUMNS,
     EpochStats,
     MetricsError,
     RunMetrics,
+    TimeToTarget,
     read_history,
     read_metrics,
+    time_to_target,
     write_history,
     write_metrics,
 )
@@ -173,3 +179,36 @@ def test_the_architecture_doc_documents_every_field():
     assert not missing, f"docs/architecture.md has no table row for {missing}"
     for status in STATUSES:
         assert f"`{status}`" in doc
+
+
+def history(val_accuracy: list[float], seconds: list[float], tmp_path: Path) -> dict[str, np.ndarray]:
+    """A history.csv as a run writes it, read back as compare reads it."""
+    rows = [
+        EpochStats(e, 0.5, 0.9, 0.4, a, t, 1000 / t, 0.01) for e, (a, t) in enumerate(zip(val_accuracy, seconds), 1)
+    ]
+    return read_history(write_history(tmp_path / "history.csv", rows), TARGET_COLUMNS)
+
+
+def test_time_to_target_is_the_first_epoch_at_or_above_it(tmp_path):
+    seconds = [2.5, 0.5, 0.25, 0.25]  # the first epoch compiles: it counts in full
+    h = history([0.80, 0.88, 0.87, 0.90], seconds, tmp_path)
+    assert time_to_target(h, 0.88) == TimeToTarget(REACHED, 2, 3.0, 0.90)  # equal counts: 352 of 400
+    assert time_to_target(h, 0.89) == TimeToTarget(REACHED, 4, 3.5, 0.90)  # epoch 3 fell back below
+    assert time_to_target(h, 0.5) == TimeToTarget(REACHED, 1, 2.5, 0.90)  # at the end of epoch 1
+    assert time_to_target(h, 0.95) == TimeToTarget(NEVER, best=0.90)
+    assert time_to_target(h, 1.0).seconds is None and time_to_target(h, 1.0).epoch is None
+
+
+def test_a_float32_accuracy_reaches_the_target_it_rounds_to(tmp_path):
+    h = history([float(np.float32(0.88))], [1.0], tmp_path)  # 0.8799999952316284
+    assert time_to_target(h, 0.88).outcome == REACHED
+    assert time_to_target(h, 0.8801).outcome == NEVER  # a 10,000-row val split's next step is not
+
+
+def test_no_validation_split_is_its_own_outcome(tmp_path):
+    h = history([math.nan, math.nan], [1.0, 1.0], tmp_path)
+    assert time_to_target(h, 0.5) == TimeToTarget(NO_VAL)
+    some = history([math.nan, 0.9], [1.0, 2.0], tmp_path)  # not a split's absence: NaN never reaches
+    assert time_to_target(some, 0.5) == TimeToTarget(REACHED, 2, 3.0, 0.9)
+    empty = {c: np.array([]) for c in TARGET_COLUMNS}
+    assert time_to_target(empty, 0.5) == TimeToTarget(NEVER)

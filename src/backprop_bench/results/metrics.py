@@ -1,8 +1,8 @@
 """A run's result files: metrics.json (``RunMetrics``) and history.csv (``EpochStats`` rows).
 
 training/run.py writes both; compare.py reads them back with ``read_metrics`` and
-``read_history``, whose errors name the file and the key. docs/architecture.md ("A study
-cell") documents every field.
+``read_history``, whose errors name the file and the key, and measures each history's
+``time_to_target``. docs/architecture.md ("A study cell") documents every field.
 """
 
 from __future__ import annotations
@@ -172,3 +172,39 @@ def _is_float(text: str | None) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+# time_to_target's outcomes
+REACHED, NEVER, NO_VAL = "reached", "never", "no validation split"
+TARGET_COLUMNS = ("epoch", "val_accuracy", "epoch_seconds")  # what time_to_target reads of a history
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    """When one run first reached a target validation accuracy (MLPerf's and AlgoPerf's time to result)."""
+
+    outcome: str  # REACHED | NEVER | NO_VAL (val_accuracy NaN in every epoch: data.val_fraction 0)
+    epoch: int | None = None  # the first epoch whose val_accuracy >= target; None unless reached
+    seconds: float | None = None  # epoch_seconds summed over epochs 1..epoch: the training loop only
+    best: float | None = None  # the highest val_accuracy of the run; None without a val split
+
+
+def time_to_target(history: dict[str, np.ndarray], target: float) -> TimeToTarget:
+    """The first epoch of a history (``read_history``'s TARGET_COLUMNS, each (E,)) whose validation
+    accuracy is at least ``target`` (a fraction), and the training-loop seconds until the end of it.
+
+    Validation runs at the end of each epoch, so the time has an epoch's resolution. The first
+    epoch counts in full, its compilation and warm-up included, as a user waits for them too.
+    """
+    val = np.asarray(history["val_accuracy"], dtype=np.float64)
+    if val.size and np.isnan(val).all():
+        return TimeToTarget(NO_VAL)
+    best = float(np.nanmax(val)) if val.size else None
+    # NaN compares False; the slack lets a float32 accuracy (0.88 stored as 0.8799999952) reach
+    # 0.88, and is far below any val split's resolution (1 / its rows)
+    reached = np.flatnonzero(val >= target - 1e-6)
+    if not reached.size:
+        return TimeToTarget(NEVER, best=best)
+    i = int(reached[0])
+    seconds = float(np.sum(history["epoch_seconds"][: i + 1]))
+    return TimeToTarget(REACHED, int(history["epoch"][i]), seconds, best)
