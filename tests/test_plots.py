@@ -114,3 +114,14 @@ def test_every_framework_has_its_own_colour():
 
     assert set(plots.COLORS) == set(FRAMEWORKS)
     assert len(set(plots.COLORS.values())) == len(FRAMEWORKS)
+
+
+def test_a_whisker_wider_than_the_axis_keeps_its_label_inside(tmp_path):
+    """Time to accuracy over three seeds, one with a slow first epoch: a whisker 20 bars long."""
+    rows = [
+        dict(framework=f, strategy="parallel", device="cpu", mode="controlled", status="finished", t=t)
+        for f, t in (("numpy", interval(0.2, 0.1)), ("torch", interval(1.5, 30.0)))
+    ]
+    path = plots.plot_interval_bars(rows, "t", tmp_path / "t.png", "seconds to 88 % validation accuracy")
+    width = int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's width, pixels
+    assert is_png(path) and width < 1100  # 9 inches at 100 dpi and the tick labels; 10,000 with the label outside

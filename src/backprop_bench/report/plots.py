@@ -120,6 +120,8 @@ def plot_interval_bars(
     A row is compare's table row: framework, strategy, device, mode, status and ``key``, an object with
     mean, half_width and n (stats.Interval), or None when no seed finished. When every whisker is
     narrow next to the bars (test accuracy), the axis zooms to the values and says it does not start at 0.
+    The axis fits the bars, not the whiskers: a whisker wider than that (a few seeds, one slow
+    first epoch) runs to the edge, and its label stops at 70 % of the axis, on a white ground.
     """
     from matplotlib.patches import Patch
 
@@ -131,6 +133,7 @@ def plot_interval_bars(
     ax = fig.subplots()
     done = [r for r in rows if r[key] is not None]
     means = [r[key].mean * scale for r in done]
+    labels = []  # (whisker's end, y, text): placed once the axis' limits are known
     for r in rows:
         g, k = groups.index((r["framework"], r["strategy"], r["device"])), modes.index(r["mode"])
         y = g + (k - (len(modes) - 1) / 2) * height
@@ -143,7 +146,7 @@ def plot_interval_bars(
         ax.barh(y, mean, height=height * 0.9, color=color, alpha=0.75, hatch=hatch, edgecolor="black", linewidth=0.5)
         ax.errorbar(mean, y, xerr=hw, fmt="none", ecolor="black", capsize=3, linewidth=1)
         text = f"{mean:{spec}}" + (f" ± {hw:{spec}}" if r[key].n > 1 else "") + f"  ({r['mode']}, n={r[key].n})"
-        ax.text(mean + hw, y, "  " + text, va="center", fontsize=8)
+        labels.append((mean + hw, y, text))
     ax.set_yticks(range(len(groups)), [" ".join(g if several_devices else g[:2]) for g in groups])
     ax.invert_yaxis()
     xlabel = label
@@ -154,6 +157,10 @@ def plot_interval_bars(
         xlabel += " (axis does not start at 0)"
     elif means:
         ax.set_xlim(0, 1.45 * max(means))
+    left, right = ax.get_xlim()
+    for end, y, text in labels:
+        ground = dict(facecolor="white", edgecolor="none", pad=0) if end > left + 0.7 * (right - left) else None
+        ax.text(min(end, left + 0.7 * (right - left)), y, "  " + text, va="center", fontsize=8, bbox=ground)
     handles = [
         Patch(facecolor="white", edgecolor="black", hatch="//" if m == "native" else None, label=m) for m in modes
     ]
