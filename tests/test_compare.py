@@ -1,7 +1,8 @@
 """The compare stage on a fake-but-valid study built in a temp dir (no training, no network).
 
 The study: numpy and torch x sequential and parallel x controlled and native x seeds 0-2 on
-cpu, each run written as study.py's runs write it (docs/architecture.md, "A study cell").
+cpu, each run written as study.py's runs write it (docs/architecture.md, "A study cell"). Their
+validation accuracy reaches the target (TARGET) at epoch 1, 2 or 3, or never (val_accuracies).
 """
 
 from __future__ import annotations
@@ -9,19 +10,23 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from backprop_bench import compare
+from backprop_bench.core.checks import ParamsError
 from backprop_bench.core.files import write_npy
 from backprop_bench.report import stats
 from backprop_bench.results.grid import read_study_params
 from backprop_bench.results.metrics import EpochStats, RunMetrics, write_history, write_metrics
 
-N_TEST, SEEDS = 12, 3
+ROOT = Path(__file__).resolve().parents[1]
+N_TEST, SEEDS, TARGET = 12, 3, 0.88
 FRAMEWORKS, STRATEGIES, MODES = ("numpy", "torch"), ("sequential", "parallel"), ("controlled", "native")
 Y_TEST = np.arange(N_TEST) % 10
 # Native mode's wrong test rows per (framework, strategy, seed); every other prediction is right.
@@ -40,6 +45,20 @@ def final_loss(framework: str, strategy: str, mode: str, seed: int) -> float:
 def samples_per_second(framework: str, strategy: str, mode: str, seed: int) -> float:
     base = {("numpy", "sequential"): 2000, ("numpy", "parallel"): 2500, ("torch", "sequential"): 1000}
     return base.get((framework, strategy), 500) + 10.0 * seed + 3.0 * seed**2
+
+
+def val_accuracies(framework: str, strategy: str, mode: str, seed: int) -> tuple[float, float, float]:
+    """Per epoch: TARGET reached at epoch 2 (seeds 0, 1) or 3 (seed 2); at epoch 1 by numpy parallel
+    controlled seed 1; never by torch native sequential, nor by its parallel seed 0."""
+    if (framework, mode) == ("torch", "native") and (strategy == "sequential" or seed == 0):
+        return (0.70, 0.80, 0.85)
+    if (framework, strategy, mode, seed) == ("numpy", "parallel", "controlled", 1):
+        return (0.90, 0.90, 0.91)
+    return (0.80, 0.88, 0.89) if seed < 2 else (0.80, 0.87, 0.90)
+
+
+def epoch_seconds(seed: int) -> tuple[float, float, float]:
+    return (1.5, 0.75 + 0.01 * seed, 0.75 + 0.01 * seed)  # the first epoch compiles
 
 
 def run_folder(runs: Path, framework: str, strategy: str, mode: str, seed: int, device: str = "cpu") -> Path:
@@ -73,9 +92,10 @@ def write_run(runs: Path, framework: str, strategy: str, mode: str, seed: int, d
         dtype="float32",
     )
     write_metrics(folder / "metrics.json", metrics)
-    losses = (1.0 + 0.1 * seed, 0.7, loss)
+    epochs = zip((1.0 + 0.1 * seed, 0.7, loss), val_accuracies(framework, strategy, mode, seed), epoch_seconds(seed))
     write_history(
-        folder / "history.csv", [EpochStats(e, x, 0.8, x + 0.1, 0.8, 0.75, sps, 0.01) for e, x in enumerate(losses, 1)]
+        folder / "history.csv",
+        [EpochStats(e, x, 0.8, x + 0.1, a, t, sps, 0.01) for e, (x, a, t) in enumerate(epochs, 1)],
     )
     predictions = Y_TEST.copy()
     wrong = WRONG.get((framework, strategy, seed), []) if mode == "native" else []
@@ -84,10 +104,11 @@ def write_run(runs: Path, framework: str, strategy: str, mode: str, seed: int, d
     return folder
 
 
-def write_params(path: Path, frameworks=FRAMEWORKS, devices=("cpu",), modes=MODES, seeds=SEEDS) -> Path:
+def write_params(path: Path, frameworks=FRAMEWORKS, devices=("cpu",), modes=MODES, seeds=SEEDS, target=TARGET) -> Path:
     path.write_text(
         f"train:\n  epochs: 3\n  batch_size: 64\nstudy:\n  frameworks: {list(frameworks)}\n"
         f"  strategies: {list(STRATEGIES)}\n  devices: {list(devices)}\n  modes: {list(modes)}\n  seeds: {seeds}\n"
+        f"compare:\n  target_accuracy: {target!r}\n"
     )
     return path
 
@@ -108,7 +129,8 @@ def study(tmp_path):
 
 def run_compare(study, params: Path | None = None) -> str:
     runs, data, reports, default = study
-    return compare.compare(runs, reports, data, read_study_params(params or default))[0]
+    params = params or default
+    return compare.compare(runs, reports, data, read_study_params(params), compare.read_target_accuracy(params))[0]
 
 
 def read_csv_rows(path: Path) -> dict[tuple, dict]:
@@ -384,10 +406,11 @@ def test_bad_history_and_predictions_name_the_file(study):
     (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
     with pytest.raises(compare.ReportError, match=r"parallel-native-s1/history.csv: missing column 'train_loss'"):
         run_compare(study)
-    (folder / "history.csv").write_text("epoch,train_loss\n1,nan\n2,oops\n")
+    columns = "epoch,train_loss,val_accuracy,epoch_seconds\n"
+    (folder / "history.csv").write_text(columns + "1,nan,0.5,1.0\n2,oops,0.5,1.0\n")
     with pytest.raises(compare.ReportError, match=r"history.csv: row 3, column 'train_loss': 'oops' is not a number"):
         run_compare(study)
-    (folder / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
+    (folder / "history.csv").write_text(columns + "1,0.5,0.5,1.0\n")
     write_npy(folder / "predictions.npy", np.zeros(N_TEST + 1, dtype=np.int64))
     with pytest.raises(
         compare.ReportError, match=r"parallel-native-s1/predictions.npy: shape \(13,\), expected \(12,\)"
@@ -400,11 +423,11 @@ def test_bad_history_and_predictions_name_the_file(study):
 
 def test_no_runs_at_all_is_a_report_of_missing_rows(study, tmp_path):
     runs, data, reports, params = study
-    report = compare.compare(tmp_path / "empty", reports, data, read_study_params(params))[0]
+    report = compare.compare(tmp_path / "empty", reports, data, read_study_params(params), TARGET)[0]
     assert "24 runs: 24 missing" in report and "fewer than two frameworks finished" in report
     assert json.loads((reports / "summary.json").read_text()) == {}
     with pytest.raises(compare.ReportError, match=r"nothing.npz: not found"):
-        compare.compare(runs, reports, tmp_path / "nothing.npz", read_study_params(params))
+        compare.compare(runs, reports, tmp_path / "nothing.npz", read_study_params(params), TARGET)
 
 
 def test_one_seed_has_no_interval(study, tmp_path):
@@ -440,3 +463,105 @@ def test_keras_over_its_backend_is_a_ratio_per_seed(study, tmp_path):
     assert "| keras | tensorflow | parallel | cpu | native | 2 | 1.00 ± 0.00× |  |" in section  # seed 0 missing
     alone = run_compare(study, write_params(tmp_path / "n.yaml", frameworks=("numpy", "keras")))
     assert "The study runs no Keras framework beside its own backend (keras beside tensorflow" in alone
+
+
+def test_time_to_target_per_row_over_the_seeds_that_reached_it(study):
+    report = run_compare(study)
+    main_table = report.index("## Per framework, strategy, device and mode")
+    section = report.split("## Time to 88 % validation accuracy")[1].split("## sequential − parallel")[0]
+    assert main_table < report.index("## Time to 88 % validation accuracy") < report.index("## sequential − parallel")
+    assert "params.yaml `compare.target_accuracy`" in section
+    rows = read_csv_rows(study[2] / "comparison.csv")
+    # seeds 0, 1 reach 0.88 at epoch 2 (1.5 s + the second epoch), seed 2 at epoch 3
+    times = stats.mean_interval([1.5 + 0.75, 1.5 + 0.76, 1.5 + 0.77 + 0.77])
+    row = rows[("numpy", "sequential", "cpu", "controlled")]
+    assert float(row["time_to_target_s"]) == pytest.approx(times.mean, rel=1e-12)
+    assert float(row["time_to_target_s_hw"]) == pytest.approx(times.half_width, rel=1e-12)
+    assert (float(row["epochs_to_target"]), row["n_reached"]) == (pytest.approx(7 / 3), "3")
+    line = f"| numpy | sequential | cpu | controlled | 3 of 3 | {times.mean:.2f} ± {times.half_width:.2f} | 2.3 |  |"
+    assert line in section
+    # numpy parallel controlled: seed 1 at the end of epoch 1
+    fast = stats.mean_interval([2.25, 1.5, 3.04])
+    assert float(rows[("numpy", "parallel", "cpu", "controlled")]["time_to_target_s"]) == pytest.approx(fast.mean)
+    # torch native parallel: seed 0 never reaches it, the two others pool
+    partial = rows[("torch", "parallel", "cpu", "native")]
+    two = stats.mean_interval([1.5 + 0.76, 1.5 + 0.77 + 0.77])
+    assert (float(partial["time_to_target_s"]), partial["n_reached"]) == (pytest.approx(two.mean), "2")
+    note = "never: seed 0 (best 85.00 %)"
+    assert (
+        f"| torch | parallel | cpu | native | 2 of 3 | {two.mean:.2f} ± {two.half_width:.2f} | 2.5 | {note} |"
+        in section
+    )
+    # torch native sequential: no seed reaches it
+    never = rows[("torch", "sequential", "cpu", "native")]
+    assert (never["time_to_target_s"], never["time_to_target_s_hw"], never["epochs_to_target"]) == ("", "", "")
+    assert never["n_reached"] == "0" and never["status"] == "finished"  # the run finished; the target is apart
+    note = "never: seed 0 (best 85.00 %), 1 (best 85.00 %), 2 (best 85.00 %)"
+    assert f"| torch | sequential | cpu | native | 0 of 3 | – | – | {note} |" in section
+    assert list(never) == list(compare.CSV_COLUMNS)
+
+
+def test_time_to_target_follows_the_target_and_says_when_there_is_no_val_split(study, tmp_path):
+    runs = study[0]
+    for seed in range(SEEDS):  # data.val_fraction 0: validation accuracy is NaN in every epoch
+        path = run_folder(runs, "numpy", "sequential", "native", seed) / "history.csv"
+        with open(path, newline="") as f:
+            epochs = [r | {"val_loss": "nan", "val_accuracy": "nan"} for r in csv.DictReader(f)]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, epochs[0].keys())
+            writer.writeheader()
+            writer.writerows(epochs)
+    shutil.rmtree(run_folder(runs, "numpy", "parallel", "native", 2))
+    report = run_compare(study, write_params(tmp_path / "low.yaml", target=0.5))
+    section = report.split("## Time to 50 % validation accuracy")[1].split("##")[0]
+    rows = read_csv_rows(study[2] / "comparison.csv")
+    for f, s, m in ((f, s, m) for f in FRAMEWORKS for s in STRATEGIES for m in MODES):
+        row = rows[(f, s, "cpu", m)]
+        if (f, s, m) == ("numpy", "sequential", "native"):
+            assert (row["n_reached"], row["time_to_target_s"]) == ("0", "")
+            assert (
+                "| numpy | sequential | cpu | native | 0 of 3 | – | – | no validation split: seed 0, 1, 2 |" in section
+            )
+        else:  # every other run passes 50 % at the end of epoch 1
+            assert (float(row["time_to_target_s"]), float(row["epochs_to_target"])) == (1.5, 1.0)
+    assert "| numpy | parallel | cpu | native | 2 of 2 | 1.50 ± 0.00 | 1.0 |  |" in section  # seed 2 missing
+    rows = compare.target_rows(compare.load_study(runs, read_study_params(study[3]), N_TEST), 0.5)
+    statuses = {tuple(r[k] for k in compare.KEYS): r["status"] for r in rows}
+    assert statuses[("numpy", "sequential", "cpu", "native")] == "no validation split"  # the plot's empty bar
+    assert statuses[("numpy", "parallel", "cpu", "native")] == "incomplete"
+    rows = compare.target_rows(compare.load_study(runs, read_study_params(study[3]), N_TEST), 0.99)
+    assert {r["status"] for r in rows} == {"none of 3 reached it", "none of 2 reached it", "no validation split"}
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ("compare:\n  target_accuracy: 1.5\n", "compare.target_accuracy=1.5: must be a number in (0, 1]"),
+        ("compare:\n  target_accuracy: x\n", "compare.target_accuracy='x': must be a number in (0, 1]"),
+        ("compare:\n  target_accuracy: 0\n", "compare.target_accuracy=0: must be a number in (0, 1]"),
+        ("compare:\n  target_accuracy: true\n", "compare.target_accuracy=True: must be a number in (0, 1]"),
+        ("compare:\n  target: 0.9\n", "compare.target_accuracy=None: is missing"),
+        ("", "compare=None: must be a top-level 'compare:' section"),
+    ],
+)
+def test_a_bad_target_names_the_params_key_and_its_range(study, tmp_path, capsys, section, expected):
+    runs, data, reports, params = study
+    path = tmp_path / "bad.yaml"
+    path.write_text(params.read_text().split("compare:")[0] + section)
+    with pytest.raises(ParamsError, match=re.escape(f"{path}: {expected}")):
+        compare.read_target_accuracy(path)
+    args = ["--runs-dir", str(runs), "--reports-dir", str(reports), "--data", str(data), "--params", str(path)]
+    assert compare.main(args) == 1
+    assert expected in capsys.readouterr().err and not reports.exists()
+
+
+def test_the_target_reruns_compare_alone():
+    """dvc.yaml: compare lists compare.target_accuracy among its params, no study stage does."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "compare.target_accuracy" in stages["compare"]["params"]
+    for name, stage in stages.items():
+        if name != "compare":
+            assert not any(str(p).startswith("compare") for p in stage.get("params", [])), name
+    assert "reports/time_to_accuracy.png" in stages["compare"]["plots"]
+    assert 0 < compare.read_target_accuracy(ROOT / "params.yaml") <= 1
+    assert compare.percent(0.88) == "88 %" and compare.percent(0.885) == "88.5 %" and compare.percent(1) == "100 %"

@@ -1,12 +1,13 @@
 """Stage `compare`: every run of the study becomes reports/comparison.{md,csv}, summary.json
-(the few numbers `dvc exp show` displays) and four PNGs (report/plots.py).
+(the few numbers `dvc exp show` displays) and five PNGs (report/plots.py).
 
     python -m backprop_bench.compare                # runs/ -> reports/, prints one line
     python -m backprop_bench.compare --print-only   # print reports/comparison.md
 
 Seeds are pooled per framework, strategy, device and mode: means with 95 % t intervals,
-sequential − parallel paired by seed, and in native mode how far the frameworks differ
-(report/stats.py). Every column and key: docs/architecture.md, "The report".
+the time to params.yaml's compare.target_accuracy, sequential − parallel paired by seed, and
+in native mode how far the frameworks differ (report/stats.py). Every column and key:
+docs/architecture.md, "The report".
 """
 
 from __future__ import annotations
@@ -24,12 +25,24 @@ from typing import Any
 import numpy as np
 
 from backprop_bench.backends import CLASSES
+from backprop_bench.core.checks import is_number, read_section
 from backprop_bench.core.files import atomic_write, write_json
 from backprop_bench.report import plots, tables
 from backprop_bench.report.stats import Interval, mean_interval, paired_test, smallest_p, spread
 from backprop_bench.results.grid import StudyParams, read_study_params
 from backprop_bench.results.key import RunKey
-from backprop_bench.results.metrics import FINISHED, MetricsError, read_history, read_metrics
+from backprop_bench.results.metrics import (
+    FINISHED,
+    NEVER,
+    NO_VAL,
+    REACHED,
+    TARGET_COLUMNS,
+    MetricsError,
+    TimeToTarget,
+    read_history,
+    read_metrics,
+    time_to_target,
+)
 
 MISSING, INCOMPLETE = "missing", "incomplete"  # a run without metrics.json; a row with some seeds not finished
 BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
@@ -42,7 +55,7 @@ SHARED_MODULES = {
 }
 # Keras 3 on a backend -> that backend's own low-level loop, running the same step math
 KERAS_OVER = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
-PNGS = ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png")
+PNGS = ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "time_to_accuracy.png", "disagreements.png")
 REPORT_FILES = ("comparison.md", "comparison.csv", "summary.json", *PNGS)
 KEYS = ("framework", "strategy", "device", "mode")  # one row of the table: its runs differ only in seed
 POOLED = {  # metrics.json key -> (markdown header, scale, format, suffix); the csv adds <key>_hw
@@ -53,7 +66,8 @@ POOLED = {  # metrics.json key -> (markdown header, scale, format, suffix); the 
 }
 PAIRED = {"final_train_loss": ("final train loss", 1.0, "+.4f"), "test_accuracy": ("test accuracy (pp)", 100.0, "+.2f")}
 CSV_COLUMNS = (*KEYS, "status", "n_finished", "n_seeds", *(k + s for k in POOLED for s in ("", "_hw")))
-CSV_COLUMNS += ("speed_vs_numpy", "backend_loc", "note")
+CSV_COLUMNS += ("speed_vs_numpy", "backend_loc", "time_to_target_s", "time_to_target_s_hw", "epochs_to_target")
+CSV_COLUMNS += ("n_reached", "note")
 HALVES = (("", "mean"), ("_hw", "half_width"))  # comparison.csv: an interval as <key> and <key>_hw
 
 Run = dict[str, Any]  # RunMetrics' fields, plus `history` and `predictions` (N_test,) when finished
@@ -63,6 +77,16 @@ Groups = dict[Key, list[Run]]  # the runs of one row, seed i at [i]
 
 class ReportError(ValueError):
     """A run's files are missing or malformed. The message names the file and what is wrong."""
+
+
+def read_target_accuracy(path: str | Path) -> float:
+    """params.yaml's compare.target_accuracy: the validation accuracy (a fraction) that time to accuracy
+    waits for. Its own section, so that a change reruns compare alone (dvc.yaml), not the study."""
+    section = read_section(path, "compare")
+    value = section.get("target_accuracy")
+    rule = "must be a number in (0, 1]: a validation accuracy as a fraction, e.g. 0.88"
+    section.check(is_number(value) and 0 < value <= 1, "target_accuracy", value, rule)
+    return float(value)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -82,7 +106,7 @@ def load_run(runs_dir: Path, key: RunKey, n_test: int) -> Run:
             if run[key] != want:
                 raise ReportError(f"{folder / 'metrics.json'}: key {key!r} is {run[key]!r}, expected {want!r}")
         if run["status"] == FINISHED:
-            run["history"] = read_history(folder / "history.csv", ("epoch", "train_loss"))
+            run["history"] = read_history(folder / "history.csv", ("epoch", "train_loss", *TARGET_COLUMNS[1:]))
             run["predictions"] = pred = np.load(folder / "predictions.npy").astype(np.int64)
             if pred.shape != (n_test,):
                 raise ReportError(f"{folder / 'predictions.npy'}: shape {pred.shape}, expected ({n_test},)")
@@ -103,6 +127,12 @@ def load_study(runs_dir: Path, p: StudyParams, n_test: int) -> Groups:
 
 def finished(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r["status"] == FINISHED]
+
+
+def row_status(runs: list[Run]) -> str:
+    """The status the seeds of a row share, or INCOMPLETE when they differ."""
+    statuses = {r["status"] for r in runs}
+    return statuses.pop() if len(statuses) == 1 else INCOMPLETE
 
 
 # ----------------------------------------------------------------------------- cost of writing it
@@ -154,12 +184,11 @@ def build_rows(groups: Groups, backends_dir: Path = BACKENDS_DIR) -> list[dict]:
     locs = {key[0]: backend_loc(key[0], backends_dir) for key in groups}
     rows = []
     for key, runs in groups.items():
-        done, statuses, why = finished(runs), {r["status"] for r in runs}, {}
+        done, why = finished(runs), {}
         for r in runs:
             if r["status"] != FINISHED:
                 why.setdefault(f"{r['status']}: {r['reason']}".rstrip(": "), []).append(str(r["seed"]))
-        row = dict(zip(KEYS, key), n_finished=len(done), n_seeds=len(runs))
-        row["status"] = statuses.pop() if len(statuses) == 1 else INCOMPLETE
+        row = dict(zip(KEYS, key), n_finished=len(done), n_seeds=len(runs), status=row_status(runs))
         row["note"] = "; ".join(f"seed {', '.join(seeds)} {text}" for text, seeds in why.items())
         for k in POOLED:
             values = [r[k] for r in done if r[k] is not None]
@@ -196,10 +225,65 @@ def markdown_table(rows: list[dict]) -> str:
     return tables.markdown_table(header, lines) + "\n"
 
 
-def csv_rows(rows: list[dict]) -> list[dict]:
-    """comparison.csv's records (tables.write_csv_table writes CSV_COLUMNS of them): an interval
-    as <key> (mean) and <key>_hw."""
-    return [r | {k + s: getattr(r[k], a) if r[k] else None for k in POOLED for s, a in HALVES} for r in rows]
+def csv_rows(rows: list[dict], targets: list[dict]) -> list[dict]:
+    """comparison.csv's records (tables.write_csv_table writes CSV_COLUMNS of them): each main table
+    row (build_rows) with its time to target (target_rows, in the same order); an interval as
+    <key> (mean) and <key>_hw."""
+    out = []
+    for r, t in zip(rows, targets, strict=True):
+        r = r | {k: t[k] for k in ("time_to_target_s", "epochs_to_target", "n_reached")}
+        intervals = (*POOLED, "time_to_target_s")
+        out.append(r | {k + s: getattr(r[k], a) if r[k] else None for k in intervals for s, a in HALVES})
+    return out
+
+
+# ----------------------------------------------------------------------------- time to accuracy
+
+
+def target_rows(groups: Groups, target: float) -> list[dict]:
+    """One row per group, in the main table's order: results.metrics.time_to_target of each finished
+    seed; time_to_target_s (stats.Interval) and epochs_to_target (mean) over the seeds that reached
+    the target, None if none did; n_reached of n_finished; status, which the plot's empty bars show."""
+    rows = []
+    for key, runs in groups.items():
+        times = {r["seed"]: time_to_target(r["history"], target) for r in finished(runs)}
+        hit = [t for t in times.values() if t.outcome == REACHED]
+        row = dict(zip(KEYS, key), n_reached=len(hit), n_finished=len(times), status=row_status(runs))
+        seconds = [t.seconds for t in hit]  # training loop, first epoch included
+        row["time_to_target_s"] = mean_interval(seconds, name=f"time to target of {key}") if hit else None
+        row["epochs_to_target"] = float(np.mean([t.epoch for t in hit])) if hit else None
+        row["target_note"] = target_note(times)
+        if times and not hit:
+            no_val = all(t.outcome == NO_VAL for t in times.values())
+            row["status"] = NO_VAL if no_val else f"none of {len(times)} reached it"
+        rows.append(row)
+    return rows
+
+
+def target_note(times: dict[int, TimeToTarget]) -> str:
+    """The seeds that never reached the target, with their best validation accuracy, and those
+    without a validation split."""
+    best = {s: "" if t.best is None else f" (best {100 * t.best:.2f} %)" for s, t in times.items()}
+    never = [f"{s}{best[s]}" for s, t in times.items() if t.outcome == NEVER]
+    no_val = [str(s) for s, t in times.items() if t.outcome == NO_VAL]
+    notes = [f"never: seed {', '.join(never)}"] if never else []
+    return "; ".join(notes + ([f"{NO_VAL}: seed {', '.join(no_val)}"] if no_val else []))
+
+
+def target_section(rows: list[dict]) -> str:
+    """comparison.md's time-to-accuracy table (target_rows), with a final newline."""
+    header = [*KEYS, "reached", "seconds to target", "epoch (mean)", "note"]
+    lines = [
+        [*(r[k] for k in KEYS), f"{r['n_reached']} of {r['n_finished']}"]
+        + [_fmt(r["time_to_target_s"], 1, ".2f"), _fmt(r["epochs_to_target"], 1, ".1f"), r["target_note"]]
+        for r in rows
+    ]
+    return tables.markdown_table(header, lines) + "\n"
+
+
+def percent(fraction: float) -> str:
+    """0.88 -> '88 %', 0.885 -> '88.5 %'."""
+    return f"{100 * fraction:.4g} %"
 
 
 # ----------------------------------------------------------------------------- sequential − parallel
@@ -414,6 +498,14 @@ test split; times are the training loop only, each framework on {threads}. Backe
 cost of writing it): non-blank lines of `src/backprop_bench/backends/<framework>_backend.py` that are not
 only a comment or part of a docstring, a shared module counted in full in each backend built on it: {loc}.
 
+## Time to {target} validation accuracy
+
+Per run, the first epoch whose validation accuracy reaches {target} (params.yaml `compare.target_accuracy`)
+and the training-loop seconds until the end of that epoch, the first epoch's compilation and warm-up
+included: the time to result of MLPerf Training and AlgoPerf. Validation runs once an epoch, so the time
+moves in whole epochs. `mean ± h` over the seeds that reached it; *reached*: of the seeds that finished.
+
+{targets}
 ## sequential − parallel, paired by seed
 
 {paired}
@@ -440,9 +532,16 @@ def threads_note(threads: int) -> str:
 
 
 def compare(
-    runs_dir: Path, reports_dir: Path, data_path: Path, p: StudyParams, backends_dir: Path = BACKENDS_DIR
+    runs_dir: Path,
+    reports_dir: Path,
+    data_path: Path,
+    p: StudyParams,
+    target: float,
+    backends_dir: Path = BACKENDS_DIR,
 ) -> tuple[str, str]:
-    """Read every run of the study, write every report file; return (the markdown, a count of the runs)."""
+    """Read every run of the study, write every report file; return (the markdown, a count of the runs).
+
+    target: the validation accuracy (a fraction) time to accuracy waits for (read_target_accuracy)."""
     try:
         with np.load(data_path) as data:
             x_test, y_test = data["x_test"], data["y_test"]  # (N, 784) float32, (N,) int64
@@ -451,7 +550,7 @@ def compare(
     except KeyError as err:
         raise ReportError(f"{data_path}: missing array {err} (expected x_test and y_test)") from None
     groups = load_study(runs_dir, p, len(y_test))
-    rows = build_rows(groups, backends_dir)
+    rows, targets = build_rows(groups, backends_dir), target_rows(groups, target)
     statuses = [r["status"] for runs in groups.values() for r in runs]
     counts = f"{len(statuses)} runs: " + ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     report = REPORT.format(
@@ -462,6 +561,8 @@ def compare(
         threads=threads_note(p.threads),
         table=markdown_table(rows),
         loc="; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items()),
+        target=percent(target),
+        targets=target_section(targets),
         paired=paired_section(groups),
         keras=keras_section(groups, p),
         native=native_section(groups, p, y_test),
@@ -473,12 +574,15 @@ def compare(
     preds = seed_predictions(groups, p, strategy, p.devices[0], mode)[0]
     where = find_disagreements(preds) if len(preds) > 1 else np.array([], dtype=np.int64)
 
-    tables.write_csv_table(reports_dir / "comparison.csv", CSV_COLUMNS, csv_rows(rows))
+    tables.write_csv_table(reports_dir / "comparison.csv", CSV_COLUMNS, csv_rows(rows, targets))
     write_json(reports_dir / "summary.json", summary(groups, rows, p))
     plots.plot_loss_bands([r for runs in groups.values() for r in runs], reports_dir / "loss_curves.png")
     controlled = [r for r in rows if r["mode"] == "controlled"] or rows
     plots.plot_interval_bars(controlled, "samples_per_second", reports_dir / "time_bars.png", "samples/s", ",.0f")
     plots.plot_interval_bars(rows, "test_accuracy", reports_dir / "accuracy_bars.png", "test accuracy %", ".2f", 100)
+    label = f"seconds to {percent(target)} validation accuracy"
+    controlled = [r for r in targets if r["mode"] == "controlled"] or targets
+    plots.plot_interval_bars(controlled, "time_to_target_s", reports_dir / "time_to_accuracy.png", label, ".2f")
     caption = f"{mode} mode, {strategy}, {p.devices[0]}, seed 0"
     plots.plot_disagreements(preds, where, x_test, y_test, reports_dir / "disagreements.png", caption=caption)
     atomic_write(reports_dir / "comparison.md", report)  # last: its presence means the rest is there
@@ -497,16 +601,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs/<framework>-<device>/<run>/")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
     parser.add_argument("--data", type=Path, default=Path("data/processed/mnist.npz"), help="test images and labels")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its study: section names the runs")
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="study: names the runs; compare: the target accuracy"
+    )
     parser.add_argument("--print-only", action="store_true", help="print the existing report and exit")
     args = parser.parse_args(argv)
     try:
         if args.print_only:
             print(print_report(args.reports_dir), end="")
         else:
-            _, counts = compare(args.runs_dir, args.reports_dir, args.data, read_study_params(args.params))
+            p, target = read_study_params(args.params), read_target_accuracy(args.params)
+            _, counts = compare(args.runs_dir, args.reports_dir, args.data, p, target)
             print(f"compare: wrote {args.reports_dir}/ ({counts}); print it with --print-only")
-    except ValueError as err:  # ReportError, and read_study_params' errors naming the file and key
+    except ValueError as err:  # ReportError, and the params readers' errors naming the file and key
         print(f"compare: {err}", file=sys.stderr)
         return 1
     return 0
