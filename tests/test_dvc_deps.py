@@ -1,6 +1,7 @@
 """dvc.yaml's deps follow the code: every project module a stage's command can import is covered
 by one of the stage's deps, and an edit to a library package reruns exactly the stages that
-import it (the second runs dvc status in a scratch copy of the repository).
+import it, and an edit to compare.target_accuracy the report alone (the second runs dvc status
+in a scratch copy of the repository).
 
 The import graph is static: every ``import`` statement in src/, those inside functions and
 under ``if TYPE_CHECKING`` included. The one import made by name at run time, a backend chosen
@@ -272,4 +273,9 @@ def test_an_edit_reruns_exactly_the_stages_that_import_it(tmp_path):
             assert changed_stages(repo) == expected_stages(rel), f"after an edit to {rel}"
         finally:
             path.write_bytes(original)
+    # a params.yaml key only the report reads reruns the report alone, not the study
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["compare"]["target_accuracy"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed_stages(repo) == {"compare"}
     shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)

@@ -91,7 +91,7 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     assert "Native mode" in table
     summary = json.loads((repo / "reports/summary.json").read_text())
     assert list(summary["acc"]) == ["seq", "par", "hw"] and list(summary["x"]) == ["pt", "jx"]
-    for name in ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "disagreements.png"):
+    for name in ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "time_to_accuracy.png", "disagreements.png"):
         assert (repo / "reports" / name).stat().st_size > 0
     assert (tmp_path / "mlflow.db").is_file() and not (repo / "mlflow.db").exists()
 
