@@ -125,3 +125,48 @@ def test_a_whisker_wider_than_the_axis_keeps_its_label_inside(tmp_path):
     path = plots.plot_interval_bars(rows, "t", tmp_path / "t.png", "seconds to 88 % validation accuracy")
     width = int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's width, pixels
     assert is_png(path) and width < 1100  # 9 inches at 100 dpi and the tick labels; 10,000 with the label outside
+
+
+def stability_run(lr: float, strategy: str, batch: int, status: str, final_loss: float | None) -> dict:
+    return dict(lr=lr, strategy=strategy, batch_size=batch, status=status, final_loss=final_loss)
+
+
+def test_stability_map_draws_the_three_classes(tmp_path, monkeypatch):
+    limit, stall_level = 20.0, 1.5
+    runs = [
+        stability_run(0.01, "parallel", 16, "learned", 0.4),
+        stability_run(0.1, "parallel", 16, "stalled", 2.3),
+        stability_run(1.0, "parallel", 16, "diverged", None),
+        stability_run(0.01, "sequential", 16, "learned", 0.41),
+        stability_run(0.1, "sequential", 16, "diverged", None),
+        stability_run(1.0, "sequential", 16, "stalled", 1.9),  # above a divergence: drawn, not joined
+    ]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    assert is_png(plots.plot_stability(runs, limit, stall_level, tmp_path / "stability.png"))
+    ax = figures[0].axes[0]
+
+    # every run is one marker at (lr, final loss), or above the threshold if it diverged, its class's shape
+    drawn = {}
+    for line in ax.get_lines():
+        if line.get_linestyle() == "None":
+            drawn.setdefault(line.get_marker(), []).extend(zip(line.get_xdata(), line.get_ydata()))
+    assert sorted(drawn) == ["o", "s", "x"]
+    assert sorted(drawn["o"]) == [(0.01, 0.4), (0.01, 0.41)] and sorted(drawn["s"]) == [(0.1, 2.3), (1.0, 1.9)]
+    assert sorted(x for x, _ in drawn["x"]) == [0.1, 1.0] and all(y > limit for _, y in drawn["x"])
+    # the lines stop at their first divergence: sequential's does not reach its stalled run at lr 1
+    joined = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() != "None"}
+    assert joined["parallel, batch 16"] == [0.01, 0.1, 1.0] and joined["sequential, batch 16"] == [0.01, 0.1]
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "-."] == [stall_level]
+
+    # the legend names the classes, each with its own marker, black so that it reads without colour
+    legend = {t.get_text(): h for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    assert {legend[k].get_marker() for k in legend if k.startswith(("learned", "stalled", "diverged"))} == {
+        "o",
+        "s",
+        "x",
+    }
+    assert "stalled (final loss > 1.5)" in legend and "diverged (an epoch's loss > 20 or NaN)" in legend
+    assert {"stall level (1.5)", "blow-up threshold (20)", "parallel, batch 16", "sequential, batch 16"} <= set(legend)
+    assert ax.get_xlabel() == "learning rate (plain SGD)" and ax.get_xscale() == ax.get_yscale() == "log"

@@ -219,14 +219,30 @@ def plot_disagreements(
 # ---------------------------------------------------------------- the stability map (stability stage)
 
 
-def plot_stability(runs: Sequence[Mapping[str, Any]], limit: float, path: str | Path) -> Path:
-    """Final train loss vs learning rate (both axes log), one line per strategy x batch size.
+def plot_stability(runs: Sequence[Mapping[str, Any]], limit: float, stall_level: float, path: str | Path) -> Path:
+    """Final train loss vs learning rate (both axes log), one line per strategy x batch size, and a
+    marker per run's class, the same in every colour: a filled circle learned, an open square stalled,
+    an x diverged.
 
-    A run is stability.py's dict: lr, strategy, batch_size, status, final_loss. Diverged runs are
-    x marks above ``limit`` (the blow-up threshold, a dotted line), one row of them per line so
-    that they do not hide each other; each line runs up to its first divergence.
+    A run is stability.py's dict: lr, strategy, batch_size, status ("learned", "stalled" or
+    "diverged"), final_loss. Stalled runs sit above ``stall_level`` (a dash-dot line); diverged runs
+    have no final loss and are drawn above ``limit`` (the blow-up threshold, a dotted line), one row
+    of x marks per line so that they do not hide each other. Each line runs up to its first divergence.
     """
-    fig = _figure((8, 5))
+    from matplotlib.lines import Line2D
+
+    marks = {  # status -> marker style; the legend's labels
+        "learned": (dict(marker="o", markersize=6), "learned"),
+        "stalled": (
+            dict(marker="s", markersize=10, markerfacecolor="white", markeredgewidth=2),  # big: it sits on lines
+            f"stalled (final loss > {stall_level:.3g})",
+        ),
+        "diverged": (
+            dict(marker="x", markersize=8, markeredgewidth=2),
+            f"diverged (an epoch's loss > {limit:.3g} or NaN)",
+        ),
+    }
+    fig = _figure((9, 5.5))
     ax = fig.subplots()
     batches = sorted({r["batch_size"] for r in runs})
     colors = dict(zip(batches, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")))
@@ -236,15 +252,24 @@ def plot_stability(runs: Sequence[Mapping[str, Any]], limit: float, path: str | 
         if not mine:
             continue
         row = limit * 1.2 ** (k + 1)  # this line's row of x marks
-        ok = [(r["lr"], r["final_loss"]) for r in mine if r["status"] == FINISHED]
-        bad = [(r["lr"], row) for r in mine if r["status"] != FINISHED]
-        line = [p for p in ok if not bad or p[0] < bad[0][0]] + bad[:1]
-        style = dict(color=colors.get(b, "tab:gray"), label=f"{strategy}, batch {b}")
-        ax.plot(*zip(*line), LINESTYLES[strategy], marker=".", **style)
-        if bad:
-            ax.plot(*zip(*bad), "x", markersize=9, mew=2, color=style["color"])
+        points = [(r["lr"], row if r["status"] == "diverged" else r["final_loss"], r["status"]) for r in mine]
+        end = next((i for i, p in enumerate(points) if p[2] == "diverged"), len(points))
+        color = colors.get(b, "tab:gray")
+        ax.plot(
+            *zip(*(p[:2] for p in points[: end + 1])), LINESTYLES[strategy], color=color, label=f"{strategy}, batch {b}"
+        )
+        for status, (style, _) in marks.items():
+            at = [p[:2] for p in points if p[2] == status]
+            if at:
+                ax.plot(*zip(*at), linestyle="none", color=color, zorder=3, **style)
+    ax.axhline(stall_level, color="tab:gray", linestyle="-.", linewidth=1, label=f"stall level ({stall_level:.3g})")
     ax.axhline(limit, color="tab:red", linestyle=":", linewidth=1, label=f"blow-up threshold ({limit:.3g})")
-    ax.set(xscale="log", yscale="log", xlabel="learning rate (plain SGD)", ylabel="final train loss")
-    ax.set_title("Stability map: x = diverged (solid: parallel, dashed: sequential)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    classes = [Line2D([], [], linestyle="none", color="black", label=label, **style) for style, label in marks.values()]
+    ax.set(
+        xscale="log", yscale="log", xlabel="learning rate (plain SGD)", ylabel="final train loss (last epoch's mean)"
+    )
+    ax.set_title("Stability map: solid = parallel, dashed = sequential; colour = batch size")
+    ax.legend(
+        handles=[*ax.get_legend_handles_labels()[0], *classes], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )
     return _save(fig, path)
