@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run study-full lint format test test-fast bench mlflow-ui clean services-up services-down services-status mlflow-server
+.PHONY: setup run study-full lint format test test-fast bench gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -60,6 +60,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m backprop_bench.bench
+
+# A few minutes' check of a GPU machine into reports/gpu-check/: what each framework sees,
+# the GPU tests, a short study and the bench's cells on cuda (docs/benchmark.md, "The GPU check").
+# Exit 2: no framework here sees a CUDA GPU.
+gpu-check: setup
+	BB_PYTHON=$(abspath $(PY)) scripts/gpu_check.sh reports/gpu-check
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
