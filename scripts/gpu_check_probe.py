@@ -1,6 +1,7 @@
 """gpu-check's probe (scripts/gpu_check.sh): which frameworks can run on a device here.
 
-    python scripts/gpu_check_probe.py cuda
+    python scripts/gpu_check_probe.py cuda            (every framework, each in a process of its own)
+    python scripts/gpu_check_probe.py cuda keras-jax  (one)
 
 One line per framework: "not installed", "runs on cuda: <GPU>" or why not, then the
 framework's own view of CUDA (torch.cuda, jax.devices(), CuPy, TensorFlow's GPUs). Each
@@ -12,6 +13,7 @@ lacking the device (DeviceUnavailable) or its packages (ImportError).
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 
 from backprop_bench.backends import FRAMEWORKS, DeviceUnavailable, backend_class
@@ -79,14 +81,24 @@ def probe(framework: str, device: str) -> tuple[bool, bool]:
 
 
 def main(device: str) -> int:
+    """Each framework in a process of its own: Keras picks its backend once per process (keras on
+    TensorFlow, keras-jax, keras-torch), and one framework's import cannot hide another's."""
     usable, errors = [], 0
     for framework in FRAMEWORKS:
-        runs, error = probe(framework, device)
-        usable += [framework] if runs else []
-        errors += error
+        out = subprocess.run([sys.executable, __file__, device, framework], capture_output=True, text=True)
+        lines = out.stdout.splitlines()
+        print("\n".join(line for line in lines if line not in ("RUNS", "FAILED")) or out.stderr.strip()[-2000:])
+        usable += [framework] if "RUNS" in lines else []
+        errors += out.returncode != 0 or "FAILED" in lines
     print("FRAMEWORKS", *usable)
     return 1 if errors else 0
 
 
+def main_one(device: str, framework: str) -> int:
+    runs, error = probe(framework, device)
+    print("RUNS" if runs else "", "FAILED" if error else "", sep="\n")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1]) if len(sys.argv) == 2 else main_one(*sys.argv[1:3]))
