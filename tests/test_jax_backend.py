@@ -11,7 +11,8 @@ from backend_cases import make_backend, params_rel_err, rel_err
 from conftest import frameworks_imported_by
 
 from backprop_bench.backends import DeviceUnavailable
-from backprop_bench.backends.jax_backend import STEP_AT, JaxBackend, resolve_device
+from backprop_bench.backends.base import usable_cpus
+from backprop_bench.backends.jax_backend import STEP_AT, JaxBackend, intra_op_threads, resolve_device
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SMALL = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
@@ -76,6 +77,18 @@ def test_compile_true_is_rejected_and_info_names_the_versions():
     assert info["framework"] == "jax" and info["compile"] == "off"
     assert info["framework_version"].startswith(f"jax {jax.__version__}, jaxlib ")
     assert info["blas"] == "XLA:CPU (Eigen)" and info["device_name"]
+    assert int(info["intra_op_threads"]) >= 1
+
+
+def test_intra_op_threads_reads_what_jaxlib_reads(monkeypatch):
+    monkeypatch.setenv("PJRT_NPROC", "3")
+    monkeypatch.setenv("NPROC", "5")
+    assert intra_op_threads() == 3
+    monkeypatch.setenv("PJRT_NPROC", "many")  # not a number: jaxlib skips it
+    assert intra_op_threads() == 5
+    monkeypatch.delenv("PJRT_NPROC")
+    monkeypatch.delenv("NPROC")
+    assert intra_op_threads() == usable_cpus()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

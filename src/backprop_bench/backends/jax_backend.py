@@ -10,6 +10,7 @@ and the error sent down by the vjp of the layer below through the *updated* W.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import partial
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name
+from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name, usable_cpus
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params, Regularization
 
 # JAX computes in float32 unless x64 is on: without it a float64 run would silently be
@@ -106,6 +107,18 @@ def update(spec: OptimizerSpec, p, g, slots: tuple, t, lr, weight: bool) -> tupl
     return p - m / (jnp.sqrt(v / bc2) + spec.eps) * (lr / bc1), (m, v)
 
 
+def intra_op_threads() -> int:
+    """The threads XLA:CPU computes on: jaxlib sizes its CPU client's pool, as the backend starts,
+    from $PJRT_NPROC, else $NPROC (backends.limit_threads sets the first), else one per CPU
+    this process may run on."""
+    for name in ("PJRT_NPROC", "NPROC"):
+        try:
+            return max(0, int(os.environ.get(name, "")))
+        except ValueError:  # unset or not a number: jaxlib skips it too
+            continue
+    return usable_cpus()
+
+
 class JaxBackend(Backend):
     """MLP on jax.Arrays (cpu, or cuda with a CUDA jaxlib); every step compiled by jax.jit."""
 
@@ -191,6 +204,7 @@ class JaxBackend(Backend):
             "framework_version": f"jax {jax.__version__}, jaxlib {jaxlib.__version__}",
             "device_name": self._dev.device_kind if on_gpu else cpu_name(),
             "blas": "XLA:GPU (cuBLAS)" if on_gpu else "XLA:CPU (Eigen)",
+            "intra_op_threads": str(intra_op_threads()),
         }
 
 
