@@ -259,7 +259,7 @@ class StockKeras(_TfData):
 
 class StockJax:
     """flax.linen + optax, as Flax's examples train: a TrainState and a jax.jit'ed train_step
-    (value_and_grad of the batch loss, then apply_gradients) called once per batch. Linen
+    (value_and_grad of the batch loss, then apply_gradients) called once per NumPy batch. Linen
     rather than NNX: its step is a pure function under plain jax.jit, while nnx.jit walks the
     model's object graph in Python on every call. The dtype is init's (float32 in the bench);
     labels are class indices."""
@@ -303,18 +303,19 @@ class StockJax:
         self._x = self._y = None
 
     def load(self, x: np.ndarray, y: np.ndarray) -> None:
-        self._x = self.jax.device_put(np.asarray(x, self.dtype), self._dev)
-        self._y = self.jax.device_put(np.asarray(y, np.int32), self._dev)
+        """Kept as NumPy arrays: each step's batch is indexed on the host and handed to the jitted
+        step, as Flax's examples feed theirs (jnp indexing of a device array by an index array,
+        outside the jit, took longer than the jitted step itself)."""
+        self._x, self._y = np.asarray(x, self.dtype), np.asarray(y, np.int32)
 
     def train_epoch(self, order: np.ndarray, batch_size: int, masks: None = None) -> float:
         check_no_masks(masks)
         order = check_batch(order, None if self._x is None else len(self._x), batch_size)
-        idx_all = self.jax.device_put(order, self._dev)
         losses, sizes = [], []
         for start in range(0, len(order), batch_size):
-            idx = idx_all[start : start + batch_size]
+            idx = order[start : start + batch_size]
             self.state, loss = self._train_step(self.state, self._x[idx], self._y[idx])
-            losses.append(loss)
+            losses.append(loss)  # a device scalar: read once, after the epoch
             sizes.append(len(idx))
         return float(np.dot(np.asarray(self.jax.numpy.stack(losses), np.float64), sizes)) / len(order)
 
