@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from backend_cases import BACKENDS, fit, make_backend
 
+from backprop_bench.backends.base import usable_cpus
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 SPEC = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
@@ -76,7 +77,7 @@ def test_restart_is_a_new_backend(framework, data):
 # ---------------------------------------------------------------- limit_threads (backends/__init__.py)
 
 THREADS_CODE = """
-import json, sys
+import json, os, sys
 from threadpoolctl import threadpool_info
 from backprop_bench.backends import limit_threads, make_backend
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
@@ -87,17 +88,26 @@ for name in sys.argv[1:]:
     b = make_backend(name, spec, init_params(spec, InitSpec()), OptimizerSpec())
     infos[name] = b.info()
 blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-print(json.dumps({{"blas": blas, "infos": infos}}))
+# XLA:CPU's pool (jaxlib names its threads ...XLAEigen), made as the jax backend started (Linux)
+tasks = [open(f"/proc/self/task/{{t}}/comm").read() for t in os.listdir("/proc/self/task")]
+xla = sum("XLAEigen" in comm for comm in tasks)
+print(json.dumps({{"blas": blas, "infos": infos, "xla_pool": xla, "xla_flags": os.environ.get("XLA_FLAGS")}}))
 """
 
 
-def run_threads(n: int, *frameworks: str) -> dict:
+def run_threads(n: int, *frameworks: str, env: dict | None = None) -> dict:
+    """THREADS_CODE in a fresh process, with env added and without jaxlib's NPROC variables."""
     import json
     import subprocess
     import sys
 
+    clean = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
     out = subprocess.run(
-        [sys.executable, "-c", THREADS_CODE.format(n=n), *frameworks], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", THREADS_CODE.format(n=n), *frameworks],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean | (env or {}),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -117,6 +127,23 @@ def test_limit_threads_caps_tensorflow_and_keras():
     got = run_threads(1, "tensorflow", "keras")
     assert got["infos"]["tensorflow"]["intra_op_threads"] == "1"
     assert got["infos"]["keras"]["intra_op_threads"] == "1"
+
+
+def test_limit_threads_caps_jax():
+    """jaxlib sizes XLA:CPU's pool from PJRT_NPROC as its backend starts: one thread, as info()
+    says; the user's XLA_FLAGS are left as they were."""
+    flags = "--xla_cpu_enable_fast_math=false"
+    got = run_threads(1, "jax", env={"XLA_FLAGS": flags})
+    assert got["infos"]["jax"]["intra_op_threads"] == "1"
+    assert got["xla_pool"] == 1
+    assert got["xla_flags"] == flags
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="one usable CPU: XLA's default pool has one thread too")
+def test_without_limit_threads_jax_takes_every_cpu():
+    got = run_threads(0, "jax")
+    assert got["infos"]["jax"]["intra_op_threads"] == str(usable_cpus())
+    assert got["xla_pool"] == usable_cpus()
 
 
 def test_limit_threads_zero_keeps_the_defaults_and_a_negative_is_refused(monkeypatch):

@@ -242,14 +242,18 @@ def test_an_interrupted_run_keeps_the_rounds_it_finished():
     assert len(plan[1].epoch_seconds) == 1
 
 
-def test_every_framework_has_bench_modes_and_jax_benches_its_jitted_step():
+def test_every_framework_has_bench_modes_and_jax_benches_its_step_its_epoch_and_its_stock_idiom():
     from backprop_bench.backends import FRAMEWORKS
 
     modes = cells.framework_modes([16])
     assert set(modes) == set(FRAMEWORKS)
-    assert modes["jax"] == [("jit", False, 1)]  # compile=False: the jax backend's step is always jitted
+    # compile=False: the step jitted; compile=True: the epoch (lax.scan); stock: Flax + optax, jitted step
+    assert modes["jax"] == [("step-jit", False, 1), ("epoch-scan", True, 1), ("stock-jit", False, 1)]
     planned = cells.plan_cells(["jax"], ["parallel", "sequential"], [64], ["cpu"], [16])
     assert [(c.framework, c.mode, c.strategy) for c in planned] == [
-        ("jax", "jit", "parallel"),
-        ("jax", "jit", "sequential"),
+        ("jax", "step-jit", "parallel"),
+        ("jax", "step-jit", "sequential"),
+        ("jax", "epoch-scan", "parallel"),
+        ("jax", "epoch-scan", "sequential"),
+        ("jax", "stock-jit", "parallel"),
     ]

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from backprop_bench.backends import FRAMEWORKS
 from backprop_bench.bench import __main__ as bench
 from backprop_bench.bench import cells
 from backprop_bench.bench.cells import SIZES
@@ -124,6 +125,28 @@ def test_numpy_only_bench_never_imports_torch_or_tensorflow(tmp_path):
     assert (tmp_path / "bench.json").is_file()
 
 
+def test_a_jax_bench_runs_its_three_modes_without_torch_or_tensorflow(tmp_path):
+    argv = TINY + ["--frameworks", "jax", "--batches", "64", "--devices", "cpu", "--out-dir", str(tmp_path)]
+    code = (
+        f"import sys; from backprop_bench.bench.__main__ import main; main({argv!r}); "
+        f"print('LOADED', {FRAMEWORK_MODULES})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED ['jax']" in done.stdout
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["cell"]: r["status"] for r in result["cells"]} == {
+        f"jax-{mode}-b64-cpu": "ok"
+        for mode in ("step-jit-parallel", "step-jit-sequential", "epoch-scan-parallel", "epoch-scan-sequential")
+        + ("stock-jit-parallel",)
+    }
+    assert result["backend_info"]["jax-epoch-scan"]["compile"] == "jit epoch (lax.scan)"
+    assert "flax" in result["backend_info"]["jax-stock-jit"]["stock"]
+    assert result["versions"]["flax"] and result["versions"]["optax"]
+    goals = {g["goal"]: g["met"] for g in result["goals"]}
+    assert any(goal.startswith("jax: backend's fastest mode") and met is not None for goal, met in goals.items())
+
+
 def test_importing_any_bench_module_imports_no_framework():
     modules = ", ".join(f"backprop_bench.bench.{m}" for m in ("__main__", "cells", "peak", "report", "stock"))
     code = f"import sys, {modules}; print({FRAMEWORK_MODULES})"
@@ -194,7 +217,7 @@ def test_bad_options_name_the_option(argv, says, capsys):
 
 def test_default_options_are_the_full_grid():
     args = bench.parse_args([])
-    assert args.frameworks == ["numpy", "torch", "tensorflow", "keras"]
+    assert args.frameworks == list(FRAMEWORKS) and "jax" in args.frameworks
     assert args.strategies == ["parallel", "sequential"] and args.batches == [64, 256]
     assert args.keras_spe == [16] and args.stock is True and args.rounds == 5
     assert str(args.params) == "params.yaml" and args.data_dir is None and args.data == "auto"

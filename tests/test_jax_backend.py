@@ -11,8 +11,9 @@ from backend_cases import make_backend, params_rel_err, rel_err
 from conftest import frameworks_imported_by
 
 from backprop_bench.backends import DeviceUnavailable
-from backprop_bench.backends.jax_backend import STEP_AT, JaxBackend, resolve_device
-from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
+from backprop_bench.backends.base import usable_cpus
+from backprop_bench.backends.jax_backend import EPOCH_SCAN, STEP_AT, JaxBackend, intra_op_threads, resolve_device
+from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, Regularization, init_params
 
 SMALL = MLPSpec((6, 5, 4, 3), "tanh", "softmax", "cross_entropy")
 
@@ -69,13 +70,24 @@ def test_cuda_runs_on_the_gpu():
     assert backend.info()["blas"] == "XLA:GPU (cuBLAS)"
 
 
-def test_compile_true_is_rejected_and_info_names_the_versions():
-    with pytest.raises(ValueError, match="compile=True has no meaning for framework=jax"):
-        small_backend(compile=True)
+def test_info_names_the_versions_the_threads_and_the_compiled_epoch():
     info = small_backend().info()
     assert info["framework"] == "jax" and info["compile"] == "off"
     assert info["framework_version"].startswith(f"jax {jax.__version__}, jaxlib ")
     assert info["blas"] == "XLA:CPU (Eigen)" and info["device_name"]
+    assert int(info["intra_op_threads"]) >= 1
+    assert small_backend(compile=True).info()["compile"] == "jit epoch (lax.scan)"
+
+
+def test_intra_op_threads_reads_what_jaxlib_reads(monkeypatch):
+    monkeypatch.setenv("PJRT_NPROC", "3")
+    monkeypatch.setenv("NPROC", "5")
+    assert intra_op_threads() == 3
+    monkeypatch.setenv("PJRT_NPROC", "many")  # not a number: jaxlib skips it
+    assert intra_op_threads() == 5
+    monkeypatch.delenv("PJRT_NPROC")
+    monkeypatch.delenv("NPROC")
+    assert intra_op_threads() == usable_cpus()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -126,6 +138,57 @@ def test_every_activation_and_head_matches_numpy(case, strategy):
     assert rel_err(steps, ref_steps) <= 1e-12
     assert params_rel_err(params, ref_params) <= 1e-12
     assert params_rel_err(params, init_params(spec, InitSpec("glorot_normal", seed=11, bias=0.1))) > 1e-3
+
+
+# ---------------------------------------------------------------- compile=True: the jitted epoch
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_the_scanned_epoch_matches_the_jitted_steps(strategy):
+    """float64, dropout, an l2 penalty, adam, a new lr every epoch, a short last batch (26 rows =
+    3 x 8 + 2) and then a batch that divides the set (2 x 13): the compiled epoch takes the
+    step-jitted path's steps."""
+    x, y = data(n=26)
+    reg = Regularization(dropout=(0.3, 0.2), l2=1e-3)
+    orders = [np.random.default_rng(e).permutation(26) for e in range(3)]
+    rng = np.random.default_rng(7)
+    masks = [[rng.integers(0, 2, (26, w)) / 0.75 for w in SMALL.sizes[1:-1]] for _ in range(3)]
+    results = []
+    for compile in (False, True):
+        backend = small_backend(
+            strategy=strategy,
+            optimizer=OptimizerSpec("adam", lr=0.05),
+            regularization=reg,
+            compile=compile,
+            record_steps=True,
+        )
+        backend.load(x, y)
+        steps = []
+        for epoch, (lr, batch) in enumerate(zip((0.05, 0.02, 0.01), (8, 8, 13))):
+            backend.set_lr(lr)
+            backend.train_epoch(orders[epoch], batch, masks[epoch])
+            steps.append(backend.step_losses)
+        results.append((np.concatenate(steps), backend.params()))
+    (steps, params), (scan_steps, scan_params) = results
+    assert len(scan_steps) == 4 + 4 + 2
+    assert rel_err(scan_steps, steps) <= 1e-9
+    assert params_rel_err(scan_params, params) <= 1e-9
+    assert params_rel_err(params, init_params(SMALL, InitSpec("glorot_normal", seed=11, bias=0.1))) > 1e-3
+
+
+def test_the_scanned_epoch_compiles_once_per_batch_size_and_set_size():
+    """set_lr and a restart reuse the compiled epoch; batch 10 of 10 rows has no short batch."""
+    x, y = data()
+    backend = small_backend(compile=True)
+    run_epochs(backend, x, y, batch=4, epochs=1)
+    compiled = EPOCH_SCAN._cache_size()
+    backend.set_lr(0.02)
+    run_epochs(backend, x, y, batch=4, epochs=1)
+    backend.restart(init_params(backend.spec, InitSpec("glorot_normal", seed=2), "float64"))
+    run_epochs(backend, x, y, batch=4, epochs=1)
+    assert EPOCH_SCAN._cache_size() == compiled
+    assert len(run_epochs(backend, x, y, batch=10, epochs=1)) == 1
+    assert len(run_epochs(backend, x, y, batch=20, epochs=1)) == 1  # no full batch: one short step
 
 
 # ---------------------------------------------------------------- native mode

@@ -34,14 +34,19 @@ def make_backend(framework: str, *args, compile: bool = False, **kwargs) -> Back
     return backend_class(framework, compile)(*args, compile=compile, **kwargs)
 
 
-# What torch (OpenMP, MKL) and TensorFlow (its intra- and inter-op pools) read, once, as they start.
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+# What torch (OpenMP, MKL), TensorFlow (its intra- and inter-op pools) and jaxlib (PJRT_NPROC:
+# the size of its CPU client's XLAEigen pool) read, once, as they start. jaxlib 0.10's XLA:CPU
+# has no XLA_FLAGS flag that caps its threads: --xla_cpu_multi_thread_eigen=false leaves the
+# XLAEigen pool at one thread per CPU and its work spread over them (measured), and
+# intra_op_parallelism_threads is no XLA flag at all (alone in XLA_FLAGS it aborts the process).
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "PJRT_NPROC")
 
 
 def limit_threads(n: int) -> None:
     """Let every framework of this process compute on at most n CPU threads (0: their defaults).
 
-    Call it before torch or TensorFlow is imported (they read THREAD_ENV as they start); NumPy's
+    Call it before torch or TensorFlow is imported, and before JAX's first computation (they read
+    THREAD_ENV as they start; JAX as its CPU backend starts, not on import); NumPy's
     BLAS, loaded already, is capped through threadpoolctl, and torch, if already loaded, by
     set_num_threads. Each backend's info() reports the threads it got."""
     if n < 0:

@@ -2,7 +2,8 @@
 
 The parameters and the optimizer slots are immutable pytrees; a step is a pure function
 (params, slots, step count, lr, batch, targets, masks) -> (params, slots, loss), compiled by
-``jax.jit`` once per batch size.
+``jax.jit`` once per batch size. compile=True compiles the whole epoch instead: one
+``jax.lax.scan`` of that step over the full batches, the short last batch one more jitted step.
 parallel: one value_and_grad of the batch loss, then every update. sequential: the output
 head's gradient by value_and_grad, then per layer dW, db by the vjp of z = a W + b, the update,
 and the error sent down by the vjp of the layer below through the *updated* W.
@@ -10,6 +11,7 @@ and the error sent down by the vjp of the layer below through the *updated* W.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import partial
 
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name
+from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name, usable_cpus
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params, Regularization
 
 # JAX computes in float32 unless x64 is on: without it a float64 run would silently be
@@ -106,10 +108,24 @@ def update(spec: OptimizerSpec, p, g, slots: tuple, t, lr, weight: bool) -> tupl
     return p - m / (jnp.sqrt(v / bc2) + spec.eps) * (lr / bc1), (m, v)
 
 
+def intra_op_threads() -> int:
+    """The threads XLA:CPU computes on: jaxlib sizes its CPU client's pool, as the backend starts,
+    from $PJRT_NPROC, else $NPROC (backends.limit_threads sets the first), else one per CPU
+    this process may run on."""
+    for name in ("PJRT_NPROC", "NPROC"):
+        try:
+            return max(0, int(os.environ.get(name, "")))
+        except ValueError:  # unset or not a number: jaxlib skips it too
+            continue
+    return usable_cpus()
+
+
 class JaxBackend(Backend):
-    """MLP on jax.Arrays (cpu, or cuda with a CUDA jaxlib); every step compiled by jax.jit."""
+    """MLP on jax.Arrays (cpu, or cuda with a CUDA jaxlib); every step compiled by jax.jit,
+    or (compile=True) every epoch: a lax.scan of the step over its full batches."""
 
     framework = "jax"
+    compile_mode = "jit epoch (lax.scan)"
     EVAL_CHUNK = 8192
 
     def _resolve_device(self, device: str) -> str:
@@ -121,6 +137,7 @@ class JaxBackend(Backend):
         self._reset_optimizer()
         self._lr = self._put(np.float64(self.lr))
         self._step = partial(STEP_AT, STEP[self.strategy], self.spec, self.opt_spec, self.reg)
+        self._scan = partial(EPOCH_SCAN, STEP[self.strategy], self.spec, self.opt_spec, self.reg)
         self._forward_loss = partial(OUTPUTS, self.spec)
 
     def _put(self, tree):
@@ -132,13 +149,19 @@ class JaxBackend(Backend):
     def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
         order_dev = self._put(order)  # one host -> device copy per epoch; batches gathered on the device
         masks_dev = None if masks is None else self._put(masks)
+        data = (self._lr, self._x, self._t, order_dev, masks_dev)
         state, losses = (self._params, self._slots, self._count), []
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        n_full = len(order) // batch_size
+        if self.compile and n_full:  # the full batches in one compiled scan; a short last one after it
+            state, full = self._scan(batch_size, state, *data, self._put(np.arange(n_full) * batch_size))
+            losses, starts = [full], starts[n_full:]
+        for start in starts:
             size = min(batch_size, len(order) - start)  # static: one compilation per batch size
-            state, loss = self._step(size, state, self._lr, self._x, self._t, order_dev, masks_dev, start)
-            losses.append(loss)
+            state, loss = self._step(size, state, *data, start)
+            losses.append(loss[None])
         self._params, self._slots, self._count = state
-        return np.asarray(jnp.stack(losses))  # the one read of the epoch
+        return np.asarray(jnp.concatenate(losses))  # the one read of the epoch
 
     def _set_lr(self, lr: float) -> None:
         self._lr = self._put(np.float64(lr))  # a traced argument: no recompile
@@ -191,6 +214,7 @@ class JaxBackend(Backend):
             "framework_version": f"jax {jax.__version__}, jaxlib {jaxlib.__version__}",
             "device_name": self._dev.device_kind if on_gpu else cpu_name(),
             "blas": "XLA:GPU (cuBLAS)" if on_gpu else "XLA:CPU (Eigen)",
+            "intra_op_threads": str(intra_op_threads()),
         }
 
 
@@ -265,9 +289,20 @@ def step_at(step, spec, opt, reg, size: int, state, lr, x, t, order, masks, star
     return (params, slots, count + 1), loss
 
 
+def epoch_scan(step, spec, opt, reg, size: int, state, lr, x, t, order, masks, starts) -> tuple:
+    """step_at over the batches starting at starts (n,) int, each of `size` rows, as one
+    lax.scan: one dispatch per epoch. Returns (state after, the (n,) pre-update losses)."""
+
+    def body(carry, start):
+        return step_at(step, spec, opt, reg, size, carry, lr, x, t, order, masks, start)
+
+    return jax.lax.scan(body, state, starts)
+
+
 # Compiled once per process for each (strategy, spec, optimizer, regularization, batch size,
 # data shape): the frozen specs are static arguments, so a new backend of the same run (a
 # study's next seed) reuses the compiled step.
 STEP = {"parallel": parallel_step, "sequential": sequential_step}
 STEP_AT = jax.jit(step_at, static_argnums=(0, 1, 2, 3, 4))
+EPOCH_SCAN = jax.jit(epoch_scan, static_argnums=(0, 1, 2, 3, 4))  # and the number of full batches
 OUTPUTS = jax.jit(outputs, static_argnums=0)

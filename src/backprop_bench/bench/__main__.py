@@ -73,14 +73,10 @@ def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-# jax is benched when asked for (its jit mode); it has no stock cell beside it yet.
-DEFAULT_FRAMEWORKS = tuple(f for f in FRAMEWORKS if f != "jax")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked; a bad one exits with a message naming it."""
     ap = argparse.ArgumentParser(prog="python -m backprop_bench.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS), help="comma list (default: all but jax)")
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list (default: all)")
     ap.add_argument("--strategies", default="parallel,sequential")
     ap.add_argument("--batches", default="64,256", help="comma list of batch sizes")
     ap.add_argument(

@@ -63,7 +63,8 @@ def framework_modes(keras_spe: list[int]) -> dict[str, list[Mode]]:
             (f"{STOCK}-step-jit", True, 1),
         ],
         "keras": keras + [(f"{STOCK}-fit", False, 1)] + [(f"{STOCK}-jit-spe{n}", True, n) for n in spe],
-        "jax": [("jit", False, 1)],  # every jax step is jax.jit-compiled: no eager or compile=True mode
+        # every jax step is jax.jit-compiled (no eager mode); compile=True compiles the whole epoch
+        "jax": [("step-jit", False, 1), ("epoch-scan", True, 1), (f"{STOCK}-jit", False, 1)],
     }
 
 

@@ -167,7 +167,7 @@ def blas_info() -> list[dict]:
 def versions() -> dict[str, str | None]:
     """Installed versions, read from package metadata: this imports none of them."""
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("numpy", "torch", "tensorflow", "keras", "threadpoolctl"):
+    for name in ("numpy", "torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "optax", "threadpoolctl"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -20,7 +20,7 @@ GOAL_PEAK_FRACTION = {256: 0.70, 64: 0.50}  # NumPy parallel GFLOP/s over the sq
 GOAL_NUMPY_OVER_TORCH_B64 = 2.0  # NumPy samples/s over torch eager's, batch 64, parallel
 GOAL_SEQ_OVER_PAR = 1.15  # sequential epoch time over parallel, per framework, worst mode/batch
 GOAL_WITHIN_BEST = 1.2  # a backend's mode over its framework's fastest configuration (stock included)
-GOAL_FRAMEWORKS = ("torch", "tensorflow", "keras")  # the frameworks with a stock idiom to beat
+GOAL_FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")  # the frameworks with a stock idiom to beat
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:

@@ -3,6 +3,8 @@
     torch       nn.Sequential + F.cross_entropy + torch.optim.SGD; compile: torch.compile(model, opt.step)
     tensorflow  the TF2 custom-training-loop guide: tf.data batches, a per-step tf.function (jit_compile)
     keras       keras.Sequential of Dense + compile(SGD, sparse CE from logits) + fit()
+    jax         flax.linen Sequential of Dense + optax.sgd in a TrainState; a jax.jit train_step
+                (value_and_grad, apply_gradients) per batch
 
 Plain SGD, parallel only (a built-in optimizer updates after every gradient is known). The
 MLP must be relu / softmax / cross-entropy with biases; from the backends' initial weights a
@@ -18,7 +20,7 @@ import numpy as np
 from backprop_bench.backends.base import check_batch, cpu_name
 from backprop_bench.core.specs import MLPSpec, Params
 
-STOCK_FRAMEWORKS = ("torch", "tensorflow", "keras")
+STOCK_FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
 
 
 def check_no_masks(masks: object) -> None:
@@ -255,13 +257,95 @@ class StockKeras(_TfData):
         }
 
 
-_STOCK = {"torch": StockTorch, "tensorflow": StockTensorflow, "keras": StockKeras}
+class StockJax:
+    """flax.linen + optax, as Flax's examples train: a TrainState and a jax.jit'ed train_step
+    (value_and_grad of the batch loss, then apply_gradients) called once per NumPy batch. Linen
+    rather than NNX: its step is a pure function under plain jax.jit, while nnx.jit walks the
+    model's object graph in Python on every call. The dtype is init's (float32 in the bench);
+    labels are class indices."""
+
+    framework = "jax"
+
+    def __init__(self, spec: MLPSpec, init: Params, lr: float, *, device: str = "cpu", compile: bool = False) -> None:
+        import jax
+        import optax
+        from flax import linen as nn
+        from flax.training import train_state
+
+        from backprop_bench.backends.jax_backend import resolve_device  # also turns on float64
+
+        check_stock_spec(spec)
+        if compile:
+            raise ValueError("stock jax: compile=True has no meaning, its train_step is always jax.jit-compiled")
+        self.jax, self.compile = jax, compile
+        self._dev = resolve_device(device)
+        self.device = "cpu" if self._dev.platform == "cpu" else "cuda"
+        self.dtype = np.asarray(init[0][0]).dtype
+        layers = []
+        for w, _ in init:
+            layers += [nn.Dense(np.shape(w)[1], dtype=self.dtype, param_dtype=self.dtype), nn.relu]
+        model = nn.Sequential(layers[:-1])  # no relu after the output layer
+        self._names = [f"layers_{i}" for i in range(0, len(layers) - 1, 2)]  # Sequential's names for the Dense
+        params = {name: {"kernel": w, "bias": b} for name, (w, b) in zip(self._names, init)}
+        self.state = train_state.TrainState.create(
+            apply_fn=model.apply, params=jax.device_put(params, self._dev), tx=optax.sgd(learning_rate=lr)
+        )
+
+        def train_step(state, x, y):
+            def loss_fn(params):
+                logits = state.apply_fn({"params": params}, x)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(state.params)
+            return state.apply_gradients(grads=grads), loss
+
+        self._train_step = jax.jit(train_step)
+        self._x = self._y = None
+
+    def load(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Kept as NumPy arrays: each step's batch is indexed on the host and handed to the jitted
+        step, as Flax's examples feed theirs (jnp indexing of a device array by an index array,
+        outside the jit, took longer than the jitted step itself)."""
+        self._x, self._y = np.asarray(x, self.dtype), np.asarray(y, np.int32)
+
+    def train_epoch(self, order: np.ndarray, batch_size: int, masks: None = None) -> float:
+        check_no_masks(masks)
+        order = check_batch(order, None if self._x is None else len(self._x), batch_size)
+        losses, sizes = [], []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            self.state, loss = self._train_step(self.state, self._x[idx], self._y[idx])
+            losses.append(loss)  # a device scalar: read once, after the epoch
+            sizes.append(len(idx))
+        return float(np.dot(np.asarray(self.jax.numpy.stack(losses), np.float64), sizes)) / len(order)
+
+    def params(self) -> Params:
+        p = self.state.params
+        return [(np.array(p[name]["kernel"]), np.array(p[name]["bias"])) for name in self._names]
+
+    def synchronize(self) -> None:
+        self.jax.block_until_ready(self.state)
+
+    def info(self) -> dict[str, str]:
+        from importlib import metadata
+
+        return {
+            "framework": self.framework,
+            "compile": "off",  # as the jax backend's step-jitted mode: jax.jit per step is the plain idiom
+            "framework_version": f"jax {self.jax.__version__}, flax {metadata.version('flax')}, "
+            f"optax {metadata.version('optax')}",
+            "device_name": cpu_name() if self.device == "cpu" else self._dev.device_kind,
+            "stock": "flax.linen Sequential + optax.sgd TrainState + jax.jit train_step",
+        }
+
+
+_STOCK = {"torch": StockTorch, "tensorflow": StockTensorflow, "keras": StockKeras, "jax": StockJax}
 
 
 def make_stock(
     framework: str, spec: MLPSpec, init: Params, lr: float, **options: object
-) -> StockTorch | StockTensorflow | StockKeras:
-    """The stock model of `framework` ("torch", "tensorflow" or "keras"), not yet loaded."""
+) -> StockTorch | StockTensorflow | StockKeras | StockJax:
+    """The stock model of `framework` (one of STOCK_FRAMEWORKS), not yet loaded."""
     if framework not in _STOCK:
         raise ValueError(f"no stock model for framework={framework!r}; there is one for {', '.join(STOCK_FRAMEWORKS)}")
     return _STOCK[framework](spec, init, lr, **options)

@@ -67,7 +67,7 @@ class ModelConfig:  # -> model.MLPSpec
 @dataclass
 class FrameworkConfig:
     name: str = MISSING  # backends.FRAMEWORKS
-    compile: bool = False  # the fast path: torch.compile, XLA, Keras jit_compile, NumPy buffers; jax: always jit
+    compile: bool = False  # the fast path: torch.compile, XLA, Keras jit_compile, NumPy buffers, a jitted jax epoch
     steps_per_execution: int = 1  # Keras only: steps per compiled call
 
 
