@@ -1,4 +1,10 @@
-"""Backends, imported lazily: asking for "numpy" must never import torch, TensorFlow or JAX."""
+"""Backends, imported lazily: asking for "numpy" must never import torch, TensorFlow or JAX.
+
+The three Keras frameworks run Keras 3 on TensorFlow (keras), JAX (keras-jax) or PyTorch
+(keras-torch). Keras picks its backend once per process, at its first import: each Keras
+module selects its own (backends/_keras_common.py) in its first lines, before `import keras`,
+so backend_class never lets Keras load on the wrong backend, and a process asking for a
+second Keras backend gets an ImportError that says so."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import sys
 
 from backprop_bench.backends.base import Backend, DeviceUnavailable
 
-FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras", "jax")
+FRAMEWORKS = ("numpy", "torch", "tensorflow", "keras", "jax", "keras-jax", "keras-torch")
 
 # (framework, compile) -> (module, class). compile=True means each framework's fast path:
 # numpy's preallocated buffers, torch.compile, XLA; the backend records which in info().
@@ -19,7 +25,11 @@ CLASSES = {
     ("tensorflow", False): ("tensorflow_backend", "TensorflowBackend"),
     ("keras", False): ("keras_backend", "KerasBackend"),
     ("jax", False): ("jax_backend", "JaxBackend"),
+    ("keras-jax", False): ("keras_jax_backend", "KerasJaxBackend"),
+    ("keras-torch", False): ("keras_torch_backend", "KerasTorchBackend"),
 }
+# The Keras frameworks -> the backend Keras runs on (steps_per_execution is their option)
+KERAS_BACKENDS = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 
 
 def backend_class(framework: str, compile: bool = False) -> type[Backend]:
@@ -62,4 +72,12 @@ def limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
-__all__ = ["Backend", "DeviceUnavailable", "FRAMEWORKS", "backend_class", "limit_threads", "make_backend"]
+__all__ = [
+    "Backend",
+    "DeviceUnavailable",
+    "FRAMEWORKS",
+    "KERAS_BACKENDS",
+    "backend_class",
+    "limit_threads",
+    "make_backend",
+]

@@ -32,7 +32,7 @@ jax.config.update("jax_enable_x64", True)
 HIDDEN = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
 
 
-def resolve_device(device: str) -> jax.Device:
+def resolve_device(device: str, framework: str = "jax") -> jax.Device:
     """The jax.Device for "cpu", "cuda" or "auto" (cuda when a CUDA jaxlib sees a GPU). No silent CPU fallback."""
     if device == "cpu":
         return jax.devices("cpu")[0]
@@ -42,7 +42,7 @@ def resolve_device(device: str) -> jax.Device:
         if device == "auto":
             return jax.devices("cpu")[0]
         raise DeviceUnavailable(
-            f"device=cuda for framework=jax: jax {jax.__version__} here has no CUDA backend "
+            f"device=cuda for framework={framework}: jax {jax.__version__} here has no CUDA backend "
             f"(install jax[cuda12] on a machine with a GPU): {str(err).splitlines()[0]}"
         ) from err
 
@@ -129,7 +129,7 @@ class JaxBackend(Backend):
     EVAL_CHUNK = 8192
 
     def _resolve_device(self, device: str) -> str:
-        self._dev = resolve_device(device)
+        self._dev = resolve_device(device, self.framework)
         return "cpu" if self._dev.platform == "cpu" else "cuda"
 
     def _setup(self, init: Params) -> None:

@@ -6,30 +6,26 @@ optimizers put momentum and eps elsewhere than OptimizerSpec. Each step writes i
 pre-update loss into a device buffer read once per epoch (Keras logs a running mean).
 The shared batch order reaches fit as pre-permuted data (gathered on the device), shuffle=False;
 dropout masks ride along as extra inputs, fit((x, *masks), t): their rows already follow the
-order, so fit's batching hands each step its own rows.
+order, so fit's batching hands each step its own rows. What the three Keras frameworks share
+(the backend choice, native mode, the fit() call) is _keras_common's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # must precede the first `import keras`
+from backprop_bench.backends import _keras_common as kc
+
+kc.load_keras("keras")  # Keras on its backend, before anything else imports keras
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backprop_bench.backends import _tf_common as tfc  # noqa: E402
+from backprop_bench.backends._keras_common import SHUFFLE_SLOT, native_seed  # noqa: E402, F401 (re-exported)
 from backprop_bench.backends._tf_common import tf  # noqa: E402
-from backprop_bench.backends.base import as_params, n_steps  # noqa: E402
+from backprop_bench.backends.base import n_steps  # noqa: E402
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
-
-if keras.backend.backend() != "tensorflow":
-    raise ImportError(
-        f"framework=keras runs Keras 3 on TensorFlow, but keras was loaded with "
-        f"KERAS_BACKEND={keras.backend.backend()!r}; unset it or set it to 'tensorflow'"
-    )
 
 
 class _MLP(keras.Model):
@@ -56,8 +52,8 @@ class _MLP(keras.Model):
 
     def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
         inputs, t = data  # inputs: x (B, in), or (x, mask per hidden layer (B, hidden_l)) with dropout
-        x, *masks = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-        loss = self.step_fn(self.net, self.opt, x, t, masks or None)
+        x, masks = kc.split_inputs(inputs)
+        loss = self.step_fn(self.net, self.opt, x, t, masks)
         # a scatter, not loss_buffer[k].assign: XLA wants constant slice bounds, would recompile per k
         self.loss_buffer.scatter_nd_update(tf.reshape(self.step_index, (1, 1)), tf.reshape(loss, (1,)))
         self.step_index.assign_add(1)
@@ -71,9 +67,7 @@ class KerasBackend(tfc.TfBackend):
     def __init__(
         self, spec: MLPSpec, init: Params, optimizer: OptimizerSpec, *, steps_per_execution: int = 1, **options
     ) -> None:
-        if steps_per_execution < 1:
-            raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
-        self.steps_per_execution = steps_per_execution  # Keras's own option: steps per fit() call
+        self.steps_per_execution = kc.check_steps_per_execution(steps_per_execution)  # Keras's own option
         super().__init__(spec, init, optimizer, **options)
 
     def _setup(self, init: Params) -> None:
@@ -102,39 +96,26 @@ class KerasBackend(tfc.TfBackend):
         with tf.device(self._tf_device):
             x, t = tf.gather(self._x, order), tf.gather(self._t, order)  # the shared order, on device
             # masks are per position of order already: passed as they are, not gathered
-            inputs = (x, *(tf.constant(m) for m in masks)) if masks else x
+            masks = None if masks is None else [tf.constant(m) for m in masks]
             self.model.step_index.assign(0)
-            with _floatx(self.dtype):
-                self.model.fit(inputs, t, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+            kc.fit_epoch(self.model, x, t, masks, batch_size, self.dtype)
             return self.model.loss_buffer[:steps].numpy()  # one read per epoch
 
     # ------------------------------------------------------------ native mode (docs/native.md)
 
     @classmethod
     def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
-        """keras.layers.Dense's defaults: kernel GlorotUniform, U(-r, r) with r = sqrt(6 / (fan_in +
-        fan_out)), seeded with native_seed(seed, layer) (a stateless draw); bias zeros. Drawn in
-        float32 (Keras's floatx) on the CPU, then cast to dtype."""
-        layers = []
-        with tf.device("/CPU:0"):
-            for layer, (fan_in, fan_out) in enumerate(spec.shapes()):
-                kernel = keras.initializers.GlorotUniform(seed=native_seed(seed, layer))
-                layers.append((kernel((fan_in, fan_out), dtype="float32").numpy(), np.zeros(fan_out)))
-        return as_params(layers, dtype)
+        """keras.layers.Dense's defaults (_keras_common.native_init), drawn by TensorFlow's stateless RNG."""
+        return kc.native_init(spec, seed, dtype)
 
     @classmethod
     def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
         """fit(x, y, shuffle=True)'s epoch order, seeded locally. On TensorFlow, Keras's array data
         adapter draws tf.random.shuffle(tf.range(n)) once per epoch, a stateful op that only a global
         seed (keras.utils.set_random_seed) makes repeatable. Here keras.random.shuffle draws the same
-        kind of uniform permutation (an argsort of a stateless uniform draw) from a local
-        SeedGenerator(native_seed(seed, SHUFFLE_SLOT)), one per epoch: fit's distribution, not its stream."""
-        with tf.device("/CPU:0"):  # a named generator: no auto-name counter bumped
-            gen = keras.random.SeedGenerator(native_seed(seed, SHUFFLE_SLOT), name="native_orders")
-        for _ in range(epochs):
-            with tf.device("/CPU:0"):  # closed before each yield: an open scope would leak to the caller
-                order = keras.random.shuffle(tf.range(n, dtype=tf.int64), seed=gen)
-            yield order.numpy().astype(np.int64)
+        kind of uniform permutation from a local SeedGenerator (_keras_common.native_orders): fit's
+        distribution, not its stream."""
+        return kc.native_orders(n, epochs, seed)
 
     def _info(self) -> dict[str, str]:
         return tfc.device_info(self.device) | {
@@ -142,24 +123,3 @@ class KerasBackend(tfc.TfBackend):
             "keras_version": keras.__version__,
             "steps_per_execution": str(self.steps_per_execution),
         }
-
-
-# Native mode gives every Keras draw its own integer seed, seed * 1000 + slot: slot l for layer l's
-# kernel, SHUFFLE_SLOT for the shuffle generator. Keras seeds an int s as the Philox key [s, 0],
-# so one shared seed would make the epoch-0 shuffle an argsort of the first layer's very draws.
-SHUFFLE_SLOT = 999
-
-
-def native_seed(seed: int, slot: int) -> int:
-    return seed * 1000 + slot
-
-
-@contextlib.contextmanager
-def _floatx(dtype: str) -> Iterator[None]:
-    """fit() casts float inputs to keras.config.floatx(); keep float64 data float64 meanwhile."""
-    old = keras.config.floatx()
-    keras.config.set_floatx(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(old)

@@ -28,7 +28,7 @@ HIDDEN = {
 }
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, framework: str = "torch") -> str:
     """ "cpu" or "cuda"; "auto" takes cuda when torch sees a GPU. No silent CPU fallback."""
     if device == "cpu":
         return "cpu"
@@ -40,7 +40,7 @@ def resolve_device(device: str) -> str:
         found = "a CPU-only build (torch.version.cuda is None)"
     else:
         found = f"a CUDA {torch.version.cuda} build, but torch.cuda.is_available() is False (no GPU or driver)"
-    raise DeviceUnavailable(f"device=cuda for framework=torch: torch {torch.__version__} here is {found}")
+    raise DeviceUnavailable(f"device=cuda for framework={framework}: torch {torch.__version__} here is {found}")
 
 
 def output_and_loss(spec: MLPSpec, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,13 +135,17 @@ class TorchBackend(Backend):
     EVAL_CHUNK = 8192
 
     def _resolve_device(self, device: str) -> str:
-        return resolve_device(device)
+        return resolve_device(device, self.framework)
 
     def _setup(self, init: Params) -> None:
         self._dev, self._dtype = torch.device(self.device), getattr(torch, self.dtype)
         # W (in, out), b (out,): leaves that autograd differentiates when trained
         self.W = [self._tensor(w).requires_grad_() for w, _ in init]
         self.b = [self._tensor(b).requires_grad_(self.spec.train_biases) for _, b in init]
+        self._setup_step()
+
+    def _setup_step(self) -> None:
+        """The activation, the update groups, the optimizer and the step, over self.W and self.b."""
         self._act, self._act_grad = HIDDEN[self.spec.hidden_activation]
         # what each update touches: per layer [W, b] (or [W]); parallel takes them all at once
         self._layer_params = [[w, b] if self.spec.train_biases else [w] for w, b in zip(self.W, self.b)]

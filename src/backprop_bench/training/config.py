@@ -16,7 +16,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.backends import FRAMEWORKS, KERAS_BACKENDS
 from backprop_bench.core.checks import check, check_choice
 from backprop_bench.core.dataset import TOYS
 from backprop_bench.core.specs import (
@@ -68,7 +68,7 @@ class ModelConfig:  # -> model.MLPSpec
 class FrameworkConfig:
     name: str = MISSING  # backends.FRAMEWORKS
     compile: bool = False  # the fast path: torch.compile, XLA, Keras jit_compile, NumPy buffers, a jitted jax epoch
-    steps_per_execution: int = 1  # Keras only: steps per compiled call
+    steps_per_execution: int = 1  # Keras only (keras, keras-jax; keras-torch takes 1): steps per compiled call
 
 
 @dataclass
@@ -220,7 +220,7 @@ def to_components(cfg: DictConfig) -> Components:
     check_choice("framework.name", f.name, FRAMEWORKS)
     check(f.steps_per_execution >= 1, "framework.steps_per_execution", f.steps_per_execution, "must be >= 1")
     check(
-        f.steps_per_execution == 1 or f.name == "keras",
+        f.steps_per_execution == 1 or f.name in KERAS_BACKENDS,
         "framework.steps_per_execution",
         f.steps_per_execution,
         f"is a Keras option; framework.name={f.name} takes 1",
