@@ -22,9 +22,12 @@ from backprop_bench.core.specs import (  # noqa: F401 (OPTIMIZERS, STRATEGIES: r
     init_params,
 )
 
-# Every implementation the cross-backend tests hold to the same numbers: the four
-# frameworks, plus NumPy's fast path (numpy_fast.py, compile=True).
-BACKENDS = ("numpy", "numpy-fast", *FRAMEWORKS[1:])
+# Keras on JAX or on torch needs a process of its own (Keras picks its backend once per process,
+# and these tests load Keras on TensorFlow): tests/test_keras_on.py runs them in subprocesses.
+IN_PROCESS = tuple(f for f in FRAMEWORKS if f not in ("keras-jax", "keras-torch"))
+# Every implementation the cross-backend tests hold to the same numbers: the frameworks of
+# this process, plus NumPy's fast path (numpy_fast.py, compile=True).
+BACKENDS = ("numpy", "numpy-fast", *IN_PROCESS[1:])
 OTHER_BACKENDS = tuple(b for b in BACKENDS if b != "numpy")
 # BACKENDS with the two TensorFlow-based ones and jax (its compilations) marked slow, for the
 # tests that only repeat, in another form, what test_parity's float64 test (every backend,

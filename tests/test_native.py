@@ -12,9 +12,10 @@ import sys
 
 import numpy as np
 import pytest
+from backend_cases import IN_PROCESS as FRAMEWORKS  # keras-jax and keras-torch: tests/test_keras_on.py
 from conftest import frameworks_imported_by
 
-from backprop_bench.backends import FRAMEWORKS, backend_class
+from backprop_bench.backends import backend_class
 from backprop_bench.backends.base import Backend
 from backprop_bench.core.specs import MLPSpec
 
