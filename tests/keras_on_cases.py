@@ -128,6 +128,32 @@ def options(framework: str) -> dict:
     return out
 
 
+def compiles(framework: str) -> int | None:
+    """keras-jax: how often XLA compiled the train_step over 3 epochs with new masks, a new lr and a
+    restart in between (the step's state is committed to the device throughout: once is right)."""
+    if framework != "keras-jax":
+        return None
+    import logging
+
+    import jax
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage().startswith("Compiling jit(train_step)"))
+    logging.getLogger("jax").addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    reg = Regularization((0.2, 0.1))
+    params = init_params(SMALL, InitSpec("glorot_uniform", seed=2), "float64")
+    b = make_backend(framework, SMALL, params, OptimizerSpec("adam", lr=0.01), regularization=reg)
+    x, y = np.random.default_rng(2).normal(size=(10, 6)), np.arange(10) % 3
+    train(b, x, y, 2, 5, seed=3, masks_seed=1, lrs=(0.01, 0.02))
+    b.restart(params)
+    train(b, x, y, 1, 5, seed=4, masks_seed=2)
+    jax.config.update("jax_log_compiles", False)
+    logging.getLogger("jax").removeHandler(handler)
+    return sum(seen)
+
+
 def devices(framework: str) -> dict:
     """device=cuda: DeviceUnavailable without a GPU (its message), or the device it ran on."""
     params = init_params(SMALL, InitSpec("glorot_uniform", seed=2), "float64")
@@ -150,7 +176,7 @@ def other_keras(framework: str) -> dict:
     return out
 
 
-GROUPS = {"quick": (worked, native, options, devices), "parity": (parity,)}
+GROUPS = {"quick": (worked, native, options, compiles, devices), "parity": (parity,)}
 
 
 def main(framework: str, group: str) -> None:

@@ -131,6 +131,12 @@ def test_steps_per_execution(quick):
         assert "framework.steps_per_execution=3" in r["options"]["spe3_error"]
 
 
+def test_keras_on_jax_compiles_its_step_once(quick):
+    """New masks, set_lr and restart reuse the compiled train_step (the lr and t are state, not constants)."""
+    framework, r = quick
+    assert r["compiles"] == (1 if framework == "keras-jax" else None)
+
+
 def test_cuda_without_a_gpu_raises_device_unavailable(quick):
     framework, r = quick
     if r["devices"]["cuda"] is not None:

@@ -35,15 +35,22 @@ class _MLP(keras.Model):
     """Dense layers, the JAX backend's state as non-trainable variables, and a stateless train_step."""
 
     def __init__(
-        self, spec: MLPSpec, opt: OptimizerSpec, reg: Regularization, strategy: str, dtype: str, capacity: int
-    ):
+        self,
+        spec: MLPSpec,
+        opt: OptimizerSpec,
+        reg: Regularization,
+        strategy: str,
+        dtype: str,
+        capacity: int,
+        device: jax.Device,
+    ) -> None:
         super().__init__(dtype=dtype, name="mlp")
-        self.spec = spec
+        self.spec, self.jax_device = spec, device
         self.dense = [keras.layers.Dense(o, dtype=dtype, name=f"dense_{i}") for i, (_, o) in enumerate(spec.shapes())]
         for layer, (n_in, _) in zip(self.dense, spec.shapes()):
             layer.build((None, n_in))
         self.built = True
-        self.step = partial(jb.STEP[strategy], spec, opt, reg)  # (params, slots, t, lr, x, t, masks)
+        self.step = partial(jb.STEP[strategy], spec, opt, reg)  # (params, slots, step t, lr, x, targets, masks)
 
         def state(name: str, shape: tuple = (), dtype: str = dtype):
             return self.add_weight(shape=shape, initializer="zeros", dtype=dtype, trainable=False, name=name)
@@ -60,6 +67,13 @@ class _MLP(keras.Model):
         self.capacity = capacity
         self.loss_buffer = state("loss_buffer", (capacity,))  # (capacity,) pre-update loss of each step
         self.step_index = state("step_index", dtype="int32")  # next slot in loss_buffer
+
+    def reset_metrics(self) -> None:
+        """fit zeroes its loss tracker each epoch with uncommitted arrays, while the step returns them
+        committed to the device: committed here too, so that fit's second step compiles nothing more."""
+        super().reset_metrics()
+        for v in self.metrics_variables:
+            v.assign(jax.device_put(v.value, self.jax_device))
 
     def call(self, x: jax.Array) -> jax.Array:
         params = [(d.kernel.value, d.bias.value) for d in self.dense]
@@ -114,11 +128,11 @@ class KerasJaxBackend(jb.JaxBackend):
 
     def _new_model(self, capacity: int) -> _MLP:
         with keras.device(self._dev):
-            model = _MLP(self.spec, self.opt_spec, self.reg, self.strategy, self.dtype, capacity)
+            model = _MLP(self.spec, self.opt_spec, self.reg, self.strategy, self.dtype, capacity, self._dev)
         model.compile(optimizer=None, jit_compile="auto", steps_per_execution=self.steps_per_execution)
-        # every variable (compile's loss tracker's too) committed to the device, as the step's outputs
-        # are: fit's second step would otherwise compile the step once more
-        for v in [*model.variables, *model.metrics_variables]:
+        # every variable committed to the device, as the step's outputs are: fit's second step, or
+        # the second fit, would otherwise compile the step once more
+        for v in model.variables:
             v.assign(self._put(v.value))
         if not model.jit_compile:
             raise RuntimeError("framework=keras-jax: Keras turned jit_compile off here (see its warning)")
