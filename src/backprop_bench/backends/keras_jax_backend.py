@@ -115,6 +115,7 @@ class KerasJaxBackend(jb.JaxBackend):
     """JaxBackend's plumbing (device, data, evaluation, weights), its state held in a Keras model's variables."""
 
     framework = "keras-jax"
+    compile_mode = ""  # Keras on JAX jits its train_step always (jit_compile); JaxBackend's scanned epoch is not fit's
 
     def __init__(
         self, spec: MLPSpec, init: Params, optimizer: OptimizerSpec, *, steps_per_execution: int = 1, **options
