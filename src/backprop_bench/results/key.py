@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class RunKey:
-    framework: str  # numpy | torch | tensorflow | keras | jax
+    framework: str  # backends.FRAMEWORKS: numpy | torch | tensorflow | keras | jax | keras-jax | keras-torch
     device: str  # cpu | cuda | auto, as asked
     strategy: str  # parallel | sequential
     mode: str  # controlled | native
