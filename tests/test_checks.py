@@ -56,6 +56,7 @@ def test_a_sections_typed_checks_return_the_value():
     assert SECTION.number("seeds", 0) == 3.0 and isinstance(SECTION.number("seeds", 0), float)
     assert SECTION.choice("name", ("sgd", "adam")) == "sgd"
     assert SECTION.choices("modes", ("controlled", "native")) == ("controlled",)
+    assert SECTION.choices("extras", ("a",), default=[]) == ()  # an empty default: the list may be empty
     assert SECTION.sub("url").integer("attempts", 1) == 2
     # absent keys take their default, or are missing
     assert SECTION.integer("threads", 0, 1) == 1 and SECTION.get("dir", None) is None

@@ -23,6 +23,7 @@ import yaml
 from repo_copy import copy_repo
 
 from backprop_bench.backends import CLASSES
+from backprop_bench.results.grid import KERAS_ON
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -88,10 +89,14 @@ def closure(entry: str, framework: str | None = None) -> set[str]:
     return seen
 
 
-def stages() -> dict[str, dict]:
-    """dvc.yaml's stages, the study matrix expanded as DVC does: name -> {entry, framework, deps}."""
+def stages(every_backend: bool = False) -> dict[str, dict]:
+    """dvc.yaml's stages, the matrices expanded as DVC does: name -> {entry, framework, deps}.
+    every_backend: the keras-on matrix over every Keras backend it can run (KERAS_ON), not only
+    params.yaml's study.keras_on (none by default), so that its deps are checked too."""
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if every_backend:
+        params["study"]["keras_on"] = list(KERAS_ON)
     out = {}
     for name, stage in pipeline["stages"].items():
         items = [{}]
@@ -118,6 +123,8 @@ def stages() -> dict[str, dict]:
                 entry = f"{entry}.__main__" if module_path(f"{entry}.__main__") else entry
             deps = [fill(d if isinstance(d, str) else next(iter(d))) for d in stage.get("deps", [])]
             framework = item.get("framework", NAMED_BACKEND.get(name))
+            if "backend" in item:  # keras-on@<backend>-<device> runs the framework keras-<backend>
+                framework = f"keras-{item['backend']}"
             out[full] = {"entry": entry, "framework": framework, "deps": deps, "base": name}
     return out
 
@@ -128,6 +135,7 @@ def covered(path: Path, deps: list[str]) -> bool:
 
 
 STAGES = stages()
+ALL_STAGES = stages(every_backend=True)
 
 
 def test_the_expanded_stages_are_the_ones_dvc_knows():
@@ -138,22 +146,27 @@ def test_the_expanded_stages_are_the_ones_dvc_knows():
     assert sorted(out.stdout.split()) == sorted(STAGES)
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_the_keras_on_matrix_is_checked_for_every_backend():
+    assert {"keras-on@jax-cpu", "keras-on@torch-cpu"} <= set(ALL_STAGES)
+    assert ALL_STAGES["keras-on@jax-cpu"]["framework"] == "keras-jax"
+
+
+@pytest.mark.parametrize("stage", sorted(ALL_STAGES))
 def test_every_module_a_stage_imports_is_one_of_its_deps(stage):
-    s = STAGES[stage]
+    s = ALL_STAGES[stage]
     missing = sorted(m for m in closure(s["entry"], s["framework"]) if not covered(module_path(m), s["deps"]))
     assert not missing, f"dvc.yaml stage {stage}: imports {', '.join(missing)}, which none of its deps covers"
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", sorted(ALL_STAGES))
 def test_a_stage_depends_on_no_code_it_never_imports(stage):
     """Over-listing reruns a stage for nothing: every src/ dep holds a module the stage imports
     (or a file it reads, READS), so an unrelated edit does not rerun it. The stages of one
     matrix share their deps list: a dep counts when any of them imports it."""
-    s = STAGES[stage]
+    s = ALL_STAGES[stage]
     files = {
         module_path(m).relative_to(ROOT).as_posix()
-        for other in STAGES.values()
+        for other in ALL_STAGES.values()
         if other["base"] == s["base"]
         for m in closure(other["entry"], other["framework"])
     }

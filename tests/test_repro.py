@@ -35,6 +35,17 @@ def test_side_by_side_runs_the_longest_first_and_cuda_before_cpu():
     ]
 
 
+def test_keras_on_other_backends_runs_in_the_keras_on_stages():
+    p = params(("numpy", "jax", "keras-jax", "keras-torch"), ("cpu",))
+    assert side_by_side(p) == [
+        "keras-on@torch-cpu",
+        "keras-on@jax-cpu",
+        "study@jax-cpu",
+        "study@numpy-cpu",
+        "stability",
+    ]
+
+
 def test_the_stage_names_are_the_pipelines():
     """dvc.yaml has the data stage, the side stages, and the study matrix whose names
     side_by_side builds (DVC names a two-key matrix's stages study@<framework>-<device>)."""

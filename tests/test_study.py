@@ -37,6 +37,12 @@ def test_read_study_params(tmp_path):
     assert p == StudyParams(("numpy",), ("sequential", "parallel"), ("cpu",), ("controlled", "native"), 2, 2, 16)
     assert p.threads == 1  # study.threads left out: one CPU thread per framework
     assert read_study_params(write_params(tmp_path / "all.yaml", threads=0)).threads == 0
+    # study.keras_on adds Keras on each backend named, after study.frameworks
+    keras_on = read_study_params(
+        write_params(tmp_path / "k.yaml", frameworks=["numpy", "jax"], keras_on=["torch", "jax"])
+    )
+    assert keras_on.frameworks == ("numpy", "jax", "keras-torch", "keras-jax")
+    assert read_study_params(write_params(tmp_path / "none.yaml", keras_on=[])).frameworks == ("numpy",)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +55,8 @@ def test_read_study_params(tmp_path):
             {"frameworks": ["mxnet"]},
             r"study.frameworks\[0\]='mxnet': must be one of numpy, torch, tensorflow, keras, jax",
         ),
+        ({"keras_on": ["tensorflow"]}, r"study.keras_on\[0\]='tensorflow': must be one of jax, torch"),
+        ({"keras_on": "jax"}, r"study.keras_on='jax': must be a list of jax, torch"),
         ({"threads": -2}, r"study.threads=-2: must be an integer >= 0 \(0: each framework's default\)"),
         ({"threads": "one"}, r"study.threads='one': must be an integer >= 0"),
     ],

@@ -66,7 +66,7 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     ran = stages_run(first)
     assert ran[:2] == ["download", "preprocess"] and ran[-1] == "compare"
     assert sorted(ran[2:-1]) == sorted([*STAGES, "stability"])  # side by side, each once
-    assert "2 at a time: study@torch-cpu, study@numpy-cpu, stability" in first.stdout
+    assert "2 at a time: study@torch-cpu, study@jax-cpu, study@numpy-cpu, stability" in first.stdout
     assert re.search(r"repro: [\d.]+ s in all: data [\d.]+ s; side by side \(2 at a time\)", first.stdout)
     assert dvc(["status"], repo, mlflow_uri).stdout.strip() == "Data and pipelines are up to date."
 
@@ -78,7 +78,7 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
         f"{f}-{s}-cpu-{m}-s{seed}" for f in FRAMEWORKS for s in STRATEGIES for m in MODES for seed in range(SEEDS)
     ]
     assert sorted(n for n in names if not n.startswith("study-")) == sorted(expected)
-    assert sorted(n for n in names if n.startswith("study-")) == [f"study-{f}-cpu" for f in FRAMEWORKS]
+    assert sorted(n for n in names if n.startswith("study-")) == sorted(f"study-{f}-cpu" for f in FRAMEWORKS)
     assert {r.info.status for r in runs} == {"FINISHED"}
 
     # The report: one row per framework x strategy x mode, every seed finished, with intervals.
@@ -136,8 +136,25 @@ def test_study_stage_cmd_matches_the_contract():
     other_backends = [d for d in stage["deps"] if re.search(r"backends/(numpy|torch|tensorflow|keras)_backend", d)]
     assert other_backends == []  # a stage depends on its own backend module only
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(params["study"]) == {"frameworks", "strategies", "devices", "modes", "seeds", "threads"}
+    assert set(params["study"]) == {"frameworks", "keras_on", "strategies", "devices", "modes", "seeds", "threads"}
     assert set(params["train"]) == {"epochs", "batch_size"}
+
+
+def test_keras_on_stages_run_keras_on_each_backend_with_that_backends_math():
+    """keras-on@<backend>-<device>: the same command and params as a study stage, for the
+    framework keras-<backend>; its deps name the Keras adapter and the backend it reuses."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stage, study = stages["keras-on"], stages["study"]
+    assert stage["matrix"] == {"backend": "${study.keras_on}", "device": "${study.devices}"}
+    assert stage["cmd"] == "python -m backprop_bench.study --framework keras-${item.backend} --device ${item.device}"
+    assert stage["params"] == study["params"] and stage["outs"] == ["runs/keras-${item.backend}-${item.device}"]
+    own = {
+        "src/backprop_bench/backends/keras_${item.backend}_backend.py",
+        "src/backprop_bench/backends/${item.backend}_backend.py",
+    }
+    assert own <= set(stage["deps"])
+    shared = [d for d in study["deps"] if "_backend.py" not in d and "_tf_common" not in d and "numpy_fast" not in d]
+    assert set(shared) <= set(stage["deps"])  # everything else a study stage runs
 
 
 @pytest.mark.slow

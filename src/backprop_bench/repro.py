@@ -33,20 +33,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from backprop_bench.backends.base import usable_cpus
-from backprop_bench.results.grid import StudyParams, read_study_params
+from backprop_bench.results.grid import StudyParams, read_study_params, stage_name
 
 DATA_STAGE = "preprocess"  # and download before it: what the side-by-side stages read
 SIDE_STAGES = ("stability",)  # besides the study stages
 # Longest first (keras's fit() costs the most per epoch, NumPy the least), so the short stages fill in.
-COST_ORDER = ("keras", "tensorflow", "torch", "jax", "numpy")
+COST_ORDER = ("keras", "keras-torch", "keras-jax", "tensorflow", "torch", "jax", "numpy")
 
 
 def side_by_side(p: StudyParams) -> list[str]:
-    """The stages step 2 runs, the longest first: study@<framework>-<device> as dvc.yaml's
-    matrix names them (cuda ones first: on a GPU machine they hold the GPU longest), then stability."""
+    """The stages step 2 runs, the longest first: study@<framework>-<device> (keras-on@<backend>-<device>)
+    as dvc.yaml's matrices name them (cuda ones first: on a GPU machine they hold the GPU longest), then stability."""
     frameworks = sorted(p.frameworks, key=lambda f: COST_ORDER.index(f) if f in COST_ORDER else len(COST_ORDER))
     devices = sorted(p.devices, key=lambda d: d != "cuda")
-    return [f"study@{f}-{d}" for d in devices for f in frameworks] + list(SIDE_STAGES)
+    return [stage_name(f, d) for d in devices for f in frameworks] + list(SIDE_STAGES)
 
 
 def dvc(*args: str) -> list[str]:

@@ -126,11 +126,14 @@ class Section:
         self.check(value in allowed, key, value, f"must be one of {', '.join(allowed)}")
         return value
 
-    def choices(self, key: str, allowed: Sequence[str]) -> tuple[str, ...]:
-        """A non-empty list of values from allowed; a bad item is named by its index, "study.modes[1]"."""
-        value = self.get(key)
-        ok = isinstance(value, list) and len(value) > 0
-        self.check(ok, key, value, f"must be a non-empty list of {', '.join(allowed)}")
+    def choices(self, key: str, allowed: Sequence[str], default: Any = REQUIRED) -> tuple[str, ...]:
+        """A list of values from allowed, non-empty unless the default is the empty list; a bad
+        item is named by its index, "study.modes[1]"."""
+        value = self.get(key, default)
+        empty_ok = isinstance(default, list) and not default
+        ok = isinstance(value, list) and (len(value) > 0 or empty_ok)
+        kind = "list" if empty_ok else "non-empty list"
+        self.check(ok, key, value, f"must be a {kind} of {', '.join(allowed)}")
         for i, item in enumerate(value):
             self.check(item in allowed, f"{key}[{i}]", item, f"must be one of {', '.join(allowed)}")
         return tuple(value)

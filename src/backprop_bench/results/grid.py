@@ -11,10 +11,24 @@ from backprop_bench.core.checks import read_section
 from backprop_bench.core.specs import DEVICES, MODES, STRATEGIES
 from backprop_bench.results.key import RunKey
 
+# Keras 3 on a backend other than TensorFlow: params.yaml study.keras_on: [jax, torch] adds the
+# frameworks keras-jax and keras-torch, each in a stage of dvc.yaml's `keras-on` matrix.
+KERAS_ON = ("jax", "torch")
+STUDY_FRAMEWORKS = tuple(f for f in FRAMEWORKS if not f.startswith("keras-"))  # study.frameworks' choices
+
+
+def stage_name(framework: str, device: str) -> str:
+    """The dvc.yaml stage that runs one framework on one device: study@<framework>-<device>, or
+    keras-on@<backend>-<device> for Keras on JAX or torch (a matrix of its own: its deps differ)."""
+    if framework.startswith("keras-"):
+        return f"keras-on@{framework.removeprefix('keras-')}-{device}"
+    return f"study@{framework}-{device}"
+
 
 @dataclass(frozen=True)
 class StudyParams:
-    """params.yaml's `study:` and the study's `train:` keys, checked."""
+    """params.yaml's `study:` and the study's `train:` keys, checked. frameworks: study.frameworks,
+    then keras-<backend> for each of study.keras_on."""
 
     frameworks: tuple[str, ...]
     strategies: tuple[str, ...]
@@ -36,7 +50,8 @@ class StudyParams:
 def read_study_params(path: str | Path) -> StudyParams:
     """params.yaml -> StudyParams; a ParamsError names the file, the key, the value and the rule."""
     study = read_section(path, "study")
-    frameworks, strategies = study.choices("frameworks", FRAMEWORKS), study.choices("strategies", STRATEGIES)
+    frameworks, strategies = study.choices("frameworks", STUDY_FRAMEWORKS), study.choices("strategies", STRATEGIES)
+    frameworks += tuple(f"keras-{b}" for b in study.choices("keras_on", KERAS_ON, default=[]))
     devices, modes = study.choices("devices", DEVICES), study.choices("modes", MODES)
     seeds = study.integer("seeds", 1)
     threads = study.integer("threads", 0, 1, "must be an integer >= 0 (0: each framework's default)")
