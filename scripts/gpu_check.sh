@@ -183,7 +183,9 @@ import yaml
 source, target, frameworks, device = sys.argv[1:]
 p = yaml.safe_load(open(source))
 p["train"]["epochs"] = 2
-p["study"].update(frameworks=frameworks.split(","), devices=[device], seeds=2, threads=0)
+names = frameworks.split(",")
+plain, keras_on = [f for f in names if not f.startswith("keras-")], [f[6:] for f in names if f.startswith("keras-")]
+p["study"].update(frameworks=plain or ["numpy"], keras_on=keras_on, devices=[device], seeds=2, threads=0)
 yaml.safe_dump(p, open(target, "w"), sort_keys=False)
 EOF
 if ((data_ok)); then

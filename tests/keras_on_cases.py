@@ -176,7 +176,29 @@ def other_keras(framework: str) -> dict:
     return out
 
 
-GROUPS = {"quick": (worked, native, options, compiles, devices), "parity": (parity,)}
+def cuda_parity(framework: str) -> dict:
+    """On the GPU, float64: every feature at once under both strategies against NumPy on the CPU,
+    as parity() does; {"skip": why} where this framework cannot run on cuda here."""
+    spec = MLPSpec(SIZES, hidden_activation="tanh")
+    params = init_params(spec, InitSpec("glorot_uniform", seed=3), "float64")
+    reg, optimizer, lrs = FEATURES["all"]
+    x, y = data()
+    out = {}
+    for strategy in STRATEGIES:
+        runs = []
+        for fw, device in ((framework, "cuda"), ("numpy", "cpu")):
+            try:
+                b = make_backend(fw, spec, params, optimizer, strategy=strategy, regularization=reg, device=device)
+            except DeviceUnavailable as err:
+                return {"skip": str(err)}
+            _, steps = train(b, x, y, EPOCHS, BATCH, seed=7, masks_seed=7, lrs=lrs)
+            runs.append((steps, b.params(), b.device))
+        (steps, got, device), (ref_steps, ref, _) = runs
+        out[strategy] = [rel_err(steps, ref_steps), params_rel_err(got, ref), device]
+    return out
+
+
+GROUPS = {"quick": (worked, native, options, compiles, devices), "parity": (parity,), "cuda": (cuda_parity,)}
 
 
 def main(framework: str, group: str) -> None:

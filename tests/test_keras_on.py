@@ -159,3 +159,32 @@ def test_keras_on_jax_does_not_import_tensorflow():
     """Keras itself, with KERAS_BACKEND=jax: neither TensorFlow nor torch."""
     code = "import os\nos.environ['KERAS_BACKEND'] = 'jax'\nimport keras\nassert keras.backend.backend() == 'jax'"
     assert frameworks_imported_by(code) == ["jax", "keras"]
+
+
+def cuda_missing(framework: str) -> str:
+    """Why this test process sees no GPU for the framework's backend ("" when it does)."""
+    if framework == "keras-torch":
+        import torch
+
+        return "" if torch.cuda.is_available() else f"torch {torch.__version__} sees no CUDA GPU"
+    import jax
+
+    try:
+        jax.devices("cuda")
+        return ""
+    except RuntimeError as err:
+        return f"jax {jax.__version__} has no CUDA backend here: {str(err).splitlines()[0]}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("framework", ["keras-jax", "keras-torch"])
+def test_cuda_parity_float64(framework):
+    """Keras on the GPU (every feature, both strategies) against NumPy on the CPU, in float64."""
+    if why := cuda_missing(framework):
+        pytest.skip(why)
+    r = cases(framework, "cuda")["cuda_parity"]
+    assert "skip" not in r, r
+    for strategy in STRATEGIES:
+        loss_err, weight_err, device = r[strategy]
+        print(f"cuda parity {framework} {strategy}: losses {loss_err:.1e}, weights {weight_err:.1e}")
+        assert device == "cuda" and loss_err <= TOL and weight_err <= TOL
