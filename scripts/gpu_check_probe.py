@@ -25,6 +25,8 @@ NEEDS = {
     "tensorflow": "tensorflow",
     "keras": "keras",
     "jax": "jax",
+    "keras-jax": "keras",  # and jax, which the backend imports (an ImportError is "not installed")
+    "keras-torch": "keras",
 }
 
 
@@ -44,6 +46,10 @@ def view(framework: str) -> str:
         ok = torch.cuda.is_available()
         name = torch.cuda.get_device_name(0) if ok else "-"
         return f"torch {torch.__version__} (CUDA {torch.version.cuda}): cuda.is_available()={ok}, {name}"
+    if framework.startswith("keras-"):
+        import keras
+
+        return f"{framework} (keras {keras.__version__} on {keras.backend.backend()}): {view(framework[6:])}"
     if framework == "jax":
         import jax
 

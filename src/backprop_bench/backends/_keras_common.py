@@ -119,6 +119,22 @@ def native_orders(n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
         yield order.astype(np.int64)
 
 
+class KerasNative:
+    """Native mode of the three Keras frameworks, a mixin placed before the backend's base class:
+    keras.layers.Dense's defaults and fit(shuffle=True)'s kind of order, drawn by Keras's RNG on
+    the loaded backend (TensorFlow's, JAX's or torch's stateless draws: each backend its own numbers).
+    On TensorFlow, fit's array adapter draws tf.random.shuffle(tf.range(n)) per epoch, a stateful op
+    only a global seed makes repeatable; a local SeedGenerator gives fit's distribution, not its stream."""
+
+    @classmethod
+    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
+        return native_init(spec, seed, dtype)
+
+    @classmethod
+    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+        return native_orders(n, epochs, seed)
+
+
 # ---------------------------------------------------------------- one epoch of fit()
 
 

@@ -12,8 +12,6 @@ order, so fit's batching hands each step its own rows. What the three Keras fram
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from backprop_bench.backends import _keras_common as kc
 
 kc.load_keras("keras")  # Keras on its backend, before anything else imports keras
@@ -60,7 +58,7 @@ class _MLP(keras.Model):
         return {"loss": loss}  # the raw step loss (Keras would log a running mean)
 
 
-class KerasBackend(tfc.TfBackend):
+class KerasBackend(kc.KerasNative, tfc.TfBackend):
     framework = "keras"
     compile_mode = "xla (jit_compile)"
 
@@ -100,22 +98,6 @@ class KerasBackend(tfc.TfBackend):
             self.model.step_index.assign(0)
             kc.fit_epoch(self.model, x, t, masks, batch_size, self.dtype)
             return self.model.loss_buffer[:steps].numpy()  # one read per epoch
-
-    # ------------------------------------------------------------ native mode (docs/native.md)
-
-    @classmethod
-    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
-        """keras.layers.Dense's defaults (_keras_common.native_init), drawn by TensorFlow's stateless RNG."""
-        return kc.native_init(spec, seed, dtype)
-
-    @classmethod
-    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
-        """fit(x, y, shuffle=True)'s epoch order, seeded locally. On TensorFlow, Keras's array data
-        adapter draws tf.random.shuffle(tf.range(n)) once per epoch, a stateful op that only a global
-        seed (keras.utils.set_random_seed) makes repeatable. Here keras.random.shuffle draws the same
-        kind of uniform permutation from a local SeedGenerator (_keras_common.native_orders): fit's
-        distribution, not its stream."""
-        return kc.native_orders(n, epochs, seed)
 
     def _info(self) -> dict[str, str]:
         return tfc.device_info(self.device) | {

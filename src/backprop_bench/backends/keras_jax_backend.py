@@ -15,7 +15,6 @@ dropout masks ride along as extra inputs (_keras_common.fit_epoch).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 
 from backprop_bench.backends import _keras_common as kc
@@ -111,7 +110,7 @@ class _NoOptimizer:
     built = True
 
 
-class KerasJaxBackend(jb.JaxBackend):
+class KerasJaxBackend(kc.KerasNative, jb.JaxBackend):
     """JaxBackend's plumbing (device, data, evaluation, weights), its state held in a Keras model's variables."""
 
     framework = "keras-jax"
@@ -199,18 +198,6 @@ class KerasJaxBackend(jb.JaxBackend):
     @_lr.setter
     def _lr(self, lr: jax.Array) -> None:
         self.model.lr.assign(lr)
-
-    # ------------------------------------------------------------ native mode (docs/native.md)
-
-    @classmethod
-    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
-        """keras.layers.Dense's defaults (_keras_common.native_init), drawn by Keras's JAX RNG."""
-        return kc.native_init(spec, seed, dtype)
-
-    @classmethod
-    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
-        """keras.random.shuffle from a local SeedGenerator (_keras_common.native_orders), on JAX."""
-        return kc.native_orders(n, epochs, seed)
 
     def _info(self) -> dict[str, str]:
         return super()._info() | {

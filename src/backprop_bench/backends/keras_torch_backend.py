@@ -14,7 +14,7 @@ Keras on torch runs one step per call: steps_per_execution must be 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from backprop_bench.backends import _keras_common as kc
 
@@ -55,7 +55,7 @@ class _MLP(keras.Model):
         return {"loss": loss}  # the raw step loss (Keras would log a running mean)
 
 
-class KerasTorchBackend(tb.TorchBackend):
+class KerasTorchBackend(kc.KerasNative, tb.TorchBackend):
     """TorchBackend's step math and plumbing, its W and b the Keras Dense layers' parameters, driven by fit()."""
 
     framework = "keras-torch"
@@ -100,18 +100,6 @@ class KerasTorchBackend(tb.TorchBackend):
         with keras.device(self.device):
             kc.fit_epoch(self.model, x, t, masks, batch_size, self.dtype)
         return self.model.loss_buffer.cpu().numpy()  # the one read of the epoch
-
-    # ------------------------------------------------------------ native mode (docs/native.md)
-
-    @classmethod
-    def native_init(cls, spec: MLPSpec, seed: int, dtype: str) -> Params:
-        """keras.layers.Dense's defaults (_keras_common.native_init), drawn by Keras's torch RNG."""
-        return kc.native_init(spec, seed, dtype)
-
-    @classmethod
-    def native_orders(cls, n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
-        """keras.random.shuffle from a local SeedGenerator (_keras_common.native_orders), on torch."""
-        return kc.native_orders(n, epochs, seed)
 
     def _info(self) -> dict[str, str]:
         return super()._info() | {
