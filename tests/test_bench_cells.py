@@ -124,12 +124,14 @@ def test_stock_cells_are_parallel_only_and_can_be_left_out():
 def test_only_keras_cells_get_steps_per_execution(monkeypatch):
     seen = {}
     monkeypatch.setattr(cells, "make_backend", lambda fw, *a, **kw: seen.setdefault(fw, kw) and None)
-    plan = cells.plan_cells(["numpy", "torch", "keras"], ["parallel"], [64], ["cpu"], [16], stock=False)
+    frameworks = ["numpy", "torch", "keras", "keras-torch", "keras-jax"]
+    plan = cells.plan_cells(frameworks, ["parallel"], [64], ["cpu"], [16], stock=False)
     x, y = np.zeros((64, 784), np.float32), np.zeros(64, np.int64)
     spec, opt = cells.MLPSpec(cells.SIZES), cells.OptimizerSpec("sgd", lr=cells.BENCH_LR)
     for cell in plan:
         cells.build(cell, spec, x, y, 0, opt)  # None.load fails: each cell becomes a failed row
-    assert "steps_per_execution" in seen["keras"]
+    assert seen["keras"]["steps_per_execution"] == 1  # the first keras cell: fit
+    assert seen["keras-jax"]["steps_per_execution"] == 1 and seen["keras-torch"]["steps_per_execution"] == 1
     assert "steps_per_execution" not in seen["numpy"] and "steps_per_execution" not in seen["torch"]
     assert seen["numpy"]["compile"] is False and seen["numpy"]["dtype"] == "float32"
 
@@ -246,7 +248,7 @@ def test_every_framework_has_bench_modes_and_jax_benches_its_step_its_epoch_and_
     from backprop_bench.backends import FRAMEWORKS
 
     modes = cells.framework_modes([16])
-    assert set(modes) == set(FRAMEWORKS) - {"keras-jax", "keras-torch"}  # not benched yet
+    assert set(modes) == set(FRAMEWORKS)
     # compile=False: the step jitted; compile=True: the epoch (lax.scan); stock: Flax + optax, jitted step
     assert modes["jax"] == [("step-jit", False, 1), ("epoch-scan", True, 1), ("stock-jit", False, 1)]
     planned = cells.plan_cells(["jax"], ["parallel", "sequential"], [64], ["cpu"], [16])
@@ -257,3 +259,37 @@ def test_every_framework_has_bench_modes_and_jax_benches_its_step_its_epoch_and_
         ("jax", "epoch-scan", "sequential"),
         ("jax", "stock-jit", "parallel"),
     ]
+
+
+def test_keras_on_jax_benches_fit_and_steps_per_execution_keras_on_torch_fit_alone():
+    """Neither takes compile=True (Keras on JAX always jits its step); Keras on torch runs one step per call."""
+    modes = cells.framework_modes([1, 16, 64])
+    assert modes["keras-jax"] == [("fit", False, 1), ("fit-spe16", False, 16), ("fit-spe64", False, 64)]
+    assert modes["keras-torch"] == [("fit", False, 1)]
+    assert cells.framework_modes([])["keras-jax"] == [("fit", False, 1)]
+
+
+def test_each_keras_backend_but_tensorflow_gets_a_process_group_beside_its_backend():
+    from backprop_bench.backends import FRAMEWORKS
+
+    assert cells.process_groups(list(FRAMEWORKS)) == {
+        "main": ["numpy", "torch", "tensorflow", "keras", "jax"],
+        "keras-jax": ["keras-jax", "jax"],
+        "keras-torch": ["keras-torch", "torch"],
+    }
+    assert cells.process_groups(["numpy", "keras"]) == {"main": ["numpy", "keras"]}  # Keras on TF stays
+    assert cells.process_groups(["keras-torch"]) == {"keras-torch": ["keras-torch", "torch"]}  # no empty main
+    assert cells.process_groups(["keras-jax", "numpy"]) == {"main": ["numpy"], "keras-jax": ["keras-jax", "jax"]}
+    assert cells.CHILD_GROUPS == ("keras-jax", "keras-torch")
+
+
+def test_cells_carry_their_group():
+    got = cells.plan_cells(["keras-jax", "jax"], ["parallel"], [64], ["cpu"], [16], stock=False, group="keras-jax")
+    assert [(c.name, c.group) for c in got] == [
+        ("keras-jax-fit-parallel-b64-cpu", "keras-jax"),
+        ("keras-jax-fit-spe16-parallel-b64-cpu", "keras-jax"),
+        ("jax-step-jit-parallel-b64-cpu", "keras-jax"),
+        ("jax-epoch-scan-parallel-b64-cpu", "keras-jax"),
+    ]
+    assert got[1].steps_per_execution == 16 and not got[1].compile
+    assert {c.group for c in cells.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])} == {"main"}

@@ -39,6 +39,15 @@ TINY = [
 FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)"
 
 
+def _run_main_in_a_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """main(argv) in a fresh interpreter, which then prints LOADED and the frameworks it imported."""
+    code = (
+        f"import sys; from backprop_bench.bench.__main__ import main; rc = main({argv!r}); "
+        f"print('LOADED', {FRAMEWORK_MODULES}); sys.exit(rc)"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
 def test_numpy_bench_writes_every_requested_cell(tmp_path):
     out = tmp_path / "reports"
     assert (
@@ -115,11 +124,7 @@ def test_a_mode_that_cannot_run_is_a_row_with_its_reason(tmp_path, monkeypatch):
 
 def test_numpy_only_bench_never_imports_torch_or_tensorflow(tmp_path):
     argv = TINY + ["--frameworks", "numpy", "--batches", "64", "--devices", "cpu", "--out-dir", str(tmp_path)]
-    code = (
-        f"import sys; from backprop_bench.bench.__main__ import main; main({argv!r}); "
-        f"print('LOADED', {FRAMEWORK_MODULES})"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = _run_main_in_a_process(argv)
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout
     assert (tmp_path / "bench.json").is_file()
@@ -127,11 +132,7 @@ def test_numpy_only_bench_never_imports_torch_or_tensorflow(tmp_path):
 
 def test_a_jax_bench_runs_its_three_modes_without_torch_or_tensorflow(tmp_path):
     argv = TINY + ["--frameworks", "jax", "--batches", "64", "--devices", "cpu", "--out-dir", str(tmp_path)]
-    code = (
-        f"import sys; from backprop_bench.bench.__main__ import main; main({argv!r}); "
-        f"print('LOADED', {FRAMEWORK_MODULES})"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = _run_main_in_a_process(argv)
     assert done.returncode == 0, done.stderr
     assert "LOADED ['jax']" in done.stdout
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -207,6 +208,7 @@ def test_the_re_executed_bench_reports_what_it_unset(monkeypatch):
         (["--devices", "tpu"], "--devices: tpu"),
         (["--samples", "32", "--batches", "64"], "--samples"),
         (["--data", "mnist"], "--data"),
+        (["--child", "keras"], "--child"),  # Keras on TensorFlow is the main group's
     ],
 )
 def test_bad_options_name_the_option(argv, says, capsys):
@@ -221,3 +223,62 @@ def test_default_options_are_the_full_grid():
     assert args.strategies == ["parallel", "sequential"] and args.batches == [64, 256]
     assert args.keras_spe == [16] and args.stock is True and args.rounds == 5
     assert str(args.params) == "params.yaml" and args.data_dir is None and args.data == "auto"
+
+
+@pytest.mark.slow  # a child bench compiles Keras's and JAX's steps: ~30 s on 2 cores
+def test_keras_jax_runs_beside_jax_in_a_child_and_is_merged_into_one_report(tmp_path):
+    argv = TINY + ["--rounds", "2", "--frameworks", "keras-jax,jax,numpy", "--batches", "64"]
+    argv += ["--strategies", "parallel", "--devices", "cpu", "--out-dir", str(tmp_path)]
+    done = _run_main_in_a_process(argv)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED ['jax']" in done.stdout  # Keras ran in the child only: the parent never loaded it
+    assert "bench: group keras-jax (keras-jax, jax) in a child process" in done.stderr
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert [(g["group"], g["frameworks"], g["rounds"], g["error"]) for g in result["groups"]] == [
+        ("main", ["jax", "numpy"], 2, None),
+        ("keras-jax", ["keras-jax", "jax"], 2, None),
+    ]
+    got = {(r["group"], r["cell"]): r for r in result["cells"]}
+    assert all(r["status"] == "ok" and len(r["epoch_seconds"]) == 2 for r in got.values())
+    jax = {f"jax-{m}-parallel-b64-cpu" for m in ("step-jit", "epoch-scan", "stock-jit")}
+    numpy = {f"numpy-{m}-parallel-b64-cpu" for m in ("plain", "fast")}
+    keras = {f"keras-jax-{m}-parallel-b64-cpu" for m in ("fit", "fit-spe16")}
+    assert set(got) == {("main", c) for c in jax | numpy} | {("keras-jax", c) for c in jax | keras}
+    child_jax = got[("keras-jax", "jax-step-jit-parallel-b64-cpu")]
+    assert child_jax["peak_fraction"] > 0 and child_jax["framework_best"].startswith("jax-")  # the parent's peak
+    assert result["backend_info"]["keras-jax-fit-spe16"]["steps_per_execution"] == "16"
+    (cost,) = result["keras_costs"]
+    assert (cost["keras"], cost["backend"], cost["group"]) == ("keras-jax", "jax", "keras-jax")
+    fit = got[("keras-jax", "keras-jax-fit-parallel-b64-cpu")]["epoch_seconds"]
+    ratios = [a / b for a, b in zip(fit, child_jax["epoch_seconds"])]
+    assert cost["plain"]["median"] == pytest.approx(sum(ratios) / 2)  # the median of two rounds' ratios
+    assert (cost["plain"]["min"], cost["plain"]["max"]) == pytest.approx((min(ratios), max(ratios)))
+    md = (tmp_path / "bench.md").read_text()
+    assert "## Process groups" in md and "### Group keras-jax: keras-jax, jax (a child process of its own)" in md
+    assert "## What Keras costs over its own backend" in md and "| keras-jax | jax | keras-jax | cpu |" in md
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md"]  # the child wrote elsewhere
+
+
+def test_a_failed_child_is_reported_and_the_bench_exits_non_zero(tmp_path, monkeypatch, capsys):
+    made = bench.child_argv
+    monkeypatch.setattr(bench, "child_argv", lambda *a: made(*a) + ["--rounds", "0"])  # the child refuses it
+    argv = TINY + ["--frameworks", "numpy,keras-torch", "--batches", "64", "--strategies", "parallel"]
+    assert bench.main(argv + ["--devices", "cpu", "--out-dir", str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "bench.json").read_text())
+    main, child = result["groups"]
+    assert main["group"] == "main" and main["error"] is None
+    assert child["group"] == "keras-torch" and child["frameworks"] == ["keras-torch", "torch"]
+    assert "status 2" in child["error"] and "need --rounds >= 1" in child["error"]
+    assert {r["group"] for r in result["cells"]} == {"main"}  # what the parent measured is kept
+    assert result["rounds"] == 1  # the groups that ran
+    md = (tmp_path / "bench.md").read_text()
+    assert "- keras-torch (a child process of its own): keras-torch, torch: **FAILED**" in md
+    assert "need --rounds >= 1" in md
+    assert "bench: group keras-torch failed" in capsys.readouterr().err
+
+
+def test_a_child_gets_the_parents_options_and_its_own_group(tmp_path):
+    args = bench.parse_args(["--batches", "32", "--frameworks", "numpy", "--samples", "1000"])
+    child = bench.parse_args(bench.child_argv(args, "keras-jax", ["keras-jax", "jax"], tmp_path))
+    assert child.frameworks == ["keras-jax", "jax"] and child.out_dir == tmp_path and child.child == "keras-jax"
+    assert child.batches == [32] and child.samples == 1000 and args.child is None

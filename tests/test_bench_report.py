@@ -74,6 +74,7 @@ def _row(framework, mode, strategy, batch, seconds, fraction=None):
         "strategy": strategy,
         "batch": batch,
         "device": "cpu",
+        "group": "main",
         "median_epoch_seconds": seconds,
         "samples_per_second": 60_000 / seconds,
         "gflops": 27.26 / seconds,
@@ -153,3 +154,98 @@ def test_jax_is_judged_against_its_flax_idiom():
     fastest, plain = by_start("jax: backend's fastest"), by_start("jax: plain mode")
     assert fastest["met"] is True and "1.00x: epoch-scan against epoch-scan (b64" in fastest["detail"]
     assert plain["met"] is False and "1.44x: step-jit against epoch-scan (b64" in plain["detail"]
+
+
+def _cell(framework, mode, epochs, group, strategy="parallel", batch=64, status="ok"):
+    return Cell(framework, mode, False, 1, strategy, batch, "cpu", group, status=status, epoch_seconds=epochs)
+
+
+def test_ratios_never_pair_cells_of_two_groups():
+    """jax beside keras-jax is its own set of cells: its best and its seq/par are its group's."""
+    cells = [
+        _cell("jax", "step-jit", [1.0, 1.0], "main"),
+        _cell("jax", "epoch-scan", [0.5, 0.5], "main"),
+        _cell("jax", "step-jit", [2.0, 2.0], "keras-jax", strategy="sequential"),
+        _cell("jax", "step-jit", [1.6, 1.6], "keras-jax"),
+    ]
+    rows = report.cell_rows(cells, SPEC, 60_000, numpy_peak=None)
+    assert [r["group"] for r in rows] == ["main", "main", "keras-jax", "keras-jax"]
+    assert rows[0]["vs_framework_best"] == pytest.approx(2.0)  # against epoch-scan, main
+    assert rows[2]["seq_over_par"] == pytest.approx(1.25)  # against 1.6, not main's 1.0
+    assert rows[2]["framework_best"] == rows[3]["cell"] and rows[3]["vs_framework_best"] == 1.0
+
+
+def test_goals_judge_each_framework_in_one_group():
+    rows = [
+        _row("jax", "step-jit", "parallel", 64, 1.0),
+        _row("jax", "epoch-scan", "parallel", 64, 0.9),
+        _row("jax", "step-jit", "parallel", 64, 0.1) | {"group": "keras-jax"},  # would make main's look slow
+        _row("keras-jax", "fit", "parallel", 64, 2.0) | {"group": "keras-jax"},
+    ]
+    assert report.home_rows(rows) == [rows[0], rows[1], rows[3]]
+    plain = _by_start(report.evaluate_goals(rows))("jax: plain mode")
+    assert plain["met"] is True and "1.11x: step-jit against epoch-scan" in plain["detail"]
+
+
+def test_what_keras_costs_pairs_each_round_within_its_group():
+    cells = [
+        _cell("keras-jax", "fit", [3.0, 2.0, 6.0], "keras-jax"),
+        _cell("keras-jax", "fit-spe16", [1.5, 1.5, 1.5], "keras-jax"),
+        _cell("jax", "step-jit", [1.0, 1.0, 2.0], "keras-jax"),
+        _cell("jax", "epoch-scan", [0.5, 1.0, 0.5], "keras-jax"),
+        _cell("jax", "stock-jit", [0.1, 0.1, 0.1], "keras-jax"),  # other code: never the yardstick
+        _cell("jax", "step-jit", [0.1, 0.1, 0.1], "main"),  # another process: never paired
+        _cell("keras", "fit", [2.0, 2.0, 2.0], "main"),
+        _cell("tensorflow", "function", [1.0, 1.0, 1.0], "main", status="failed"),
+    ]
+    rows = report.cell_rows(cells, SPEC, 60_000, numpy_peak=None)
+    tf_cost, jax_cost = report.keras_costs(rows)  # KERAS_BACKENDS's order: keras, keras-jax
+    assert {k: jax_cost[k] for k in ("keras", "backend", "group", "device", "strategy", "batch", "note")} == {
+        "keras": "keras-jax",
+        "backend": "jax",
+        "group": "keras-jax",
+        "device": "cpu",
+        "strategy": "parallel",
+        "batch": 64,
+        "note": "",
+    }
+    # per round 3.0, 2.0, 3.0: the median of the ratios (the ratio of the medians would say 3.0 / 1.0)
+    assert jax_cost["plain"] == {
+        "keras_mode": "fit",
+        "backend_mode": "step-jit",
+        "median": 3.0,
+        "min": 2.0,
+        "max": 3.0,
+        "rounds": 3,
+    }
+    fastest = jax_cost["fastest"]  # fit-spe16 (median 1.5) over epoch-scan (median 0.5): 3.0, 1.5, 3.0
+    assert (fastest["keras_mode"], fastest["backend_mode"]) == ("fit-spe16", "epoch-scan")
+    assert (fastest["median"], fastest["min"], fastest["max"]) == (3.0, 1.5, 3.0)
+    assert tf_cost["keras"] == "keras" and tf_cost["group"] == "main"
+    assert tf_cost["plain"] is None and tf_cost["fastest"] is None
+    assert tf_cost["note"] == "tensorflow did not run in group main"
+
+
+def test_the_keras_section_shows_each_pair():
+    rows = report.cell_rows(
+        [_cell("keras-torch", "fit", [2.0, 2.2], "keras-torch"), _cell("torch", "eager", [1.0, 1.0], "keras-torch")],
+        SPEC,
+        60_000,
+        numpy_peak=None,
+    )
+    md = "\n".join(report._keras_section({"keras_costs": report.keras_costs(rows)}))
+    assert "## What Keras costs over its own backend" in md
+    assert "| keras-torch | torch | keras-torch | cpu | parallel | 64 | fit / eager | 2.10 (2.00-2.20) |" in md
+    assert "No Keras framework benched." in "\n".join(report._keras_section({"keras_costs": []}))
+
+
+def test_a_failed_group_is_reported_with_its_error():
+    groups = [
+        {"group": "main", "frameworks": ["numpy"], "rounds": 3, "error": None},
+        {"group": "keras-jax", "frameworks": ["keras-jax", "jax"], "rounds": 0, "error": "exit 1\nImportError: x"},
+    ]
+    md = "\n".join(report._groups_section({"groups": groups}))
+    assert "- main (the bench's own process): numpy: 3 round(s)" in md
+    assert "- keras-jax (a child process of its own): keras-jax, jax: **FAILED**" in md
+    assert "  ImportError: x" in md
+    assert report._groups_section({"groups": groups[:1]}) == []  # one process: nothing to say

@@ -6,16 +6,22 @@
 
 Writes reports/bench.json and reports/bench.md and prints the markdown. Unless
 --keep-blas-env, the bench re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
-(its own process only). docs/benchmark.md explains the figures.
+(its own process only). keras-jax and keras-torch run in child benches of their own
+(cells.process_groups: Keras runs on one backend per process), merged into the one report.
+docs/benchmark.md explains the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,8 @@ from backprop_bench.core.files import atomic_write
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec
 
 BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+CHILD_FILE = "child.json"  # what a child bench writes into its --out-dir, for its parent
+ERROR_LINES = 20  # the last lines of a failed child's output kept as its error
 _UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"  # set in the re-executed child: JSON of what was removed
 
 
@@ -129,6 +137,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (default: re-exec without them)",
     )
+    ap.add_argument(
+        "--child",
+        choices=C.CHILD_GROUPS,
+        default=None,
+        help="internal: run as the child bench of this process group; it times --frameworks as they "
+        f"are and writes only OUT_DIR/{CHILD_FILE} (no peak, no report)",
+    )
     args = ap.parse_args(argv)
     args.argv = list(argv or [])
     args.frameworks, args.strategies, args.devices = map(_list, (args.frameworks, args.strategies, args.devices))
@@ -159,9 +174,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- the run
 
 
-def measure_peaks(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    """NumPy's peak, and torch's when torch is benchmarked; notes on what was left out."""
-    libraries = ["numpy"] + (["torch"] if "torch" in args.frameworks else [])
+def measure_peaks(args: argparse.Namespace, frameworks: list[str]) -> tuple[list[dict], list[str]]:
+    """NumPy's peak, and torch's when torch is among the frameworks benched; notes on what was left out."""
+    libraries = ["numpy"] + (["torch"] if "torch" in frameworks else [])
     peaks = [
         P.measure_peak(lib, C.SIZES, args.batches, args.peak_size, args.peak_repeats, args.peak_seconds)
         for lib in libraries
@@ -194,32 +209,104 @@ def build_all(
     return made, info
 
 
+def run_group(
+    args: argparse.Namespace, frameworks: list[str], group: str, data: tuple[np.ndarray, np.ndarray]
+) -> tuple[list[C.Cell], dict[str, dict], int]:
+    """Build and time one process group's cells in this process: (cells, backend info, rounds done).
+    Every group draws the same epoch orders from --seed."""
+    spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
+    cells = C.plan_cells(frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock, group)
+    made, info = build_all(cells, spec, *data, args.seed, optimizer)
+    rng = np.random.default_rng(args.seed)
+    orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
+    return cells, info, C.run_cells(cells, made, orders)  # the models go once this returns
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """The child bench: time its group's frameworks, write CHILD_FILE for the parent, nothing else."""
+    x, y, _ = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
+    cells, info, done = run_group(args, args.frameworks, args.child, (x, y))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the parent may stop us again: the file must still be whole
+        signal.signal(sig, signal.SIG_IGN)
+    out = {"group": args.child, "rounds": done, "cells": [dataclasses.asdict(c) for c in cells], "backend_info": info}
+    atomic_write(args.out_dir / CHILD_FILE, json.dumps(out, indent=2, allow_nan=False) + "\n")
+
+
+def child_argv(args: argparse.Namespace, group: str, frameworks: list[str], out_dir: Path) -> list[str]:
+    """The parent's own options, then the child's: argparse keeps an option's last value."""
+    return [*args.argv, "--frameworks", ",".join(frameworks), "--out-dir", str(out_dir), "--child", group]
+
+
+def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> tuple[list[C.Cell], dict, dict]:
+    """Run one group in a child bench (its output goes to stderr): (its cells, its backend info, its
+    record {group, frameworks, rounds, error, interrupted}). A child that fails gives no cells and its error."""
+    record = {"group": group, "frameworks": frameworks, "rounds": 0, "error": None, "interrupted": False}
+    with tempfile.TemporaryDirectory(prefix=f"bench-{group}-") as tmp:
+        cmd = [sys.executable, "-m", "backprop_bench.bench", *child_argv(args, group, frameworks, Path(tmp))]
+        print(f"bench: group {group} ({', '.join(frameworks)}) in a child process", file=sys.stderr)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
+        try:
+            _relay(proc, tail)
+        except KeyboardInterrupt:  # stop the child too; it reports the rounds it finished
+            record["interrupted"] = True
+            proc.send_signal(signal.SIGTERM)
+            _relay(proc, tail)
+        rc, path = proc.wait(), Path(tmp) / CHILD_FILE
+        if rc != 0 or not path.is_file():
+            record["error"] = f"the child bench exited with status {rc}; its last lines:\n" + "".join(tail).rstrip()
+            return [], {}, record
+        done = json.loads(path.read_text())
+    record["rounds"] = done["rounds"]
+    record["interrupted"] |= done["rounds"] < args.rounds  # e.g. Ctrl-C, which reaches the child too
+    return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record
+
+
+def _relay(proc: subprocess.Popen, tail: collections.deque) -> None:
+    for line in proc.stdout:
+        sys.stderr.write(line)
+        tail.append(line)
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns what it wrote to bench.json."""
     spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
     x, y, data = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
     print(f"bench: data {data}", file=sys.stderr)
-    peaks, notes = measure_peaks(args)
+    groups = C.process_groups(args.frameworks)
+    peaks, notes = measure_peaks(args, [fw for fws in groups.values() for fw in fws])
     numpy_peak = peaks[0]["square"]["median"]
     ceiling = P.ceiling(peaks, args.batches)
 
-    cells = C.plan_cells(args.frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock)
-    made, info = build_all(cells, spec, x, y, args.seed, optimizer)
-    rng = np.random.default_rng(args.seed)
-    orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
-    rounds_done = C.run_cells(cells, made, orders)
+    cells, info, records = [], {}, []
+    for group, frameworks in groups.items():
+        if any(r["interrupted"] for r in records):  # stopped: run no further group
+            records.append({"group": group, "frameworks": frameworks, "rounds": 0, "interrupted": True})
+            records[-1]["error"] = "not run: the bench was interrupted before this group"
+            continue
+        if group == C.MAIN:
+            got, got_info, done = run_group(args, frameworks, group, (x, y))
+            record = {"group": group, "frameworks": frameworks, "rounds": done, "error": None}
+            record["interrupted"] = done < args.rounds
+        else:
+            got, got_info, record = spawn_child(args, group, frameworks)
+        cells += got
+        info = got_info | info  # the same framework-mode's info from two processes: the first group's
+        records.append(record)
     for p in peaks:  # the same square sgemm again: how much the machine drifted meanwhile
         p["square_after"] = P.square_gflops(p["library"], args.peak_size, args.peak_repeats, args.peak_seconds)
 
     rows = R.cell_rows(cells, spec, args.samples, numpy_peak, ceiling)
+    ran = [r["rounds"] for r in records if r["error"] is None]
     result = {
         "sizes": list(C.SIZES),
         "dtype": "float32",
         "optimizer": f"{optimizer.name} lr={optimizer.lr}",
         "data": data,
         "batches": args.batches,
-        "rounds": rounds_done,  # complete interleaved rounds (fewer than asked if interrupted)
+        "rounds": min(ran, default=0),  # complete interleaved rounds of every group (fewer if interrupted)
         "rounds_requested": args.rounds,
+        "groups": records,
         "gflop_per_epoch": spec.needed_flops(args.samples) / 1e9,
         "peak": {
             "square_n": args.peak_size,
@@ -229,6 +316,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             "notes": notes,
         },
         "cells": rows,
+        "keras_costs": R.keras_costs(rows),
         "gpu_note": R.gpu_note(rows, args.devices),
         "versions": P.versions(),
         "backend_info": info,
@@ -251,17 +339,24 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, re-exec without the OpenBLAS variables if needed, run; 0 on success."""
+    """Parse, re-exec without the OpenBLAS variables if needed, run; 0 on success, 1 when a
+    process group failed (the report still says what the others measured)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if not args.keep_blas_env:
         reexec_without_blas_env(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: still write the report
     try:
-        run_bench(args)
+        if args.child:
+            run_child(args)
+            return 0
+        result = run_bench(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    failed = [g for g in result["groups"] if g["error"] is not None]
+    for g in failed:
+        print(f"bench: group {g['group']} failed: {g['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

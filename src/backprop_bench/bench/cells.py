@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from backprop_bench.backends import make_backend
+from backprop_bench.backends import KERAS_BACKENDS, make_backend
 from backprop_bench.backends.base import DeviceUnavailable, timed_epoch
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
@@ -28,6 +28,9 @@ DATASET = "fashion_mnist"  # the params.yaml catalog entry the bench reads
 STOCK = "stock"  # modes named stock-* run bench/stock.py: the framework's own idiom
 DEFAULT_KERAS_SPE = "16"
 BENCH_LR = 0.005  # plain SGD; docs/benchmark.md says why not 0.01
+MAIN = "main"  # the process group of the frameworks the bench's own process runs
+# The Keras frameworks on another backend than the main group's `keras` (TensorFlow): a group each
+CHILD_GROUPS = tuple(fw for fw, on in KERAS_BACKENDS.items() if on != KERAS_BACKENDS["keras"])
 
 Mode = tuple[str, bool, int]  # (mode name, compile, steps_per_execution)
 
@@ -65,7 +68,21 @@ def framework_modes(keras_spe: list[int]) -> dict[str, list[Mode]]:
         "keras": keras + [(f"{STOCK}-fit", False, 1)] + [(f"{STOCK}-jit-spe{n}", True, n) for n in spe],
         # every jax step is jax.jit-compiled (no eager mode); compile=True compiles the whole epoch
         "jax": [("step-jit", False, 1), ("epoch-scan", True, 1), (f"{STOCK}-jit", False, 1)],
+        # Keras on JAX jits its train_step always (compile=True is refused); on torch, one step per call
+        "keras-jax": [("fit", False, 1)] + [(f"fit-spe{n}", False, n) for n in spe],
+        "keras-torch": [("fit", False, 1)],
     }
+
+
+def process_groups(frameworks: list[str]) -> dict[str, list[str]]:
+    """{group: its frameworks}, one process each. Keras runs on one backend per process, so each
+    Keras framework not on TensorFlow (the main group's `keras`) gets a group of its own, named
+    after it, holding it and its backend's framework (keras-jax beside jax), timed interleaved as a
+    pair. "main" (the bench's own process) holds the rest, and is left out when that is nothing.
+    A framework may so be in two groups (jax in main and beside keras-jax)."""
+    own = [fw for fw in frameworks if fw in CHILD_GROUPS]
+    main = [fw for fw in frameworks if fw not in own]
+    return ({MAIN: main} if main else {}) | {fw: [fw, KERAS_BACKENDS[fw]] for fw in own}
 
 
 def is_stock(mode: str) -> bool:
@@ -147,6 +164,7 @@ class Cell:
     strategy: str
     batch: int
     device: str
+    group: str = MAIN  # the process group it ran in (process_groups): cells of two groups are never compared
     status: str = "pending"  # pending -> ok | failed | skipped
     reason: str = ""
     build_seconds: float | None = None  # construct + load the train set
@@ -172,16 +190,18 @@ def plan_cells(
     devices: list[str],
     keras_spe: list[int],
     stock: bool = True,
+    group: str = MAIN,
 ) -> list[Cell]:
     """Every framework x mode x strategy x batch x device; stock modes are parallel only.
 
     Strategy varies fastest, then mode, then framework: the cells a ratio compares (a
     mode's parallel and sequential; numpy and torch eager) run seconds apart in every
     round, so a neighbour's burst on the shared machine rarely hits only one of them.
+    group: the process group the cells run in (process_groups), recorded on each.
     """
     modes = framework_modes(keras_spe)
     return [
-        Cell(fw, mode, comp, spe, strategy, batch, device)
+        Cell(fw, mode, comp, spe, strategy, batch, device, group)
         for device in devices
         for batch in batches
         for fw in frameworks
@@ -195,7 +215,8 @@ def build(cell: Cell, spec: MLPSpec, x: np.ndarray, y: np.ndarray, seed: int, op
     """The cell's backend with the train set loaded, or None (the cell says why)."""
     t0 = time.perf_counter()  # set-up time only: epochs are timed by timed_epoch
     init = init_params(spec, InitSpec(seed=seed), "float32")
-    extra = {"steps_per_execution": cell.steps_per_execution} if cell.framework == "keras" else {}  # Keras's own
+    keras = cell.framework in KERAS_BACKENDS
+    extra = {"steps_per_execution": cell.steps_per_execution} if keras else {}  # Keras's own option
     try:
         if is_stock(cell.mode):
             from backprop_bench.bench import stock  # imports no framework until a model is made

@@ -3,7 +3,9 @@
 Rows carry seconds per epoch (min, median), samples/s, GFLOP/s, % of the square-sgemm peak,
 % of the matmul ceiling (the MLP's own products timed alone), and ratios paired per round:
 speed-up over torch eager, time over the framework's fastest configuration, sequential
-over parallel. The project's goals are defined in docs/benchmark.md.
+over parallel; and what each Keras framework costs over its own backend's. A ratio only ever
+pairs two cells of one process group (cells.process_groups): the same rounds, one process.
+The project's goals are defined in docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict
 
-from backprop_bench.bench.cells import STOCK, Cell, framework_modes, is_stock
+from backprop_bench.backends import KERAS_BACKENDS
+from backprop_bench.bench.cells import MAIN, STOCK, Cell, framework_modes, is_stock
 from backprop_bench.core.specs import MLPSpec
 from backprop_bench.report.tables import markdown_table
 
@@ -27,7 +30,12 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
     """Median over rounds of numerator[r] / denominator[r]: the two epochs of a round ran
     seconds to minutes apart, so machine drift cancels in each ratio, and the median drops
     the round where a neighbour's burst hit only one of the two."""
-    return statistics.median(a / b for a, b in zip(numerator, denominator))
+    return statistics.median(round_ratios(numerator, denominator))
+
+
+def round_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
+    """numerator[r] / denominator[r] for every round both cells finished."""
+    return [a / b for a, b in zip(numerator, denominator)]
 
 
 def cell_rows(
@@ -57,17 +65,17 @@ def cell_rows(
 
 
 def _pair(rows: list[dict]) -> None:
-    """Add the paired ratios: vs_torch_eager, seq_over_par, vs_framework_best."""
+    """Add the paired ratios: vs_torch_eager, seq_over_par, vs_framework_best (within the row's group)."""
     ok = _ok(rows)
-    by_key = {(r["framework"], r["mode"], r["strategy"], r["batch"], r["device"]): r for r in ok}
+    by_key = {(r["group"], r["framework"], r["mode"], r["strategy"], r["batch"], r["device"]): r for r in ok}
     for r in ok:
-        eager = by_key.get(("torch", "eager", r["strategy"], r["batch"], r["device"]))
+        eager = by_key.get((r["group"], "torch", "eager", r["strategy"], r["batch"], r["device"]))
         if eager:  # > 1: this cell is that many times faster than torch eager
             r["vs_torch_eager"] = paired_ratio(eager["epoch_seconds"], r["epoch_seconds"])
-        par = by_key.get((r["framework"], r["mode"], "parallel", r["batch"], r["device"]))
+        par = by_key.get((r["group"], r["framework"], r["mode"], "parallel", r["batch"], r["device"]))
         if r["strategy"] == "sequential" and par:
             r["seq_over_par"] = paired_ratio(r["epoch_seconds"], par["epoch_seconds"])
-        peers = _ok(rows, framework=r["framework"], batch=r["batch"], device=r["device"])
+        peers = _ok(rows, group=r["group"], framework=r["framework"], batch=r["batch"], device=r["device"])
         best = _fastest(peers)  # any mode and strategy, stock idioms included
         r["vs_framework_best"] = paired_ratio(r["epoch_seconds"], best["epoch_seconds"])  # >= 1: slower
         r["framework_best"] = best["cell"]
@@ -81,6 +89,61 @@ def _fastest(rows: list[dict]) -> dict | None:
     return min(rows, key=lambda r: r["median_epoch_seconds"]) if rows else None
 
 
+def _plain(fw: str) -> str:
+    """The framework's plain mode, the study's default."""
+    return framework_modes([])[fw][0][0]
+
+
+# ----------------------------------------------------------------------------- what Keras costs
+
+
+def keras_costs(rows: list[dict]) -> list[dict]:
+    """Each Keras framework against its own backend's framework (KERAS_BACKENDS), per group, device,
+    strategy and batch: {keras, backend, group, device, strategy, batch, plain, fastest, note}.
+
+    plain: the Keras plain mode's epoch time over the backend's plain mode's; fastest: the Keras
+    framework's fastest backend mode over the backend's fastest (by median; stock idioms left out,
+    they run other code). Each {keras_mode, backend_mode, median, min, max, rounds}: the median and
+    range of the per-round ratios, > 1: Keras is slower; None when a cell did not run. Both cells
+    always come from one group: the one the Keras framework ran in."""
+    out = []
+    for keras, backend in KERAS_BACKENDS.items():
+        shown = [r for r in rows if r["framework"] == keras and not (r["status"] == "skipped" and r["device"] != "cpu")]
+        keys = dict.fromkeys((r["group"], r["device"], r["strategy"], r["batch"]) for r in shown)
+        for group, device, strategy, batch in keys:  # in the order the cells ran
+            where = {"group": group, "device": device, "strategy": strategy, "batch": batch}
+            mine, theirs = (
+                [r for r in _ok(rows, framework=fw, **where) if not is_stock(r["mode"])] for fw in (keras, backend)
+            )
+            entry = {"keras": keras, "backend": backend, **where, "plain": None, "fastest": None, "note": ""}
+            if not mine or not theirs:
+                ran = keras if not mine else backend
+                entry["note"] = f"{ran} did not run in group {group}" if mine or theirs else "neither ran"
+            else:
+                plain = [_mode(mine, _plain(keras)), _mode(theirs, _plain(backend))]
+                entry["plain"] = _paired(*plain) if all(plain) else None
+                entry["fastest"] = _paired(_fastest(mine), _fastest(theirs))
+            out.append(entry)
+    return out
+
+
+def _mode(rows: list[dict], mode: str) -> dict | None:
+    return next((r for r in rows if r["mode"] == mode), None)
+
+
+def _paired(mine: dict, theirs: dict) -> dict:
+    """mine's epoch time over theirs, round by round: {keras_mode, backend_mode, median, min, max, rounds}."""
+    ratios = round_ratios(mine["epoch_seconds"], theirs["epoch_seconds"])
+    return {
+        "keras_mode": mine["mode"],
+        "backend_mode": theirs["mode"],
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "rounds": len(ratios),
+    }
+
+
 # ----------------------------------------------------------------------------- goals
 
 
@@ -91,7 +154,9 @@ def evaluate_goals(
 
     NumPy goals judge NumPy's fastest mode. matmul_ceiling: {batch: fraction of the square
     peak that the MLP's own products reach with NumPy's BLAS}: no NumPy code can pass it.
+    Each framework is judged on its cells of one group (home_rows).
     """
+    rows = home_rows(rows)
     out = []
     for batch, need in sorted(GOAL_PEAK_FRACTION.items(), reverse=True):
         r = _fastest(_ok(rows, framework="numpy", strategy="parallel", batch=batch, device=device))
@@ -139,10 +204,19 @@ def evaluate_goals(
     return out
 
 
+def home_rows(rows: list[dict]) -> list[dict]:
+    """Each framework's rows of one group only: the first group, in the rows' order (main first),
+    where it has a cell that ran. jax beside keras-jax is so never judged against jax in main."""
+    home: dict[str, str] = {}
+    for r in _ok(rows):
+        home.setdefault(r["framework"], r["group"])
+    return [r for r in rows if home.get(r["framework"]) == r["group"]]
+
+
 def _within_best(rows: list[dict], fw: str, device: str, plain_only: bool) -> dict:
     """The backend's fastest mode (or its plain mode) over the fastest configuration of the
     framework (backend modes and stock idioms), parallel, worst batch. Medians."""
-    plain = framework_modes([])[fw][0][0]
+    plain = _plain(fw)
     worst = None  # (ratio, batch, backend mode, best configuration)
     for batch in sorted({r["batch"] for r in _ok(rows, framework=fw, device=device)}):
         peers = _ok(rows, framework=fw, strategy="parallel", batch=batch, device=device)
@@ -187,8 +261,8 @@ def _header(result: dict) -> list[str]:
         f"MLP {'-'.join(map(str, result['sizes']))}, float32, {result['optimizer']}; data: {d['source']} "
         f"({d['n']} x {result['sizes'][0]}, {d['path'] or d.get('why', '')}); "
         f"{result['gflop_per_epoch']:.2f} GFLOP of needed matmul work per epoch; {result['rounds']} timed "
-        f"round{'' if result['rounds'] == 1 else 's'} (one epoch of every cell each, interleaved) "
-        "after one warm-up epoch.",
+        f"round{'' if result['rounds'] == 1 else 's'} (one epoch of every cell of a process group each, "
+        "interleaved) after one warm-up epoch.",
         "",
         f"Machine: {m['cpu']}, {m['cores_usable']} usable cores. Versions: "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
@@ -234,12 +308,81 @@ def _cell_table(rows: list[dict]) -> list[str]:
         for r in rows
         if not (r["status"] == "skipped" and r["device"] != "cpu")  # those are summarised in the GPU section
     ]
-    table = markdown_table(header, cells, align="ll" + "r" * (len(header) - 2))
-    lines = ["", "## Cells (epoch = one pass over the train set)", "", table]
+    lines = ["", markdown_table(header, cells, align="ll" + "r" * (len(header) - 2))]
     problems = [r for r in rows if r["status"] == "failed" or (r["status"] == "skipped" and r["device"] == "cpu")]
     if problems:
         lines += ["", "Cells that did not run:", ""] + [f"- {r['cell']}: {r['reason']}" for r in problems]
     return lines
+
+
+def _cell_tables(result: dict) -> list[str]:
+    """One table per process group that has cells; the group's own ratios only."""
+    lines = ["", "## Cells (epoch = one pass over the train set)"]
+    groups = [g for g in result["groups"] if any(r["group"] == g["group"] for r in result["cells"])]
+    for g in groups:
+        if len(groups) > 1:
+            lines += ["", f"### Group {g['group']}: {', '.join(g['frameworks'])} ({_process(g)})"]
+        lines += _cell_table([r for r in result["cells"] if r["group"] == g["group"]])
+    return lines
+
+
+def _process(group: dict) -> str:
+    return "the bench's own process" if group["group"] == MAIN else "a child process of its own"
+
+
+def _groups_section(result: dict) -> list[str]:
+    """The process groups, when the bench ran more than its own process; a failed one with its error."""
+    groups = result["groups"]
+    if [g["group"] for g in groups] in ([], [MAIN]):
+        return []
+    lines = [
+        "",
+        "## Process groups",
+        "",
+        "Keras runs on one backend per process, so each Keras framework on another backend than "
+        "TensorFlow runs in a child bench of its own, beside its backend's framework (docs/benchmark.md). "
+        "Rounds are interleaved within a group; no ratio pairs cells of two groups.",
+        "",
+    ]
+    for g in groups:
+        state = f"{g['rounds']} round(s)" if g["error"] is None else "**FAILED**"
+        lines.append(f"- {g['group']} ({_process(g)}): {', '.join(g['frameworks'])}: {state}")
+        if g["error"] is not None:
+            lines += ["", "  ```", *(f"  {line}" for line in g["error"].splitlines()), "  ```"]
+    return lines
+
+
+def _ratio(entry: dict | None) -> list[str]:
+    """[modes, median (min-max)] of one keras_costs ratio."""
+    if entry is None:
+        return ["", ""]
+    spread = f"{entry['median']:.2f} ({entry['min']:.2f}-{entry['max']:.2f})"
+    return [f"{entry['keras_mode']} / {entry['backend_mode']}", spread]
+
+
+def _keras_section(result: dict) -> list[str]:
+    costs = result["keras_costs"]
+    lines = ["", "## What Keras costs over its own backend", ""]
+    if not costs:
+        return lines + ["No Keras framework benched."]
+    header = ["Keras", "over", "group", "device", "strategy", "batch", "plain modes", "plain ratio"]
+    header += ["fastest modes", "fastest ratio", "note"]
+    table = [
+        [c["keras"], c["backend"], c["group"], c["device"], c["strategy"], str(c["batch"])]
+        + _ratio(c["plain"])
+        + _ratio(c["fastest"])
+        + [c["note"]]
+        for c in costs
+    ]
+    lines.append(markdown_table(header, table, align="llllll" + "lr" * 2 + "l"))
+    return lines + [
+        "",
+        "The Keras framework's epoch time over its backend's own framework's, both in the same process "
+        "group (one process, the same interleaved rounds), device, strategy and batch; > 1: Keras is slower. "
+        "The same arithmetic runs in both (docs/backends.md): the difference is Keras's loop, layers and "
+        "variables. Median over rounds of the per-round ratio (min-max over rounds in brackets). plain: "
+        "each one's plain mode; fastest: each one's fastest mode by median, stock idioms left out.",
+    ]
 
 
 LEGEND = (
@@ -257,7 +400,8 @@ LEGEND = (
 
 def markdown(result: dict) -> str:
     """The whole report as markdown (what bench.md holds and the bench prints)."""
-    lines = _header(result) + _peak_table(result) + _cell_table(result["cells"])
+    lines = _header(result) + _groups_section(result) + _peak_table(result) + _cell_tables(result)
+    lines += _keras_section(result)
     lines += ["", "## GPU", "", result["gpu_note"], "", "## The project's goals (docs/benchmark.md)", ""]
     mark = {True: "met", False: "MISSED", None: "not evaluated"}
     lines += [f"- {g['goal']}: **{mark[g['met']]}** — {g['detail']}" for g in result["goals"]]
