@@ -234,9 +234,9 @@ def test_keras_jax_runs_beside_jax_in_a_child_and_is_merged_into_one_report(tmp_
     assert "LOADED ['jax']" in done.stdout  # Keras ran in the child only: the parent never loaded it
     assert "bench: group keras-jax (keras-jax, jax) in a child process" in done.stderr
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert [(g["group"], g["frameworks"], g["rounds"], g["error"]) for g in result["groups"]] == [
-        ("main", ["jax", "numpy"], 2, None),
-        ("keras-jax", ["keras-jax", "jax"], 2, None),
+    assert [(g["group"], g["frameworks"], g["ran"], g["rounds"], g["error"]) for g in result["groups"]] == [
+        ("main", ["jax", "numpy"], True, 2, None),
+        ("keras-jax", ["keras-jax", "jax"], True, 2, None),
     ]
     got = {(r["group"], r["cell"]): r for r in result["cells"]}
     assert all(r["status"] == "ok" and len(r["epoch_seconds"]) == 2 for r in got.values())

@@ -241,11 +241,13 @@ def test_the_keras_section_shows_each_pair():
 
 def test_a_failed_group_is_reported_with_its_error():
     groups = [
-        {"group": "main", "frameworks": ["numpy"], "rounds": 3, "error": None},
-        {"group": "keras-jax", "frameworks": ["keras-jax", "jax"], "rounds": 0, "error": "exit 1\nImportError: x"},
+        {"group": "main", "frameworks": ["numpy"], "ran": True, "rounds": 3, "error": None},
+        {"group": "keras-jax", "frameworks": ["keras-jax", "jax"], "ran": True, "rounds": 0, "error": "exit 1\nE: x"},
+        {"group": "keras-torch", "frameworks": ["keras-torch", "torch"], "ran": False, "rounds": 0, "error": None},
     ]
     md = "\n".join(report._groups_section({"groups": groups}))
     assert "- main (the bench's own process): numpy: 3 round(s)" in md
     assert "- keras-jax (a child process of its own): keras-jax, jax: **FAILED**" in md
-    assert "  ImportError: x" in md
+    assert "  E: x" in md
+    assert "- keras-torch (a child process of its own): keras-torch, torch: not run (the bench was interrupted" in md
     assert report._groups_section({"groups": groups[:1]}) == []  # one process: nothing to say

@@ -240,7 +240,7 @@ def child_argv(args: argparse.Namespace, group: str, frameworks: list[str], out_
 def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> tuple[list[C.Cell], dict, dict]:
     """Run one group in a child bench (its output goes to stderr): (its cells, its backend info, its
     record {group, frameworks, rounds, error, interrupted}). A child that fails gives no cells and its error."""
-    record = {"group": group, "frameworks": frameworks, "rounds": 0, "error": None, "interrupted": False}
+    record = _record(group, frameworks)
     with tempfile.TemporaryDirectory(prefix=f"bench-{group}-") as tmp:
         cmd = [sys.executable, "-m", "backprop_bench.bench", *child_argv(args, group, frameworks, Path(tmp))]
         print(f"bench: group {group} ({', '.join(frameworks)}) in a child process", file=sys.stderr)
@@ -262,6 +262,19 @@ def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> 
     return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record
 
 
+def _record(group: str, frameworks: list[str], rounds: int = 0, ran: bool = True, interrupted: bool = False) -> dict:
+    """A process group's entry in bench.json: ran False when an interrupted bench never started it;
+    error: why its child failed (None: it did not)."""
+    return {
+        "group": group,
+        "frameworks": frameworks,
+        "ran": ran,
+        "rounds": rounds,
+        "error": None,
+        "interrupted": interrupted or not ran,
+    }
+
+
 def _relay(proc: subprocess.Popen, tail: collections.deque) -> None:
     for line in proc.stdout:
         sys.stderr.write(line)
@@ -281,13 +294,11 @@ def run_bench(args: argparse.Namespace) -> dict:
     cells, info, records = [], {}, []
     for group, frameworks in groups.items():
         if any(r["interrupted"] for r in records):  # stopped: run no further group
-            records.append({"group": group, "frameworks": frameworks, "rounds": 0, "interrupted": True})
-            records[-1]["error"] = "not run: the bench was interrupted before this group"
+            records.append(_record(group, frameworks, ran=False))
             continue
         if group == C.MAIN:
             got, got_info, done = run_group(args, frameworks, group, (x, y))
-            record = {"group": group, "frameworks": frameworks, "rounds": done, "error": None}
-            record["interrupted"] = done < args.rounds
+            record = _record(group, frameworks, rounds=done, interrupted=done < args.rounds)
         else:
             got, got_info, record = spawn_child(args, group, frameworks)
         cells += got
@@ -297,7 +308,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         p["square_after"] = P.square_gflops(p["library"], args.peak_size, args.peak_repeats, args.peak_seconds)
 
     rows = R.cell_rows(cells, spec, args.samples, numpy_peak, ceiling)
-    ran = [r["rounds"] for r in records if r["error"] is None]
+    ran = [r["rounds"] for r in records if r["ran"] and r["error"] is None]
     result = {
         "sizes": list(C.SIZES),
         "dtype": "float32",

@@ -345,7 +345,8 @@ def _groups_section(result: dict) -> list[str]:
         "",
     ]
     for g in groups:
-        state = f"{g['rounds']} round(s)" if g["error"] is None else "**FAILED**"
+        state = f"{g['rounds']} round(s)" if g["ran"] else "not run (the bench was interrupted before it)"
+        state = state if g["error"] is None else "**FAILED**"
         lines.append(f"- {g['group']} ({_process(g)}): {', '.join(g['frameworks'])}: {state}")
         if g["error"] is not None:
             lines += ["", "  ```", *(f"  {line}" for line in g["error"].splitlines()), "  ```"]
