@@ -226,7 +226,7 @@ def run_child(args: argparse.Namespace) -> None:
     """The child bench: time its group's frameworks, write CHILD_FILE for the parent, nothing else."""
     x, y, _ = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
     cells, info, done = run_group(args, args.frameworks, args.child, (x, y))
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the parent may stop us again: the file must still be whole
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop now would leave the parent nothing: the file comes first
         signal.signal(sig, signal.SIG_IGN)
     out = {"group": args.child, "rounds": done, "cells": [dataclasses.asdict(c) for c in cells], "backend_info": info}
     atomic_write(args.out_dir / CHILD_FILE, json.dumps(out, indent=2, allow_nan=False) + "\n")
@@ -349,6 +349,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """A child's: the first SIGTERM or Ctrl-C stops its rounds, later ones (the parent passes a stop
+    on, and `timeout` signals the whole process group) are ignored while it writes what it has."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, re-exec without the OpenBLAS variables if needed, run; 0 on success, 1 when a
     process group failed (the report still says what the others measured)."""
@@ -356,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.keep_blas_env:
         reexec_without_blas_env(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` sends SIGTERM: still write the report
+    # `timeout` sends SIGTERM: still write the report
+    previous = signal.signal(signal.SIGTERM, _interrupt_once if args.child else _interrupt)
     try:
         if args.child:
+            signal.signal(signal.SIGINT, _interrupt_once)
             run_child(args)
             return 0
         result = run_bench(args)
