@@ -1,6 +1,6 @@
 """End to end: the whole DVC pipeline (download, preprocess, the study's stages, compare) in
 a temporary copy of the repository, shrunk through params.yaml to a tiny subset, 1 epoch,
-numpy, torch and jax x both strategies x both modes x 2 seeds, run as `make run` runs it
+numpy, torch, jax and Keras on JAX x both strategies x both modes x 2 seeds, run as `make run` runs it
 (backprop_bench.repro: two stages at a time); then a plain `dvc repro` must rerun only what an
 edit to torch_backend.py changed, and a third must be a no-op."""
 
@@ -19,10 +19,12 @@ from repo_copy import ROOT, copy_repo, run_in
 from repo_copy import dvc as run_dvc
 
 FRAMEWORKS = ["numpy", "torch", "jax"]
+KERAS_ON = ["jax"]  # Keras on JAX: a keras-on stage beside the study's
+RUN_FRAMEWORKS = FRAMEWORKS + [f"keras-{b}" for b in KERAS_ON]  # the report's rows
 STRATEGIES = ["sequential", "parallel"]
 MODES = ["controlled", "native"]
 SEEDS = 2
-STAGES = [f"study@{f}-cpu" for f in FRAMEWORKS]
+STAGES = [f"study@{f}-cpu" for f in FRAMEWORKS] + [f"keras-on@{b}-cpu" for b in KERAS_ON]
 
 
 def dvc(args: list[str], repo: Path, mlflow_uri: str) -> subprocess.CompletedProcess:
@@ -42,6 +44,7 @@ def shrink_study(repo: Path) -> None:
     params["train"].update(epochs=1, batch_size=32)
     params["study"] = {
         "frameworks": FRAMEWORKS,
+        "keras_on": KERAS_ON,
         "strategies": STRATEGIES,
         "devices": ["cpu"],
         "modes": MODES,
@@ -66,7 +69,7 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     ran = stages_run(first)
     assert ran[:2] == ["download", "preprocess"] and ran[-1] == "compare"
     assert sorted(ran[2:-1]) == sorted([*STAGES, "stability"])  # side by side, each once
-    assert "2 at a time: study@torch-cpu, study@jax-cpu, study@numpy-cpu, stability" in first.stdout
+    assert "2 at a time: keras-on@jax-cpu, study@torch-cpu, study@jax-cpu, study@numpy-cpu, stability" in first.stdout
     assert re.search(r"repro: [\d.]+ s in all: data [\d.]+ s; side by side \(2 at a time\)", first.stdout)
     assert dvc(["status"], repo, mlflow_uri).stdout.strip() == "Data and pipelines are up to date."
 
@@ -75,22 +78,25 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("backprop-bench").experiment_id], max_results=1000)
     names = [r.info.run_name for r in runs]
     expected = [
-        f"{f}-{s}-cpu-{m}-s{seed}" for f in FRAMEWORKS for s in STRATEGIES for m in MODES for seed in range(SEEDS)
+        f"{f}-{s}-cpu-{m}-s{seed}" for f in RUN_FRAMEWORKS for s in STRATEGIES for m in MODES for seed in range(SEEDS)
     ]
     assert sorted(n for n in names if not n.startswith("study-")) == sorted(expected)
-    assert sorted(n for n in names if n.startswith("study-")) == sorted(f"study-{f}-cpu" for f in FRAMEWORKS)
+    assert sorted(n for n in names if n.startswith("study-")) == sorted(f"study-{f}-cpu" for f in RUN_FRAMEWORKS)
     assert {r.info.status for r in runs} == {"FINISHED"}
 
     # The report: one row per framework x strategy x mode, every seed finished, with intervals.
     with open(repo / "reports/comparison.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(FRAMEWORKS) * len(STRATEGIES) * len(MODES)
+    assert len(rows) == len(RUN_FRAMEWORKS) * len(STRATEGIES) * len(MODES)
     assert all(row["test_accuracy_hw"] != "" for row in rows)  # 2 seeds: an interval
     table = (repo / "reports/comparison.md").read_text()
     assert "## sequential − parallel, paired by seed" in table and " ± " in table
     assert "Native mode" in table
+    assert (
+        "| keras-jax | jax | parallel | cpu | controlled |" in table
+    )  # what Keras costs over JAX (1 epoch: no steady one)
     summary = json.loads((repo / "reports/summary.json").read_text())
-    assert list(summary["acc"]) == ["seq", "par", "hw"] and list(summary["x"]) == ["pt", "jx"]
+    assert list(summary["acc"]) == ["seq", "par", "hw"] and list(summary["x"]) == ["pt", "jx", "kj"]
     for name in ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "time_to_accuracy.png", "disagreements.png"):
         assert (repo / "reports" / name).stat().st_size > 0
     assert (tmp_path / "mlflow.db").is_file() and not (repo / "mlflow.db").exists()
@@ -109,6 +115,13 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
     assert stages_run(second) == ["study@torch-cpu", "compare"]
     assert (repo / "runs/numpy-cpu/parallel-controlled-s0/metrics.json").stat().st_mtime_ns == numpy_stamp
+
+    # An edit to jax_backend.py reruns JAX's stage and Keras on JAX's (its step math), nothing else.
+    jax_backend = repo / "src/backprop_bench/backends/jax_backend.py"
+    jax_backend.write_text(jax_backend.read_text() + "\n# an edit\n")
+    again = dvc(["repro"], repo, mlflow_uri)
+    assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-5000:]
+    assert sorted(stages_run(again)) == ["compare", "keras-on@jax-cpu", "study@jax-cpu"]
 
     # Nothing changed: a no-op.
     third = dvc(["repro"], repo, mlflow_uri)
