@@ -100,6 +100,9 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     diverged = [r for r in stability["runs"] if r["status"] == "diverged"]
     assert diverged and all(r["diverged_epoch"] >= 1 for r in diverged)
     assert (repo / "reports/stability.png").stat().st_size > 0
+    # compare ran after it: index.html has the stability map's plot inlined and its lr in the headline
+    page = (repo / "reports/index.html").read_text()
+    assert "Stability map: where the strategies part" in page and "The stability map parts the strategies" in page
 
     # An edit to one backend reruns that framework's stage and the report, nothing else.
     torch_backend = repo / "src/backprop_bench/backends/torch_backend.py"
