@@ -15,11 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib import image
-from test_compare import run_compare, study  # noqa: F401  (study: the fixture)
+from test_compare import (  # noqa: F401  (study: the fixture)
+    STRATEGIES,
+    run_compare,
+    samples_per_second,
+    study,
+    values,
+    write_params,
+)
 
 from backprop_bench import compare
 from backprop_bench.report.document import Document, Figure, Section, Table
 from backprop_bench.report.html_report import inline, render, slug
+from backprop_bench.results.grid import read_study_params
 
 CHROMIUM = shutil.which("chromium")
 # After load, count the images the browser decoded: the test's copy of the page gets this script.
@@ -91,8 +99,15 @@ def test_the_page_has_the_headline_every_section_and_inlined_plots(page):
     assert external_urls(text) == []
     assert text.count('<img src="data:image/png;base64,') == len(compare.PNGS) + 1  # and stability.png
     headline = text.split('<section class="headline"')[1].split("</section>")[0]
-    speed = "Fastest in controlled mode on cpu: numpy; samples/s as a multiple of NumPy&#x27;s (mean over strategies)"
-    assert speed in headline and "torch 0.35×" in headline
+    torch = np.mean(
+        [
+            np.mean(values(samples_per_second, "torch", s, "controlled"))
+            / np.mean(values(samples_per_second, "numpy", s, "controlled"))
+            for s in STRATEGIES
+        ]
+    )  # torch's samples/s over NumPy's, the mean over strategies
+    speed = f"Fastest in controlled mode on cpu: numpy, {1 / torch:.2f}× as fast as the next, torch; samples/s"
+    assert speed in headline and f"numpy 1.00×, torch {torch:.2f}×." in headline
     assert "none of the 8 differences is distinguishable from zero at 3 seeds" in headline
     assert "batch 16: sequential 0.02, parallel 0.5; batch 64: sequential 0.05, parallel 1." in headline
     assert "sequential, cpu: yes (F = " in headline  # native mode: torch is 1 pp above numpy
@@ -141,3 +156,25 @@ def test_a_missing_figure_is_said_not_hidden(tmp_path):
     text = render(doc, tmp_path)
     assert "<p>gone.png: not written.</p><figcaption>Gone.</figcaption>" in text
     assert "<td>&lt;1&gt;</td>" in text and "<img" not in text and 'class="headline"' not in text  # no headline given
+
+
+def test_the_headline_says_what_it_cannot_compare(tmp_path):
+    p = read_study_params(write_params(tmp_path / "params.yaml", frameworks=("numpy",), modes=("native",)))
+    facts = dict(counts="2 runs: 1 finished, 1 missing", speed={"numpy": 1.0}, paired=[], spreads=[], targets=[])
+    lines = compare.headline(facts | dict(target=0.9), p, {"sentences": []})  # an old stability.json: no lr_summary
+    assert lines == [
+        "2 runs: 1 finished, 1 missing.",
+        "Fastest in native mode on cpu: numpy; samples/s as a multiple of NumPy's (mean over strategies): numpy 1.00×.",
+        "Sequential and parallel: no seed finished under both strategies, nothing to pair.",
+        "No native run reached 90 % validation accuracy.",
+    ]
+
+
+def test_a_malformed_stability_json_names_the_file(tmp_path):
+    assert compare.read_stability(tmp_path / "stability.json") is None  # the stage has not run
+    (tmp_path / "stability.json").write_text("{oops")
+    with pytest.raises(compare.ReportError, match=r"stability.json: line 1 column 2: not valid JSON"):
+        compare.read_stability(tmp_path / "stability.json")
+    (tmp_path / "stability.json").write_text("[]")
+    with pytest.raises(compare.ReportError, match=r"stability.json: expected a JSON object"):
+        compare.read_stability(tmp_path / "stability.json")

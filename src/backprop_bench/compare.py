@@ -680,8 +680,9 @@ def headline(facts: dict[str, Any], p: StudyParams, stability: dict | None) -> l
     out = [f"{facts['counts']}."]
     if speed := sorted(facts["speed"].items(), key=lambda kv: -kv[1]):
         ratios = ", ".join(f"{f} {x:.2f}×" for f, x in speed)
+        lead = f", {speed[0][1] / speed[1][1]:.2f}× as fast as the next, {speed[1][0]}" if len(speed) > 1 else ""
         out.append(
-            f"Fastest in {mode} mode on {device}: {speed[0][0]}; samples/s as a multiple of NumPy's "
+            f"Fastest in {mode} mode on {device}: {speed[0][0]}{lead}; samples/s as a multiple of NumPy's "
             f"(mean over strategies): {ratios}."
         )
     out.append(paired_sentence(facts["paired"]))
