@@ -17,20 +17,21 @@ from pathlib import Path
 from backprop_bench.report.document import Block, Bullets, Document, Figure, Heading, Pre, Section, Table
 
 CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 72rem; margin: 1.5rem auto; padding: 0 1rem; color: #111; }
-h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #999; }
-.headline { border: 2px solid #333; padding: 0.6rem 1.2rem; }
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 72rem; margin: 1.5rem auto; padding: 0 1rem;
+       color: rgb(17, 17, 17); }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid rgb(153, 153, 153); }
+.headline { border: 2px solid rgb(51, 51, 51); padding: 0.6rem 1.2rem; }
 .headline li { margin: 0.3rem 0; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.6rem 0; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #888; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
+th, td { border: 1px solid rgb(136, 136, 136); padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
 td { white-space: nowrap; } td:last-child { white-space: normal; }  /* a note or verdict wraps, numbers do not */
-th { background: #eee; }
-tbody tr:nth-child(even) { background: #f6f6f6; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #ccc; }
+th { background: rgb(238, 238, 238); }
+tbody tr:nth-child(even) { background: rgb(246, 246, 246); }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid rgb(204, 204, 204); }
 figcaption { font-style: italic; }
 code, pre { font-family: ui-monospace, monospace; font-size: 0.9em; }
-pre { background: #f4f4f4; padding: 0.6rem; overflow-x: auto; }
+pre { background: rgb(244, 244, 244); padding: 0.6rem; overflow-x: auto; }
 """
 
 
