@@ -1,8 +1,10 @@
 """Stage `compare`: every run of the study becomes reports/comparison.{md,csv}, summary.json
-(the few numbers `dvc exp show` displays) and five PNGs (report/plots.py).
+(the few numbers `dvc exp show` displays), five PNGs (report/plots.py) and index.html, the
+report as one page (report/html_report.py).
 
     python -m backprop_bench.compare                # runs/ -> reports/, prints one line
     python -m backprop_bench.compare --print-only   # print reports/comparison.md
+    python -m backprop_bench.compare --mlflow       # and log the report as a study-summary MLflow run
 
 Seeds are pooled per framework, strategy, device and mode: means with 95 % t intervals,
 the time to params.yaml's compare.target_accuracy, sequential − parallel paired by seed, and
@@ -803,6 +805,31 @@ def write_page(doc: Document, reports_dir: Path) -> Path:
     return atomic_write(reports_dir / "index.html", html_report.render(doc, reports_dir))
 
 
+def summary_metrics(summary_json: dict[str, dict[str, float]], counts: str) -> dict[str, float]:
+    """The headline numbers as MLflow metrics: summary.json's (acc.seq, acc.par, acc.hw, x.pt, ...)
+    and the run counts (runs, runs.finished, ... from `counts`, e.g. "24 runs: 23 finished, 1 missing")."""
+    metrics = {f"{group}.{k}": float(v) for group, values in summary_json.items() for k, v in values.items()}
+    total, _, rest = counts.partition(" runs: ")
+    metrics["runs"] = float(total)
+    for part in rest.split(", "):
+        n, _, status = part.partition(" ")
+        metrics[f"runs.{status.replace(' ', '_')}"] = float(n)
+    return metrics
+
+
+def log_summary_run(reports_dir: Path, counts: str, uri: str | None, experiment: str) -> str:
+    """The report compare() wrote as an MLflow run of its own (tracking/summary.py): index.html,
+    comparison.md and the PNGs as artifacts, summary_metrics as metrics; returns its run id.
+
+    counts: compare()'s count of the runs; uri: None for $MLFLOW_TRACKING_URI, else mlflow.db here."""
+    from backprop_bench.tracking.summary import log_study_summary
+    from backprop_bench.tracking.uri import resolve_uri
+
+    summary_json = json.loads((reports_dir / "summary.json").read_text())
+    files = [reports_dir / n for n in ("index.html", "comparison.md", *PNGS)]
+    return log_study_summary(resolve_uri(uri, Path.cwd()), experiment, summary_metrics(summary_json, counts), files)
+
+
 def print_report(reports_dir: Path) -> str:
     path = reports_dir / "comparison.md"
     if not path.is_file():
@@ -819,6 +846,11 @@ def main(argv: list[str] | None = None) -> int:
         "--params", type=Path, default=Path("params.yaml"), help="study: names the runs; compare: the target accuracy"
     )
     parser.add_argument("--print-only", action="store_true", help="print the existing report and exit")
+    parser.add_argument("--mlflow", action="store_true", help="log the report as a study-summary MLflow run")
+    parser.add_argument(
+        "--tracking-uri", help="with --mlflow: the store (default: $MLFLOW_TRACKING_URI, else sqlite mlflow.db here)"
+    )
+    parser.add_argument("--experiment", default="backprop-bench", help="with --mlflow: the study's experiment")
     args = parser.parse_args(argv)
     try:
         if args.print_only:
@@ -827,6 +859,9 @@ def main(argv: list[str] | None = None) -> int:
             p, target = read_study_params(args.params), read_target_accuracy(args.params)
             _, counts = compare(args.runs_dir, args.reports_dir, args.data, p, target)
             print(f"compare: wrote {args.reports_dir}/ ({counts}); print it with --print-only")
+            if args.mlflow:
+                run_id = log_summary_run(args.reports_dir, counts, args.tracking_uri, args.experiment)
+                print(f"compare: MLflow run {run_id} ({args.experiment}, study-summary) holds index.html and the plots")
     except ValueError as err:  # ReportError, and the params readers' errors naming the file and key
         print(f"compare: {err}", file=sys.stderr)
         return 1
