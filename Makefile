@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run study-full lint format test test-fast bench gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
+.PHONY: setup run report chromium study-full lint format test test-fast bench gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -28,6 +28,15 @@ setup: $(STAMP)
 run: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m backprop_bench.repro
 	$(PY) -m backprop_bench.compare --print-only
+
+# The report as one page (reports/index.html, written by the compare stage): print its path,
+# open it when a browser is at hand ($$BROWSER, else xdg-open); never fails for want of one.
+report:
+	@test -f reports/index.html || { echo "reports/index.html: not found: run make run first" >&2; exit 1; }
+	@echo "$(abspath reports/index.html)"
+	@if [ -n "$$BROWSER" ]; then $$BROWSER "$(abspath reports/index.html)" >/dev/null 2>&1 & \
+	elif command -v xdg-open >/dev/null && [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+	  xdg-open "$(abspath reports/index.html)" >/dev/null 2>&1 || true; fi
 
 # The full-size study: Fashion-MNIST (60,000 train + 10,000 test images, offline, from
 # Debian's dataset-fashion-mnist) through the same pipeline, as one DVC experiment:
@@ -53,14 +62,18 @@ format: setup
 # (pytest-xdist; the team-stack modules keep to one of them: tests/conftest.py). Two, not
 # one per core: every worker holds TensorFlow, torch and mlflow (about 1.5 GB).
 WORKERS ?= 2
-test: setup lint
+test: setup lint chromium
 	$(PY) -m pytest -n $(WORKERS) --dist loadgroup
 
-test-fast: setup
+test-fast: setup chromium
 	$(PY) -m pytest -n $(WORKERS) --dist loadgroup -m "not slow"
 
 bench: setup
 	$(PY) -m backprop_bench.bench
+
+# Debian's chromium, which tests/test_html_report.py drives headless: installed as root when missing.
+chromium:
+	scripts/chromium.sh
 
 # A few minutes' check of a GPU machine into reports/gpu-check/: what each framework sees,
 # the GPU tests, a short study and the bench's cells on cuda (docs/benchmark.md, "The GPU check").

@@ -50,6 +50,7 @@ def shrink_study(repo: Path) -> None:
         "modes": MODES,
         "seeds": SEEDS,
         "threads": 1,
+        "keras_on": [],
     }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -81,7 +82,9 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
         f"{f}-{s}-cpu-{m}-s{seed}" for f in RUN_FRAMEWORKS for s in STRATEGIES for m in MODES for seed in range(SEEDS)
     ]
     assert sorted(n for n in names if not n.startswith("study-")) == sorted(expected)
-    assert sorted(n for n in names if n.startswith("study-")) == sorted(f"study-{f}-cpu" for f in RUN_FRAMEWORKS)
+    parents = sorted(n for n in names if n.startswith("study-") and n != "study-summary")
+    assert parents == sorted(f"study-{f}-cpu" for f in RUN_FRAMEWORKS)
+    assert names.count("study-summary") == 1  # the compare stage's report, a run of its own
     assert {r.info.status for r in runs} == {"FINISHED"}
 
     # The report: one row per framework x strategy x mode, every seed finished, with intervals.
@@ -106,6 +109,9 @@ def test_dvc_repro_runs_the_study_and_reruns_only_what_changed(tmp_path):
     diverged = [r for r in stability["runs"] if r["status"] == "diverged"]
     assert diverged and all(r["diverged_epoch"] >= 1 for r in diverged)
     assert (repo / "reports/stability.png").stat().st_size > 0
+    # compare ran after it: index.html has the stability map's plot inlined and its lr in the headline
+    page = (repo / "reports/index.html").read_text()
+    assert "Stability map: where the strategies part" in page and "The stability map parts the strategies" in page
 
     # An edit to one backend reruns that framework's stage and the report, nothing else.
     torch_backend = repo / "src/backprop_bench/backends/torch_backend.py"

@@ -1,8 +1,10 @@
 """Stage `compare`: every run of the study becomes reports/comparison.{md,csv}, summary.json
-(the few numbers `dvc exp show` displays) and five PNGs (report/plots.py).
+(the few numbers `dvc exp show` displays), five PNGs (report/plots.py) and index.html, the
+report as one page (report/html_report.py).
 
     python -m backprop_bench.compare                # runs/ -> reports/, prints one line
     python -m backprop_bench.compare --print-only   # print reports/comparison.md
+    python -m backprop_bench.compare --mlflow       # and log the report as a study-summary MLflow run
 
 Seeds are pooled per framework, strategy, device and mode: means with 95 % t intervals,
 the time to params.yaml's compare.target_accuracy, sequential − parallel paired by seed, and
@@ -16,6 +18,7 @@ import argparse
 import ast
 import io
 import itertools
+import json
 import sys
 import tokenize
 from dataclasses import asdict
@@ -27,8 +30,18 @@ import numpy as np
 from backprop_bench.backends import CLASSES
 from backprop_bench.core.checks import is_number, read_section
 from backprop_bench.core.files import atomic_write, write_json
-from backprop_bench.report import plots, tables
-from backprop_bench.report.stats import Interval, mean_interval, paired_test, smallest_p, spread
+from backprop_bench.report import html_report, plots, tables
+from backprop_bench.report.document import (
+    Block,
+    Bullets,
+    Document,
+    Figure,
+    Section,
+    Table,
+    from_markdown,
+    to_markdown,
+)
+from backprop_bench.report.stats import Interval, Spread, mean_interval, paired_test, smallest_p, spread
 from backprop_bench.results.grid import StudyParams, read_study_params
 from backprop_bench.results.key import RunKey
 from backprop_bench.results.metrics import (
@@ -56,7 +69,7 @@ SHARED_MODULES = {
 # Keras 3 on a backend -> that backend's own low-level loop, running the same step math
 KERAS_OVER = {"keras": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 PNGS = ("loss_curves.png", "time_bars.png", "accuracy_bars.png", "time_to_accuracy.png", "disagreements.png")
-REPORT_FILES = ("comparison.md", "comparison.csv", "summary.json", *PNGS)
+REPORT_FILES = ("comparison.md", "comparison.csv", "summary.json", "index.html", *PNGS)
 KEYS = ("framework", "strategy", "device", "mode")  # one row of the table: its runs differ only in seed
 POOLED = {  # metrics.json key -> (markdown header, scale, format, suffix); the csv adds <key>_hw
     "test_accuracy": ("test accuracy", 100.0, ".2f", " %"),
@@ -213,8 +226,8 @@ def _fmt(value: Interval | float | None, scale: float = 1.0, spec: str = ".2f", 
     return f"{value.mean * scale:{spec}}{hw}{suffix}"
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The main table of comparison.md, one line per row, with a final newline."""
+def main_table(rows: list[dict]) -> Table:
+    """The main table of the report, one line per row (build_rows)."""
     header = [*KEYS, "seeds", *(h for h, *_ in POOLED.values()), "speed vs NumPy", "backend LOC", "note"]
     lines = [
         [*(r[k] for k in KEYS), f"{r['n_finished']}/{r['n_seeds']}"]
@@ -222,7 +235,7 @@ def markdown_table(rows: list[dict]) -> str:
         + [_fmt(r["speed_vs_numpy"], 1, ".2f", "×"), str(r["backend_loc"] or "–"), r["note"]]
         for r in rows
     ]
-    return tables.markdown_table(header, lines) + "\n"
+    return Table(header, lines)
 
 
 def csv_rows(rows: list[dict], targets: list[dict]) -> list[dict]:
@@ -270,15 +283,15 @@ def target_note(times: dict[int, TimeToTarget]) -> str:
     return "; ".join(notes + ([f"{NO_VAL}: seed {', '.join(no_val)}"] if no_val else []))
 
 
-def target_section(rows: list[dict]) -> str:
-    """comparison.md's time-to-accuracy table (target_rows), with a final newline."""
+def target_table(rows: list[dict]) -> Table:
+    """The report's time-to-accuracy table (target_rows)."""
     header = [*KEYS, "reached", "seconds to target", "epoch (mean)", "note"]
     lines = [
         [*(r[k] for k in KEYS), f"{r['n_reached']} of {r['n_finished']}"]
         + [_fmt(r["time_to_target_s"], 1, ".2f"), _fmt(r["epochs_to_target"], 1, ".1f"), r["target_note"]]
         for r in rows
     ]
-    return tables.markdown_table(header, lines) + "\n"
+    return Table(header, lines)
 
 
 def percent(fraction: float) -> str:
@@ -289,34 +302,43 @@ def percent(fraction: float) -> str:
 # ----------------------------------------------------------------------------- sequential − parallel
 
 
-def paired_section(groups: Groups) -> str:
+def paired_tests(groups: Groups) -> list[dict]:
     """Per framework, device, mode and PAIRED quantity: stats.paired_test over the seeds where
-    both strategies finished."""
-    lines = []
+    both strategies finished (`test`: None when no seed did)."""
+    out = []
     for (framework, strategy, device, mode), seq_runs in groups.items():
         if strategy != "sequential" or (framework, "parallel", device, mode) not in groups:
             continue
         seq = {r["seed"]: r for r in finished(seq_runs)}
         par = {r["seed"]: r for r in finished(groups[(framework, "parallel", device, mode)])}
         seeds = sorted(seq.keys() & par.keys())
-        for key, (name, scale, spec) in PAIRED.items():
-            line = [framework, device, mode, name, str(len(seeds))]
-            if not seeds:
-                lines.append(line + ["–", "–", "–", "no seed finished under both strategies"])
-                continue
-            t = paired_test([seq[s][key] for s in seeds], [par[s][key] for s in seeds])
-            ci = f"[{t.interval.low * scale:{spec}}, {t.interval.high * scale:{spec}}]" if t.n > 1 else "–"
-            lines.append(line + [f"{t.mean_diff * scale:{spec}}", ci, f"{t.p_value:.3g}", t.verdict])
+        for key in PAIRED:
+            t = paired_test([seq[s][key] for s in seeds], [par[s][key] for s in seeds]) if seeds else None
+            out.append(dict(framework=framework, device=device, mode=mode, key=key, seeds=len(seeds), test=t))
+    return out
+
+
+def paired_block(tests: list[dict]) -> Block:
+    """The paired tests (paired_tests) as the report's table, or a sentence when there are none."""
+    lines = []
+    for c in tests:
+        name, scale, spec = PAIRED[c["key"]]
+        line = [c["framework"], c["device"], c["mode"], name, str(c["seeds"])]
+        if (t := c["test"]) is None:
+            lines.append(line + ["–", "–", "–", "no seed finished under both strategies"])
+            continue
+        ci = f"[{t.interval.low * scale:{spec}}, {t.interval.high * scale:{spec}}]" if t.n > 1 else "–"
+        lines.append(line + [f"{t.mean_diff * scale:{spec}}", ci, f"{t.p_value:.3g}", t.verdict])
     if not lines:
-        return "The study does not run both strategies: nothing to pair.\n"
+        return "The study does not run both strategies: nothing to pair."
     header = ["framework", "device", "mode", "sequential − parallel", "seeds", "mean", "95 % interval", "p", "verdict"]
-    return tables.markdown_table(header, lines) + "\n"
+    return Table(header, lines)
 
 
 # ----------------------------------------------------------------------------- what Keras costs
 
 
-def keras_section(groups: Groups, p: StudyParams) -> str:
+def keras_block(groups: Groups, p: StudyParams) -> Block:
     """Per Keras framework beside its backend's own loop (KERAS_OVER), strategy, device and mode:
     the steady epoch time of Keras over the backend's, per seed (the same weights and batches in
     controlled mode), as a mean with its 95 % interval over the seeds both finished."""
@@ -336,9 +358,9 @@ def keras_section(groups: Groups, p: StudyParams) -> str:
             lines.append(line + [_fmt(ratio, 1, ".2f", "×"), ""])
     if not lines:
         pairs = ", ".join(f"{k} beside {o}" for k, o in KERAS_OVER.items())
-        return f"The study runs no Keras framework beside its own backend ({pairs}).\n"
+        return f"The study runs no Keras framework beside its own backend ({pairs})."
     header = ["Keras", "its backend", "strategy", "device", "mode", "seeds", "epoch time, Keras / backend", "note"]
-    return tables.markdown_table(header, lines) + "\n"
+    return Table(header, lines)
 
 
 # ----------------------------------------------------------------------------- do frameworks differ?
@@ -378,44 +400,59 @@ def disagreement_line(preds: dict[str, np.ndarray], y_test: np.ndarray) -> str:
     return text + (f"; right on those: {right}" if len(where) else "")
 
 
-def native_section(groups: Groups, p: StudyParams, y_test: np.ndarray) -> str:
-    """Native mode: test accuracy's spread over frameworks vs over seeds, the test digits the
-    frameworks label differently (per seed) and pairwise agreement; then controlled mode in one line."""
-    out, combos = [], list(itertools.product(p.strategies, p.devices))
+def native_spreads(groups: Groups, p: StudyParams) -> list[dict]:
+    """Native mode, per strategy and device: stats.spread of test accuracy (%) across frameworks vs
+    across seeds (`spread`: None when fewer than two frameworks finished)."""
+    out = []
+    for strategy, device in itertools.product(p.strategies, p.devices):
+        runs = {f: finished(groups[(f, strategy, device, "native")]) for f in p.frameworks}
+        accs = {f: [100 * r["test_accuracy"] for r in rs] for f, rs in runs.items() if rs}  # in %
+        out.append(dict(strategy=strategy, device=device, spread=spread(accs) if len(accs) > 1 else None))
+    return out
+
+
+def native_blocks(groups: Groups, p: StudyParams, y_test: np.ndarray, spreads: list[dict]) -> list[Block]:
+    """Native mode: test accuracy's spread over frameworks vs over seeds (native_spreads), the test
+    digits the frameworks label differently (per seed) and pairwise agreement; then controlled mode
+    in one line."""
+    out: list[Block] = []
+    combos = list(itertools.product(p.strategies, p.devices))
     if "native" not in p.modes:
-        out.append("Native mode is not in this study (params.yaml study.modes).\n")
+        out.append("Native mode is not in this study (params.yaml study.modes).")
     else:
-        out.append("Test accuracy (%): spread across frameworks vs across seeds (one-way ANOVA over seeds).\n")
-        for strategy, device in combos:
-            runs = {f: finished(groups[(f, strategy, device, "native")]) for f in p.frameworks}
-            accs = {f: [100 * r["test_accuracy"] for r in rs] for f, rs in runs.items() if rs}  # in %
-            text = spread(accs).describe() if len(accs) > 1 else "fewer than two frameworks finished"
-            out.append(f"- {strategy}, {device}: {text}")
-        out.append("\nTest digits the frameworks label differently, and who is right on those:\n")
+        out.append("Test accuracy (%): spread across frameworks vs across seeds (one-way ANOVA over seeds).")
+        out.append(Bullets([f"{c['strategy']}, {c['device']}: {spread_text(c['spread'])}" for c in spreads]))
+        out.append("Test digits the frameworks label differently, and who is right on those:")
+        items = []
         for strategy, device in combos:
             for i, preds in enumerate(seed_predictions(groups, p, strategy, device, "native")):
                 absent = [f for f in p.frameworks if f not in preds]
                 note = f" (not finished: {', '.join(absent)})" if absent and len(preds) > 1 else ""
-                out.append(f"- {strategy}, {device}, seed {i}: {disagreement_line(preds, y_test)}{note}")
-        out.append("\nPairwise agreement: share of test digits on which two frameworks predict the same label.")
+                items.append(f"{strategy}, {device}, seed {i}: {disagreement_line(preds, y_test)}{note}")
+        out.append(Bullets(items))
+        out.append("Pairwise agreement: share of test digits on which two frameworks predict the same label.")
         for strategy, device in combos:
             share = agreement_matrix(seed_predictions(groups, p, strategy, device, "native"), list(p.frameworks))
             lines = [[a] + [_fmt(x, 100, ".1f", " %") for x in row] for a, row in zip(p.frameworks, share)]
-            out.append(f"\n{strategy}, {device}, seeds pooled:\n\n" + tables.markdown_table(["", *p.frameworks], lines))
+            out += [f"{strategy}, {device}, seeds pooled:", Table(["", *p.frameworks], lines)]
     if "controlled" in p.modes:
         out.append(controlled_line([s for c in combos for s in seed_predictions(groups, p, *c, "controlled")]))
-    return "\n".join(out) + "\n"
+    return out
+
+
+def spread_text(s: Spread | None) -> str:
+    return s.describe() if s is not None else "fewer than two frameworks finished"
 
 
 def controlled_line(per_seed: list[dict[str, np.ndarray]]) -> str:
     """Controlled runs of one seed share weights and batches: they should predict the same labels."""
     compared = [preds for preds in per_seed if len(preds) > 1]
     if not compared:
-        return "\nIn controlled mode fewer than two frameworks finished any seed."
+        return "In controlled mode fewer than two frameworks finished any seed."
     total = sum(len(next(iter(preds.values()))) for preds in compared)
     same = total - sum(len(find_disagreements(preds)) for preds in compared)
     return (
-        f"\nIn controlled mode the frameworks predict the same label on {same} of {total} test digits "
+        f"In controlled mode the frameworks predict the same label on {same} of {total} test digits "
         "(every strategy, device and seed). They start from the same weights and walk the same batches, "
         "so every difference is float rounding; long float32 runs let it grow into different models."
     )
@@ -455,7 +492,7 @@ def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[
     samples/s over NumPy's at the same strategy, the mean over both strategies, 2 decimals); none
     when NumPy is not in the study. A ratio, not samples/s: 7 columns a framework instead of 9, and
     the machine's load cancels out of it."""
-    mode, device = ("controlled" if "controlled" in p.modes else p.modes[0]), p.devices[0]
+    mode, device = headline_mode(p)
     acc: dict[str, float] = {}
     half_widths = []
     for s in p.strategies:
@@ -468,19 +505,28 @@ def summary(groups: Groups, rows: list[dict], p: StudyParams) -> dict[str, dict[
                 half_widths.append(interval.half_width)
     if acc and half_widths:
         acc["hw"] = round(max(half_widths), 4)
-    speed: dict[str, float] = {}
-    for f in p.frameworks:
-        here = [r["speed_vs_numpy"] for r in rows if (r["framework"], r["device"], r["mode"]) == (f, device, mode)]
-        if f != "numpy" and (ratios := [x for x in here if x is not None]):
-            speed[SHORT.get(f, f)] = round(float(np.mean(ratios)), 2)
+    speed = {SHORT.get(f, f): round(x, 2) for f, x in speed_ratios(rows, p).items() if f != "numpy"}
     return {key: group for key, group in (("acc", acc), ("x", speed)) if group}
 
 
-REPORT = """\
-# Comparison of the study's runs
+def headline_mode(p: StudyParams) -> tuple[str, str]:
+    """(mode, device) of the headline numbers: controlled mode (like with like), else the first; the first device."""
+    return ("controlled" if "controlled" in p.modes else p.modes[0]), p.devices[0]
 
-{counts}.
 
+def speed_ratios(rows: list[dict], p: StudyParams) -> dict[str, float]:
+    """framework -> its samples/s over NumPy's, the mean over strategies (headline_mode); NumPy's own
+    1.0 included; frameworks without a ratio left out."""
+    mode, device = headline_mode(p)
+    out = {}
+    for f in p.frameworks:
+        here = [r["speed_vs_numpy"] for r in rows if (r["framework"], r["device"], r["mode"]) == (f, device, mode)]
+        if ratios := [x for x in here if x is not None]:
+            out[f] = float(np.mean(ratios))
+    return out
+
+
+INTRO = """\
 **How to read this.** *Controlled* mode starts every framework from the same initial weights and batch
 order, so they do the same arithmetic and agree up to float rounding: differences there are numerics,
 and the speed columns compare like with like. *Native* mode gives each framework its own default
@@ -488,40 +534,34 @@ initialisation and shuffling (seeded), as its users get them: differences there 
 question is whether they exceed what a change of seed does. `mean ± h` pools the seeds that finished
 (seeds 0..{last}): the 95 % Student t interval for the mean, mean ± t(0.975, n − 1)·s/√n, wide with few
 seeds; a single seed gives no interval. The paired section compares the strategies run by run (same seed:
-same initial weights and batch order) with a sign-flip test; at {seeds} seeds no p-value can be below {floor:.3g}.
+same initial weights and batch order) with a sign-flip test; at {seeds} seeds no p-value can be below {floor:.3g}."""
 
-## Per framework, strategy, device and mode
-
-{table}
+MAIN_NOTE = """\
 Speed vs NumPy: mean samples/s over NumPy's at the same strategy, device and mode. Test accuracy on the
 test split; times are the training loop only, each framework on {threads}. Backend LOC (the
 cost of writing it): non-blank lines of `src/backprop_bench/backends/<framework>_backend.py` that are not
-only a comment or part of a docstring, a shared module counted in full in each backend built on it: {loc}.
+only a comment or part of a docstring, a shared module counted in full in each backend built on it: {loc}."""
 
-## Time to {target} validation accuracy
-
+TARGET_INTRO = """\
 Per run, the first epoch whose validation accuracy reaches {target} (params.yaml `compare.target_accuracy`)
 and the training-loop seconds until the end of that epoch, the first epoch's compilation and warm-up
 included: the time to result of MLPerf Training and AlgoPerf. Validation runs once an epoch, so the time
-moves in whole epochs. `mean ± h` over the seeds that reached it; *reached*: of the seeds that finished.
+moves in whole epochs. `mean ± h` over the seeds that reached it; *reached*: of the seeds that finished."""
 
-{targets}
-## sequential − parallel, paired by seed
-
-{paired}
-## What Keras costs over its own backend
-
+KERAS_INTRO = """\
 Each Keras framework runs its backend's own step math inside Keras's `fit()`, layers and variables
 (docs/backends.md), so its epoch time over that backend's low-level loop is what Keras's machinery
 costs. Per seed (same weights and batches in controlled mode), then the mean with its 95 % interval;
-the stages ran beside others, so `make bench` measures the same ratio interleaved in one process.
+the stages ran beside others, so `make bench` measures the same ratio interleaved in one process."""
 
-{keras}
-## Native mode: do frameworks differ?
-
-{native}
-Plots: {pngs}.
-"""
+CAPTIONS = {  # PNGS -> the caption index.html shows under it
+    "loss_curves.png": "Train loss per epoch: the mean over seeds with a min–max band, one panel per mode.",
+    "time_bars.png": "Samples/s per framework and strategy with 95 % whiskers (controlled mode if run).",
+    "accuracy_bars.png": "Test accuracy with 95 % whiskers, both modes side by side.",
+    "time_to_accuracy.png": "Seconds to {target} validation accuracy per framework and strategy with 95 % "
+    "whiskers (controlled mode if run); a bar no seed reached says so.",
+    "disagreements.png": "Test digits the frameworks label differently ({where}).",
+}
 
 
 def threads_note(threads: int) -> str:
@@ -529,6 +569,62 @@ def threads_note(threads: int) -> str:
     if threads == 0:
         return "its default number of CPU threads (study.threads: 0)"
     return f"{threads} CPU thread{'s' if threads > 1 else ''} (study.threads: {threads})"
+
+
+def build_document(
+    groups: Groups,
+    p: StudyParams,
+    target: float,
+    y_test: np.ndarray,
+    where: str,
+    backends_dir: Path = BACKENDS_DIR,
+    stability: dict | None = None,
+    bench: Path | None = None,
+) -> Document:
+    """The whole report as data (report/document.py), built once: comparison.md and index.html render it.
+
+    where: the runs disagreements.png shows, for its caption; stability: stability.json's result
+    (read_stability), for the headline and the appendix; bench: bench.md, for the appendix."""
+    rows, targets = build_rows(groups, backends_dir), target_rows(groups, target)
+    statuses = [r["status"] for runs in groups.values() for r in runs]
+    counts = f"{len(statuses)} runs: " + ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    tests, spreads = paired_tests(groups), native_spreads(groups, p) if "native" in p.modes else []
+    loc = "; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items())
+    intro = INTRO.format(last=p.seeds - 1, seeds=p.seeds, floor=smallest_p(p.seeds))
+    sections = [
+        Section("", [f"{counts}.", intro]),
+        Section(
+            "Per framework, strategy, device and mode",
+            [main_table(rows), MAIN_NOTE.format(threads=threads_note(p.threads), loc=loc)],
+        ),
+        Section(
+            f"Time to {percent(target)} validation accuracy",
+            [TARGET_INTRO.format(target=percent(target)), target_table(targets)],
+        ),
+        Section("sequential − parallel, paired by seed", [paired_block(tests)]),
+        Section("What Keras costs over its own backend", [KERAS_INTRO, keras_block(groups, p)]),
+        Section("Native mode: do frameworks differ?", native_blocks(groups, p, y_test, spreads)),
+    ]
+    captions = {k: v.format(target=percent(target), where=where) for k, v in CAPTIONS.items()}
+    facts = dict(
+        counts=counts,
+        rows=rows,
+        targets=targets,
+        paired=tests,
+        spreads=spreads,
+        speed=speed_ratios(rows, p),
+        summary=summary(groups, rows, p),
+        target=target,
+    )
+    appendix = [s for s in (stability_section(stability), bench and bench_section(bench)) if s]
+    return Document(
+        "Comparison of the study's runs",
+        sections,
+        [Figure(f, captions[f]) for f in PNGS],
+        headline=headline(facts, p, stability),
+        appendix=appendix,
+        facts=facts,
+    )
 
 
 def compare(
@@ -550,32 +646,19 @@ def compare(
     except KeyError as err:
         raise ReportError(f"{data_path}: missing array {err} (expected x_test and y_test)") from None
     groups = load_study(runs_dir, p, len(y_test))
-    rows, targets = build_rows(groups, backends_dir), target_rows(groups, target)
-    statuses = [r["status"] for runs in groups.values() for r in runs]
-    counts = f"{len(statuses)} runs: " + ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
-    report = REPORT.format(
-        counts=counts,
-        last=p.seeds - 1,
-        seeds=p.seeds,
-        floor=smallest_p(p.seeds),
-        threads=threads_note(p.threads),
-        table=markdown_table(rows),
-        loc="; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items()),
-        target=percent(target),
-        targets=target_section(targets),
-        paired=paired_section(groups),
-        keras=keras_section(groups, p),
-        native=native_section(groups, p, y_test),
-        pngs=", ".join(PNGS),
-    )
     # disagreements.png: native mode if run, parallel if run, the first device, seed 0
     mode = "native" if "native" in p.modes else p.modes[0]
     strategy = "parallel" if "parallel" in p.strategies else p.strategies[0]
+    caption = f"{mode} mode, {strategy}, {p.devices[0]}, seed 0"
+    stability = read_stability(reports_dir / "stability.json")
+    doc = build_document(groups, p, target, y_test, caption, backends_dir, stability, reports_dir / "bench.md")
+    rows, targets = doc.facts["rows"], doc.facts["targets"]
+    report = to_markdown(doc)
     preds = seed_predictions(groups, p, strategy, p.devices[0], mode)[0]
     where = find_disagreements(preds) if len(preds) > 1 else np.array([], dtype=np.int64)
 
     tables.write_csv_table(reports_dir / "comparison.csv", CSV_COLUMNS, csv_rows(rows, targets))
-    write_json(reports_dir / "summary.json", summary(groups, rows, p))
+    write_json(reports_dir / "summary.json", doc.facts["summary"])
     plots.plot_loss_bands([r for runs in groups.values() for r in runs], reports_dir / "loss_curves.png")
     controlled = [r for r in rows if r["mode"] == "controlled"] or rows
     plots.plot_interval_bars(controlled, "samples_per_second", reports_dir / "time_bars.png", "samples/s", ",.0f")
@@ -583,10 +666,168 @@ def compare(
     label = f"seconds to {percent(target)} validation accuracy"
     controlled = [r for r in targets if r["mode"] == "controlled"] or targets
     plots.plot_interval_bars(controlled, "time_to_target_s", reports_dir / "time_to_accuracy.png", label, ".2f")
-    caption = f"{mode} mode, {strategy}, {p.devices[0]}, seed 0"
     plots.plot_disagreements(preds, where, x_test, y_test, reports_dir / "disagreements.png", caption=caption)
+    write_page(doc, reports_dir)
     atomic_write(reports_dir / "comparison.md", report)  # last: its presence means the rest is there
-    return report, counts
+    return report, doc.facts["counts"]
+
+
+# ----------------------------------------------------------------------------- index.html
+
+
+def headline(facts: dict[str, Any], p: StudyParams, stability: dict | None) -> list[str]:
+    """The page's first sentences, from build_document's facts: speed, the paired tests, the
+    stability map (stability.json, if there), native mode's spread, time to accuracy."""
+    mode, device = headline_mode(p)
+    out = [f"{facts['counts']}."]
+    if speed := sorted(facts["speed"].items(), key=lambda kv: -kv[1]):
+        ratios = ", ".join(f"{f} {x:.2f}×" for f, x in speed)
+        lead = f", {speed[0][1] / speed[1][1]:.2f}× as fast as the next, {speed[1][0]}" if len(speed) > 1 else ""
+        out.append(
+            f"Fastest in {mode} mode on {device}: {speed[0][0]}{lead}; samples/s as a multiple of NumPy's "
+            f"(mean over strategies): {ratios}."
+        )
+    out.append(paired_sentence(facts["paired"]))
+    if stability is not None and (limits := stability.get("lr_summary")):
+        by_batch: dict[int, list[str]] = {}
+        for s in limits:
+            lr = s["largest_learning_lr"]
+            by_batch.setdefault(s["batch_size"], []).append(f"{s['strategy']} {'none' if lr is None else f'{lr:g}'}")
+        parts = "; ".join(f"batch {b}: {', '.join(v)}" for b, v in by_batch.items())
+        out.append(f"The stability map parts the strategies (NumPy, plain SGD; largest lr that learns): {parts}.")
+    if spreads := facts["spreads"]:
+        out.append(spread_sentence(spreads))
+    fast = [r for r in facts["targets"] if r["time_to_target_s"] is not None and r["mode"] == mode]
+    if fast:
+        r = min(fast, key=lambda r: r["time_to_target_s"].mean)
+        seconds = _fmt(r["time_to_target_s"], 1, ".2f", " s")
+        out.append(
+            f"Fastest to {percent(facts['target'])} validation accuracy in {mode} mode: {r['framework']} "
+            f"{r['strategy']} on {r['device']}, {seconds} ({r['n_reached']} of {r['n_finished']} seeds reached it)."
+        )
+    else:
+        out.append(f"No {mode} run reached {percent(facts['target'])} validation accuracy.")
+    return out
+
+
+def paired_sentence(tests: list[dict]) -> str:
+    """The paired tests' verdicts in one sentence: which differences are distinguishable from zero."""
+    done = [c for c in tests if c["test"] is not None]
+    if not done:
+        return "Sequential and parallel: no seed finished under both strategies, nothing to pair."
+    hits = [c for c in done if c["test"].p_value <= 1 - c["test"].interval.confidence]
+    named = []
+    for c in hits:
+        name, scale, spec = PAIRED[c["key"]]
+        named.append(
+            f"{c['framework']} {c['mode']} {name} ({c['test'].mean_diff * scale:{spec}}, p = {c['test'].p_value:.3g})"
+        )
+    seeds = max(c["seeds"] for c in done)
+    if not hits:
+        return (
+            f"Sequential and parallel, paired by seed: none of the {len(done)} differences is distinguishable "
+            f"from zero at {seeds} seeds (smallest possible p {smallest_p(seeds):.3g})."
+        )
+    return (
+        f"Sequential − parallel, paired by seed: {len(hits)} of {len(done)} differences distinguishable from zero: "
+        + ("; ".join(named) + ".")
+    )
+
+
+def spread_sentence(spreads: list[dict]) -> str:
+    """Native mode's ANOVA verdicts: do frameworks differ beyond seed noise?"""
+    parts = []
+    for c in spreads:
+        s, where = c["spread"], f"{c['strategy']}, {c['device']}"
+        if s is None or not np.isfinite(s.p_value):
+            parts.append(f"{where}: no test ({spread_text(s).split(': ')[-1]})")
+        elif s.p_value <= 0.05:
+            parts.append(f"{where}: yes (F = {s.f:.3g}, p = {s.p_value:.3g})")
+        else:
+            parts.append(f"{where}: no (F = {s.f:.3g}, p = {s.p_value:.3g})")
+    return (
+        "Native mode, does test accuracy differ across frameworks beyond seed noise (one-way ANOVA, level 0.05)? "
+        + ("; ".join(parts) + ".")
+    )
+
+
+def read_stability(path: Path) -> dict | None:
+    """The stability stage's stability.json, or None when it has not run."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: line {err.lineno} column {err.colno}: not valid JSON") from None
+    if not isinstance(result, dict):
+        raise ReportError(f"{path}: expected a JSON object (the stability stage's result)")
+    return result
+
+
+def stability_section(stability: dict | None) -> Section | None:
+    """The stability map: its plot, the largest lr per strategy and batch, where the strategies part."""
+    if stability is None:
+        return None
+    blocks: list[Block] = [
+        "Plain SGD on NumPy over a grid of learning rates, per strategy and batch size "
+        "(the `stability` stage; docs/stability.md; every run in reports/stability.md).",
+        Figure(
+            "stability.png",
+            "Final train loss against lr (both axes log), one line per strategy and batch; "
+            "marker shapes: filled circle learned, open square stalled, × diverged.",
+        ),
+    ]
+    if limits := stability.get("lr_summary"):
+        header = ["strategy", "batch", "largest lr that learns", "largest lr that does not diverge", "lowest loss at"]
+        keys = ("largest_learning_lr", "largest_nondiverging_lr", "lowest_loss_lr")
+        lr = {None: "none"}
+        rows = [
+            [s["strategy"], str(s["batch_size"]), *(lr.get(s.get(k), f"{s.get(k):g}") for k in keys)] for s in limits
+        ]
+        blocks.append(Table(header, rows))
+    else:
+        blocks.append("stability.json has no `lr_summary`: rerun the stability stage (`dvc repro stability`).")
+    if sentences := stability.get("sentences"):
+        blocks.append(Bullets(list(sentences)))
+    return Section("Stability map: where the strategies part", blocks)
+
+
+def bench_section(path: Path) -> Section | None:
+    """The latest `make bench` results (reports/bench.md, not a DVC output), when there."""
+    if not path.is_file():
+        return None
+    intro = f"The latest `make bench` results, as {path.name} has them (docs/benchmark.md):"
+    return Section("Latest bench results", [intro, *from_markdown(path.read_text())])
+
+
+def write_page(doc: Document, reports_dir: Path) -> Path:
+    """index.html: the document, its headline and appendix (stability map, bench), figures inlined."""
+    return atomic_write(reports_dir / "index.html", html_report.render(doc, reports_dir))
+
+
+def summary_metrics(summary_json: dict[str, dict[str, float]], counts: str) -> dict[str, float]:
+    """The headline numbers as MLflow metrics: summary.json's (acc.seq, acc.par, acc.hw, x.pt, ...)
+    and the run counts (runs, runs.finished, ... from `counts`, e.g. "24 runs: 23 finished, 1 missing")."""
+    metrics = {f"{group}.{k}": float(v) for group, values in summary_json.items() for k, v in values.items()}
+    total, _, rest = counts.partition(" runs: ")
+    metrics["runs"] = float(total)
+    for part in rest.split(", "):
+        n, _, status = part.partition(" ")
+        metrics[f"runs.{status.replace(' ', '_')}"] = float(n)
+    return metrics
+
+
+def log_summary_run(reports_dir: Path, counts: str, uri: str | None, experiment: str) -> str:
+    """The report compare() wrote as an MLflow run of its own (tracking/summary.py): index.html,
+    comparison.md and the PNGs as artifacts, summary_metrics as metrics; returns its run id.
+
+    counts: compare()'s count of the runs; uri: None for $MLFLOW_TRACKING_URI, else mlflow.db here."""
+    from backprop_bench.tracking.summary import log_study_summary
+    from backprop_bench.tracking.uri import resolve_uri
+
+    summary_json = json.loads((reports_dir / "summary.json").read_text())
+    files = [reports_dir / n for n in ("index.html", "comparison.md", *PNGS)]
+    return log_study_summary(resolve_uri(uri, Path.cwd()), experiment, summary_metrics(summary_json, counts), files)
 
 
 def print_report(reports_dir: Path) -> str:
@@ -605,6 +846,11 @@ def main(argv: list[str] | None = None) -> int:
         "--params", type=Path, default=Path("params.yaml"), help="study: names the runs; compare: the target accuracy"
     )
     parser.add_argument("--print-only", action="store_true", help="print the existing report and exit")
+    parser.add_argument("--mlflow", action="store_true", help="log the report as a study-summary MLflow run")
+    parser.add_argument(
+        "--tracking-uri", help="with --mlflow: the store (default: $MLFLOW_TRACKING_URI, else sqlite mlflow.db here)"
+    )
+    parser.add_argument("--experiment", default="backprop-bench", help="with --mlflow: the study's experiment")
     args = parser.parse_args(argv)
     try:
         if args.print_only:
@@ -613,6 +859,9 @@ def main(argv: list[str] | None = None) -> int:
             p, target = read_study_params(args.params), read_target_accuracy(args.params)
             _, counts = compare(args.runs_dir, args.reports_dir, args.data, p, target)
             print(f"compare: wrote {args.reports_dir}/ ({counts}); print it with --print-only")
+            if args.mlflow:
+                run_id = log_summary_run(args.reports_dir, counts, args.tracking_uri, args.experiment)
+                print(f"compare: MLflow run {run_id} ({args.experiment}, study-summary) holds index.html and the plots")
     except ValueError as err:  # ReportError, and the params readers' errors naming the file and key
         print(f"compare: {err}", file=sys.stderr)
         return 1
