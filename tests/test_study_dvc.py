@@ -50,7 +50,6 @@ def shrink_study(repo: Path) -> None:
         "modes": MODES,
         "seeds": SEEDS,
         "threads": 1,
-        "keras_on": [],
     }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
