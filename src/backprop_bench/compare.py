@@ -352,7 +352,9 @@ def keras_block(groups: Groups, p: StudyParams) -> Block:
             ratios = [k[i] / o[i] for i in sorted(k.keys() & o.keys()) if k[i] and o[i]]
             line = [keras, own, strategy, device, mode, str(len(ratios))]
             if not ratios:
-                lines.append(line + ["–", "no seed finished in both"])
+                both = k.keys() & o.keys()  # finished in both, but a run of one epoch has no steady epoch
+                why = "no steady epoch: runs of one epoch (train.epochs >= 2)" if both else "no seed finished in both"
+                lines.append(line + ["–", why])
                 continue
             ratio = mean_interval(ratios, name=f"{keras} / {own} epoch time")
             lines.append(line + [_fmt(ratio, 1, ".2f", "×"), ""])
