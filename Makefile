@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run report chromium study-full lint format test test-fast bench gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
+.PHONY: setup run report chromium study-full lint format test test-fast bench bench-full gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -70,6 +70,9 @@ test-fast: setup chromium
 
 bench: setup
 	$(PY) -m backprop_bench.bench
+
+bench-full: setup
+	$(PY) -m backprop_bench.bench --cells full
 
 # Debian's chromium, which tests/test_html_report.py drives headless: installed as root when missing.
 chromium:

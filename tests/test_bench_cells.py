@@ -293,3 +293,37 @@ def test_cells_carry_their_group():
     ]
     assert got[1].steps_per_execution == 16 and not got[1].compile
     assert {c.group for c in cells.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])} == {"main"}
+
+
+def test_the_default_set_keeps_plain_fastest_and_stock_and_sequential_for_plain_at_the_largest_batch():
+    grid = dict(strategies=["parallel", "sequential"], batches=[64, 256], devices=["cpu"], keras_spe=[16])
+    got = {c.name for c in cells.plan_cells(["numpy", "torch", "keras"], **grid, cell_set="default")}
+    assert got == {
+        f"{fw}-{mode}-parallel-b{b}-cpu"
+        for fw, modes in {
+            "numpy": ("plain", "fast"),
+            "torch": ("eager", "compile", "stock-eager"),
+            "keras": ("fit", "jit-spe16", "stock-jit-spe16"),
+        }.items()
+        for mode in modes
+        for b in (64, 256)
+    } | {"numpy-plain-sequential-b256-cpu", "torch-eager-sequential-b256-cpu", "keras-fit-sequential-b256-cpu"}
+    full = cells.plan_cells(["numpy", "torch", "keras"], **grid)
+    assert got < {c.name for c in full}  # a subset: same names, same order rules
+
+
+def test_every_default_mode_is_a_mode_of_its_framework():
+    for spe in ([16], [4, 16], []):
+        modes = cells.framework_modes(spe)
+        for fw, chosen in cells.default_modes(spe).items():
+            names = [m for m, _, _ in modes[fw]]
+            assert chosen[0] == names[0]  # the plain mode
+            assert {m for m in chosen if m} <= set(names), (fw, chosen)
+    assert cells.default_modes([4, 16])["keras"][1] == "jit-spe16"  # the largest steps_per_execution
+
+
+def test_a_child_group_keeps_no_stock_cells_in_the_default_set():
+    got = cells.plan_cells(
+        ["keras-torch", "torch"], ["parallel"], [64], ["cpu"], [16], group="keras-torch", cell_set="default"
+    )
+    assert [c.mode for c in got] == ["fit", "eager", "compile"]

@@ -19,9 +19,11 @@ from backprop_bench.bench import cells
 from backprop_bench.bench.cells import SIZES
 from backprop_bench.core.specs import MLPSpec
 
-# Tiny: 512 synthetic rows, one timed round, a 64^2 "peak". --keep-blas-env: tests never
-# touch the OpenBLAS variables (nor re-exec the test process).
+# Tiny: 512 synthetic rows, one timed round, a 64^2 "peak", every cell of the grid asked for.
+# --keep-blas-env: tests never touch the OpenBLAS variables (nor re-exec the test process).
 TINY = [
+    "--cells",
+    "full",
     "--data",
     "synthetic",
     "--samples",
@@ -208,7 +210,8 @@ def test_the_re_executed_bench_reports_what_it_unset(monkeypatch):
         (["--devices", "tpu"], "--devices: tpu"),
         (["--samples", "32", "--batches", "64"], "--samples"),
         (["--data", "mnist"], "--data"),
-        (["--child", "keras"], "--child"),  # Keras on TensorFlow is the main group's
+        (["--child", "keras"], "--child"),
+        (["--cells", "all"], "--cells"),  # Keras on TensorFlow is the main group's
     ],
 )
 def test_bad_options_name_the_option(argv, says, capsys):
@@ -217,11 +220,13 @@ def test_bad_options_name_the_option(argv, says, capsys):
     assert says in capsys.readouterr().err
 
 
-def test_default_options_are_the_full_grid():
+def test_default_options_are_the_default_cells_of_the_whole_grid():
     args = bench.parse_args([])
     assert args.frameworks == list(FRAMEWORKS) and "jax" in args.frameworks
     assert args.strategies == ["parallel", "sequential"] and args.batches == [64, 256]
-    assert args.keras_spe == [16] and args.stock is True and args.rounds == 5
+    assert args.keras_spe == [16] and args.stock is True and args.cells == "default" and args.rounds == 3
+    assert bench.parse_args(["--cells", "full"]).rounds == 5
+    assert bench.parse_args(["--cells", "full", "--rounds", "2"]).rounds == 2
     assert str(args.params) == "params.yaml" and args.data_dir is None and args.data == "auto"
 
 

@@ -1,6 +1,7 @@
 """Side-by-side speed benchmark: every backend x strategy x mode, beside the machine's matmul limit.
 
-    python -m backprop_bench.bench                  # the full grid (make bench), minutes on 2 cores
+    python -m backprop_bench.bench                  # the default cells (make bench), ~3 min on 2 cores
+    python -m backprop_bench.bench --cells full     # every cell (make bench-full), ~15 min on 2 cores
     python -m backprop_bench.bench --frameworks numpy,torch --batches 256 --rounds 3
     python -m backprop_bench.bench --samples 4096 --rounds 1 --peak-size 256   # plumbing check
 
@@ -36,6 +37,7 @@ from backprop_bench.core.specs import MLPSpec, OptimizerSpec
 BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 CHILD_FILE = "child.json"  # what a child bench writes into its --out-dir, for its parent
 ERROR_LINES = 20  # the last lines of a failed child's output kept as its error
+DEFAULT_ROUNDS = {"default": 3, "full": 5}  # per --cells: 3 is the fewest the report accepts
 _UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"  # set in the re-executed child: JSON of what was removed
 
 
@@ -84,6 +86,13 @@ def _list(text: str) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked; a bad one exits with a message naming it."""
     ap = argparse.ArgumentParser(prog="python -m backprop_bench.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--cells",
+        choices=C.CELL_SETS,
+        default="default",
+        help="default: each framework's plain and fastest mode and stock idiom, sequential for the plain "
+        "mode at the largest batch (docs/benchmark.md); full: every mode x strategy of the grid",
+    )
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list (default: all)")
     ap.add_argument("--strategies", default="parallel,sequential")
     ap.add_argument("--batches", default="64,256", help="comma list of batch sizes")
@@ -99,8 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--epochs",
         dest="rounds",
         type=int,
-        default=5,
-        help="timed epochs per cell, one per interleaved round (after one warm-up epoch)",
+        default=None,
+        help="timed epochs per cell, one per interleaved round (after one warm-up epoch); "
+        f"default {DEFAULT_ROUNDS['default']} with --cells default, {DEFAULT_ROUNDS['full']} with --cells full",
     )
     ap.add_argument("--samples", type=int, default=C.N_TRAIN, help="train-set rows (default 60000)")
     ap.add_argument(
@@ -146,6 +156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = ap.parse_args(argv)
     args.argv = list(argv or [])
+    if args.rounds is None:
+        args.rounds = DEFAULT_ROUNDS[args.cells]
     args.frameworks, args.strategies, args.devices = map(_list, (args.frameworks, args.strategies, args.devices))
     for option in ("batches", "keras_spe"):
         try:
@@ -215,7 +227,9 @@ def run_group(
     """Build and time one process group's cells in this process: (cells, backend info, rounds done).
     Every group draws the same epoch orders from --seed."""
     spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
-    cells = C.plan_cells(frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock, group)
+    cells = C.plan_cells(
+        frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock, group, args.cells
+    )
     made, info = build_all(cells, spec, *data, args.seed, optimizer)
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
@@ -314,6 +328,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "dtype": "float32",
         "optimizer": f"{optimizer.name} lr={optimizer.lr}",
         "data": data,
+        "cell_set": args.cells,
         "batches": args.batches,
         "rounds": min(ran, default=0),  # complete interleaved rounds of every group (fewer if interrupted)
         "rounds_requested": args.rounds,

@@ -33,6 +33,7 @@ MAIN = "main"  # the process group of the frameworks the bench's own process run
 CHILD_GROUPS = tuple(fw for fw, on in KERAS_BACKENDS.items() if on != KERAS_BACKENDS["keras"])
 
 Mode = tuple[str, bool, int]  # (mode name, compile, steps_per_execution)
+CELL_SETS = ("default", "full")  # --cells: the quick bench (default_modes) or every cell of the grid
 
 
 class Model(Protocol):
@@ -72,6 +73,43 @@ def framework_modes(keras_spe: list[int]) -> dict[str, list[Mode]]:
         "keras-jax": [("fit", False, 1)] + [(f"fit-spe{n}", False, n) for n in spe],
         "keras-torch": [("fit", False, 1)],
     }
+
+
+def default_modes(keras_spe: list[int]) -> dict[str, tuple[str, str, str | None]]:
+    """The default cell set's modes: {framework: (plain, fastest, stock idiom or None)}.
+
+    fastest: the backend mode that was the framework's fastest in docs/results.md (Keras: the
+    largest steps_per_execution); stock: the framework's fastest stock idiom there (TensorFlow's
+    plain stock step took 10x its jit one, so only the jit one is kept). keras-jax and keras-torch
+    have no stock cells (framework_modes); keras-torch has one mode.
+    """
+    top = max((n for n in keras_spe if n > 1), default=None)
+    spe = f"-spe{top}" if top else ""
+    return {
+        "numpy": ("plain", "fast", None),
+        "torch": ("eager", "compile", f"{STOCK}-eager"),
+        "tensorflow": ("function", "jit", f"{STOCK}-step-jit"),
+        "keras": ("fit", f"jit{spe}", f"{STOCK}-jit{spe}" if top else f"{STOCK}-fit"),
+        "jax": ("step-jit", "epoch-scan", f"{STOCK}-jit"),
+        "keras-jax": ("fit", f"fit{spe}", None),
+        "keras-torch": ("fit", "fit", None),
+    }
+
+
+def in_default_set(cell: Cell, keras_spe: list[int], batches: list[int]) -> bool:
+    """Whether the default (quick) cell set keeps a cell of the full grid.
+
+    Kept: each framework's plain and fastest mode, parallel, at every batch; its stock idiom in the
+    main group only (a child group's backend framework is there for the Keras ratios); sequential
+    for the plain mode at the largest batch only (the seq/par ratio and goal 3, at the cheapest
+    epochs). docs/benchmark.md gives the reasons and the time.
+    """
+    plain, fastest, stock = default_modes(keras_spe)[cell.framework]
+    if cell.mode == stock:
+        return cell.group == MAIN
+    if cell.strategy == "sequential":
+        return cell.mode == plain and cell.batch == max(batches)
+    return cell.mode in (plain, fastest)
 
 
 def process_groups(frameworks: list[str]) -> dict[str, list[str]]:
@@ -191,6 +229,7 @@ def plan_cells(
     keras_spe: list[int],
     stock: bool = True,
     group: str = MAIN,
+    cell_set: str = "full",
 ) -> list[Cell]:
     """Every framework x mode x strategy x batch x device; stock modes are parallel only.
 
@@ -198,9 +237,10 @@ def plan_cells(
     mode's parallel and sequential; numpy and torch eager) run seconds apart in every
     round, so a neighbour's burst on the shared machine rarely hits only one of them.
     group: the process group the cells run in (process_groups), recorded on each.
+    cell_set: "full" (every cell) or "default" (in_default_set's).
     """
     modes = framework_modes(keras_spe)
-    return [
+    grid = [
         Cell(fw, mode, comp, spe, strategy, batch, device, group)
         for device in devices
         for batch in batches
@@ -209,6 +249,7 @@ def plan_cells(
         for strategy in strategies
         if not is_stock(mode) or (stock and strategy == "parallel")
     ]
+    return grid if cell_set == "full" else [c for c in grid if in_default_set(c, keras_spe, batches)]
 
 
 def build(cell: Cell, spec: MLPSpec, x: np.ndarray, y: np.ndarray, seed: int, optimizer: OptimizerSpec) -> Model | None:

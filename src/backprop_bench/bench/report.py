@@ -19,6 +19,10 @@ from backprop_bench.core.specs import MLPSpec
 from backprop_bench.report.tables import markdown_table
 
 # The project's speed goals (docs/benchmark.md), judged on CPU cells of one run.
+CELL_SET_NOTE = {  # --cells, as the header names it
+    "default": "the default set (plain, fastest and stock modes; --cells full for every mode and strategy)",
+    "full": "the full grid (every mode and strategy)",
+}
 GOAL_PEAK_FRACTION = {256: 0.70, 64: 0.50}  # NumPy parallel GFLOP/s over the square-sgemm median
 GOAL_NUMPY_OVER_TORCH_B64 = 2.0  # NumPy samples/s over torch eager's, batch 64, parallel
 GOAL_SEQ_OVER_PAR = 1.15  # sequential epoch time over parallel, per framework, worst mode/batch
@@ -262,7 +266,7 @@ def _header(result: dict) -> list[str]:
         f"({d['n']} x {result['sizes'][0]}, {d['path'] or d.get('why', '')}); "
         f"{result['gflop_per_epoch']:.2f} GFLOP of needed matmul work per epoch; {result['rounds']} timed "
         f"round{'' if result['rounds'] == 1 else 's'} (one epoch of every cell of a process group each, "
-        "interleaved) after one warm-up epoch.",
+        "interleaved) after one warm-up epoch. Cells: " + CELL_SET_NOTE.get(result.get("cell_set", "full"), "?") + ".",
         "",
         f"Machine: {m['cpu']}, {m['cores_usable']} usable cores. Versions: "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
