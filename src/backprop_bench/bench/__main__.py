@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.bench import baseline as B
 from backprop_bench.bench import cells as C
 from backprop_bench.bench import peak as P
 from backprop_bench.bench import report as R
@@ -143,6 +144,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=Path("reports"))
     ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="an earlier bench.json: each cell timed in both runs gets this run's epoch time over the "
+        f"baseline's, flagged slower or faster beyond {B.TOLERANCE * 100:g} %% (docs/benchmark.md)",
+    )
+    ap.add_argument(
         "--keep-blas-env",
         action="store_true",
         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (default: re-exec without them)",
@@ -180,6 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"need --rounds >= 1 and 1 <= batch <= --samples, got --rounds {args.rounds}, "
             f"--batches {args.batches}, --samples {args.samples}"
         )
+    # read now: a bad file stops the bench before it times anything (a child bench never compares)
+    args.baseline_result = B.load(args.baseline) if args.baseline and not args.child else None
     return args
 
 
@@ -353,6 +363,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     }
     numpy_ceiling = {b: peaks[0][f"mlp_b{b}"] / numpy_peak for b in args.batches}
     result["goals"] = R.evaluate_goals(rows, args.peak_size, matmul_ceiling=numpy_ceiling)
+    if args.baseline_result is not None:
+        result["baseline"] = B.compare(result, args.baseline_result, str(args.baseline))
     atomic_write(args.out_dir / "bench.json", json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
     md = R.markdown(result)
     atomic_write(args.out_dir / "bench.md", md)

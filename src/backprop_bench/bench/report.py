@@ -14,6 +14,7 @@ import statistics
 from dataclasses import asdict
 
 from backprop_bench.backends import KERAS_BACKENDS
+from backprop_bench.bench import baseline
 from backprop_bench.bench.cells import MAIN, STOCK, Cell, framework_modes, is_stock
 from backprop_bench.core.specs import MLPSpec
 from backprop_bench.report.tables import markdown_table
@@ -407,6 +408,8 @@ def markdown(result: dict) -> str:
     """The whole report as markdown (what bench.md holds and the bench prints)."""
     lines = _header(result) + _groups_section(result) + _peak_table(result) + _cell_tables(result)
     lines += _keras_section(result)
+    if result.get("baseline"):
+        lines += baseline.markdown(result["baseline"])
     lines += ["", "## GPU", "", result["gpu_note"], "", "## The project's goals (docs/benchmark.md)", ""]
     mark = {True: "met", False: "MISSED", None: "not evaluated"}
     lines += [f"- {g['goal']}: **{mark[g['met']]}** — {g['detail']}" for g in result["goals"]]
