@@ -83,7 +83,7 @@ def test_a_file_that_is_no_bench_json_names_the_option(tmp_path, text):
 def test_the_bench_compares_itself_with_a_baseline_in_bench_json_and_bench_md(tmp_path):
     tiny = ["--data", "synthetic", "--samples", "256", "--rounds", "1", "--batches", "64", "--devices", "cpu"]
     tiny += ["--frameworks", "numpy", "--peak-size", "64", "--peak-repeats", "1", "--peak-seconds", "0.001"]
-    tiny += ["--keep-blas-env", "--strategies", "parallel"]
+    tiny += ["--keep-blas-env", "--no-tracking", "--strategies", "parallel"]
     assert bench.main(tiny + ["--out-dir", str(tmp_path / "old")]) == 0
     old = json.loads((tmp_path / "old" / "bench.json").read_text())
     for row in old["cells"]:  # the baseline 100x as fast (ms epochs vary 2x run to run): flagged slower

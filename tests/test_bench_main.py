@@ -20,7 +20,8 @@ from backprop_bench.bench.cells import SIZES
 from backprop_bench.core.specs import MLPSpec
 
 # Tiny: 512 synthetic rows, one timed round, a 64^2 "peak", every cell of the grid asked for.
-# --keep-blas-env: tests never touch the OpenBLAS variables (nor re-exec the test process).
+# --keep-blas-env: tests never touch the OpenBLAS variables (nor re-exec the test process);
+# --no-tracking: no mlflow.db (tests/test_tracking_bench.py records benches).
 TINY = [
     "--cells",
     "full",
@@ -37,6 +38,7 @@ TINY = [
     "--peak-seconds",
     "0.001",
     "--keep-blas-env",
+    "--no-tracking",
 ]
 FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)"
 

@@ -151,6 +151,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"baseline's, flagged slower or faster beyond {B.TOLERANCE * 100:g} %% (docs/benchmark.md)",
     )
     ap.add_argument(
+        "--tracking",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the bench as MLflow runs in the experiment backprop-bench-bench: one per bench, one per "
+        "cell (store: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory)",
+    )
+    ap.add_argument(
         "--keep-blas-env",
         action="store_true",
         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (default: re-exec without them)",
@@ -188,6 +195,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"need --rounds >= 1 and 1 <= batch <= --samples, got --rounds {args.rounds}, "
             f"--batches {args.batches}, --samples {args.samples}"
         )
+    if args.tracking and not args.child:  # a bad $MLFLOW_TRACKING_URI stops the bench before it times anything
+        from backprop_bench.tracking.uri import TrackingUriError, resolve_uri
+
+        try:
+            resolve_uri(None, Path.cwd())
+        except TrackingUriError as err:
+            ap.error(f"--tracking: {err} (or pass --no-tracking)")
     # read now: a bad file stops the bench before it times anything (a child bench never compares)
     args.baseline_result = B.load(args.baseline) if args.baseline and not args.child else None
     return args
@@ -372,6 +386,15 @@ def run_bench(args: argparse.Namespace) -> dict:
     return result
 
 
+def track(args: argparse.Namespace, result: dict) -> None:
+    """Record the bench as MLflow runs (tracking/bench.py), its report files as the parent's artifacts."""
+    from backprop_bench.tracking.bench import EXPERIMENT, record_bench  # imports mlflow: only with tracking
+
+    files = [args.out_dir / "bench.json", args.out_dir / "bench.md"]
+    run_id = record_bench(result, files, Path.cwd())
+    print(f"bench: recorded as MLflow run {run_id} in the experiment {EXPERIMENT}", file=sys.stderr)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -399,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             run_child(args)
             return 0
         result = run_bench(args)
+        if args.tracking:  # inside the try: SIGTERM while recording still ends the runs KILLED
+            track(args, result)
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = [g for g in result["groups"] if g["error"] is not None]
