@@ -99,3 +99,12 @@ def test_the_bench_compares_itself_with_a_baseline_in_bench_json_and_bench_md(tm
     assert got["only_baseline"] == [{"cell": "numpy-gone-parallel-b64-cpu", "group": "main"}]
     md = (tmp_path / "new" / "bench.md").read_text()
     assert f"## Against the baseline ({tmp_path / 'old.json'})" in md and "**slower**" in md
+    peaks = [lib for lib in result["peak"]["libraries"] if lib["library"] == "numpy"][0]
+    assert got["machine"]["here"] == [peaks["square"]["median"], peaks["square_after"]["median"]]
+    assert got["machine"]["baseline"] == B.machine_speed(old) and "NumPy's square sgemm ran at" in md
+
+
+def test_without_peaks_the_machine_line_is_left_out():
+    got = B.compare(_result({("a", "main"): [1.0]}), _result({("a", "main"): [1.0]}), "old.json")
+    assert got["machine"] == {"here": None, "baseline": None}
+    assert "square sgemm" not in "\n".join(B.markdown(got))

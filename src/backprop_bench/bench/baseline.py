@@ -59,7 +59,19 @@ def compare(result: dict, baseline: dict, path: str, tolerance: float = TOLERANC
         "cells": cells,
         "only_here": [{"cell": c, "group": g} for c, g in here if (c, g) not in there],
         "only_baseline": [{"cell": c, "group": g} for c, g in there if (c, g) not in here],
+        "machine": {"here": machine_speed(result), "baseline": machine_speed(baseline)},
     }
+
+
+def machine_speed(result: dict) -> list[float] | None:
+    """NumPy's square-sgemm median GFLOP/s before and after the rounds (peak.py), or None (no peak).
+
+    The min-max interval holds each run's round-to-round noise, not a change of the whole machine
+    between the runs (another job started): these two figures show that one."""
+    numpy = next((lib for lib in (result.get("peak") or {}).get("libraries", []) if lib["library"] == "numpy"), None)
+    if numpy is None:
+        return None
+    return [numpy["square"]["median"], numpy.get("square_after", numpy["square"])["median"]]
 
 
 def markdown(comparison: dict) -> list[str]:
@@ -80,6 +92,14 @@ def markdown(comparison: dict) -> list[str]:
         for c in comparison["cells"]
     ]
     lines.append(markdown_table(["cell", "group", "ratio", "interval", "verdict"], rows, align="llrll"))
+    here, there = comparison["machine"]["here"], comparison["machine"]["baseline"]
+    if here and there:
+        lines += [
+            "",
+            f"The machine: NumPy's square sgemm ran at {here[0]:.1f} / {here[1]:.1f} GFLOP/s (before / after "
+            f"the rounds) here, {there[0]:.1f} / {there[1]:.1f} in the baseline. Verdicts that merely follow "
+            "a change there are the machine's, not the code's.",
+        ]
     for key, where in (("only_here", "Timed in this run only"), ("only_baseline", "Timed in the baseline only")):
         if comparison[key]:
             lines += ["", f"{where}: " + ", ".join(f"{c['cell']} ({c['group']})" for c in comparison[key]) + "."]
