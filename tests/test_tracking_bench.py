@@ -51,8 +51,8 @@ def test_a_bench_is_one_parent_run_with_a_child_run_per_cell(store, tmp_path):
     tags = parents[0].data.tags
     assert tags["machine.cpu"] == result["machine"]["cpu"] and tags["version.numpy"] == np.__version__
     assert tags["blas.kernel"] and tags["command"] == result["command"] and "--no-stock" in tags["command"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert tags["git.commit"] == (head or "unknown")  # tmp_path is no checkout: "unknown"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert tags["git.commit"] == head and len(head) == 40  # the code's checkout, though the bench ran in tmp_path
     assert "version.torch" not in tags or tags["version.torch"]  # only versions present
     assert sorted(a.path for a in client.list_artifacts(parents[0].info.run_id)) == ["bench.json", "bench.md"]
 
@@ -86,10 +86,8 @@ def test_the_rounds_are_a_metric_series_and_a_baseline_verdict_is_tagged(store, 
     failed |= {"epoch_seconds": [], "median_epoch_seconds": None}
     result = _result([row, failed])
     result["baseline"] = {"cells": [{"cell": row["cell"], "group": "main", "ratio": 1.5, "verdict": "slower"}]}
-    tb.record_bench(result, [], REPO)
-    client, parents, children = _runs(store)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert parents[0].data.tags["git.commit"] == head and len(head) == 40
+    tb.record_bench(result, [], tmp_path)
+    client, _, children = _runs(store)
     by_name = {c.info.run_name: c for c in children}
     ok = by_name[row["cell"]]
     series = client.get_metric_history(ok.info.run_id, "epoch_seconds")
@@ -130,6 +128,13 @@ def test_a_bad_tracking_uri_stops_the_bench_before_it_runs(tmp_path, monkeypatch
         bench.parse_args(TINY)
     assert "--tracking" in capsys.readouterr().err
     assert bench.parse_args(TINY + ["--no-tracking"]).tracking is False
+
+
+def test_outside_a_checkout_the_commit_is_unknown(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(tb, "SOURCE", tmp_path)  # no git checkout
+    tb.record_bench(_result([]), [], tmp_path)
+    _, parents, _ = _runs(store)
+    assert parents[0].data.tags["git.commit"] == "unknown" and "mlflow.source.git.commit" not in parents[0].data.tags
 
 
 def _result(rows: list[dict]) -> dict:

@@ -1,7 +1,7 @@
 """A bench as MLflow runs (python -m backprop_bench.bench; docs/benchmark.md, "MLflow").
 
 One parent run per bench in the experiment EXPERIMENT: tags name the machine, the BLAS kernel,
-the installed versions, the git commit and the command line; bench.json and bench.md are its
+the installed versions, the git commit of the code that ran and the command line; bench.json and bench.md are its
 artifacts. One child run per cell: params framework, mode, strategy, batch, device, group;
 metrics the median epoch seconds, samples/s and each round's seconds as the series
 ``epoch_seconds`` (step = round). mlflow is imported only when a run is opened. Each run ends
@@ -18,6 +18,7 @@ from backprop_bench.tracking.run import MlflowRun
 from backprop_bench.tracking.uri import resolve_uri
 
 EXPERIMENT = "backprop-bench-bench"
+SOURCE = Path(__file__).resolve().parent  # the commit tagged is the checkout's that holds this code
 CELL_PARAMS = ("framework", "mode", "strategy", "batch", "device", "group", "compile", "steps_per_execution")
 CELL_METRICS = ("median_epoch_seconds", "min_epoch_seconds", "samples_per_second", "first_epoch_seconds", "gflops")
 
@@ -57,7 +58,7 @@ def record_bench(
     """
     store = resolve_uri(uri, project_root)
     compared = {(c["cell"], c["group"]): c for c in (result.get("baseline") or {}).get("cells", [])}
-    tags = bench_tags(result, git_commit(project_root))
+    tags = bench_tags(result, git_commit(SOURCE))
     with MlflowRun(store, experiment, f"bench {result.get('cell_set', 'full')}", tags) as parent:
         parent.log_params({"rounds": result["rounds"], "samples": result["data"]["n"], "batches": result["batches"]})
         for row in result["cells"]:
