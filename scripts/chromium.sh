@@ -6,12 +6,13 @@ set -euo pipefail
 if command -v chromium >/dev/null; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-  echo "chromium: not installed and this is not a root Debian shell: run 'apt-get install chromium' as root" >&2
+echo "chromium: installing Debian's chromium (the browser test of reports/index.html)"
+rc=0
+"$(dirname "$0")/apt_install.sh" chromium || rc=$?
+if [ "$rc" -eq 3 ]; then
+  echo "chromium: not installed: run 'apt-get install chromium' as root" >&2
   echo "  (tests/test_html_report.py's browser test skips without it)" >&2
   exit 0
 fi
-echo "chromium: installing Debian's chromium (the browser test of reports/index.html)"
-apt-get update -q >/dev/null
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+[ "$rc" -eq 0 ] || exit "$rc"
 command -v chromium >/dev/null || { echo "chromium: the package installed, but no chromium on PATH" >&2; exit 1; }

@@ -10,13 +10,14 @@ if present; then
   echo "fashion-mnist: $dir has all four files"
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-  echo "fashion-mnist: $dir is missing and this is not a root Debian shell: run 'apt-get install dataset-fashion-mnist' as root," >&2
+echo "fashion-mnist: installing Debian's dataset-fashion-mnist"
+rc=0
+"$(dirname "$0")/apt_install.sh" dataset-fashion-mnist || rc=$?
+if [ "$rc" -eq 3 ]; then
+  echo "fashion-mnist: $dir is missing: run 'apt-get install dataset-fashion-mnist' as root," >&2
   echo "  or point data.file.dir at a folder with ${files[*]}" >&2
   exit 1
 fi
-echo "fashion-mnist: installing Debian's dataset-fashion-mnist"
-apt-get update -q >/dev/null
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null
+[ "$rc" -eq 0 ] || exit "$rc"
 present || { echo "fashion-mnist: the package installed, but $dir still lacks a file" >&2; exit 1; }
 echo "fashion-mnist: $dir has all four files"

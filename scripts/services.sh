@@ -240,11 +240,9 @@ install_missing() {
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
     fi
     local rc=0
-    apt-get update -q >"$RUN/log/apt.log" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" \
-            >>"$RUN/log/apt.log" 2>&1 || rc=$?
+    "$ROOT/scripts/apt_install.sh" --no-recommends --log "$RUN/log/apt.log" "${need[@]}" || rc=$?
     ((made_policy)) && rm -f "$policy"
-    ((rc == 0)) || die "apt-get install ${need[*]} failed (exit $rc); see $RUN/log/apt.log"
+    ((rc == 0)) || die "apt-get install ${need[*]} failed (exit $rc; apt's output above); see $RUN/log/apt.log"
 }
 
 SERVER_IMPORTS='import flask_wtf, mlflow.server.auth, psycopg2'
