@@ -101,17 +101,24 @@ def test_dtype_is_kept_end_to_end(dtype):
     assert backend.predict(x).dtype == np.dtype(dtype)
 
 
+def epoch_then_new_lr_and_restart(backend, x, y, jitted) -> int:
+    """An epoch (batch 4), then set_lr and a restart with an epoch each; jitted's cache size
+    after the first epoch, for the caller to compare with the size now."""
+    run_epochs(backend, x, y, batch=4, epochs=1)
+    compiled = jitted._cache_size()
+    backend.set_lr(0.02)
+    run_epochs(backend, x, y, batch=4, epochs=1)
+    backend.restart(init_params(backend.spec, InitSpec("glorot_normal", seed=2), "float64"))
+    run_epochs(backend, x, y, batch=4, epochs=1)
+    return compiled
+
+
 def test_set_lr_and_restart_reuse_the_compiled_step():
     """The lr and t are traced arguments and the specs static: a new lr, a restart and a second
     backend of the same run compile nothing more (batch sizes 4 and 2: two entries)."""
     x, y = data()
     backend = small_backend(spec=MLPSpec((6, 5, 4, 3), "sigmoid", "softmax", "mse"))
-    run_epochs(backend, x, y, batch=4, epochs=1)
-    compiled = STEP_AT._cache_size()
-    backend.set_lr(0.02)
-    run_epochs(backend, x, y, batch=4, epochs=1)
-    backend.restart(init_params(backend.spec, InitSpec("glorot_normal", seed=2), "float64"))
-    run_epochs(backend, x, y, batch=4, epochs=1)
+    compiled = epoch_then_new_lr_and_restart(backend, x, y, STEP_AT)
     run_epochs(small_backend(spec=backend.spec), x, y, batch=4, epochs=1)
     assert STEP_AT._cache_size() == compiled
 
@@ -180,12 +187,7 @@ def test_the_scanned_epoch_compiles_once_per_batch_size_and_set_size():
     """set_lr and a restart reuse the compiled epoch; batch 10 of 10 rows has no short batch."""
     x, y = data()
     backend = small_backend(compile=True)
-    run_epochs(backend, x, y, batch=4, epochs=1)
-    compiled = EPOCH_SCAN._cache_size()
-    backend.set_lr(0.02)
-    run_epochs(backend, x, y, batch=4, epochs=1)
-    backend.restart(init_params(backend.spec, InitSpec("glorot_normal", seed=2), "float64"))
-    run_epochs(backend, x, y, batch=4, epochs=1)
+    compiled = epoch_then_new_lr_and_restart(backend, x, y, EPOCH_SCAN)
     assert EPOCH_SCAN._cache_size() == compiled
     assert len(run_epochs(backend, x, y, batch=10, epochs=1)) == 1
     assert len(run_epochs(backend, x, y, batch=20, epochs=1)) == 1  # no full batch: one short step
