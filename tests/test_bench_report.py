@@ -251,3 +251,24 @@ def test_a_failed_group_is_reported_with_its_error():
     assert "  E: x" in md
     assert "- keras-torch (a child process of its own): keras-torch, torch: not run (the bench was interrupted" in md
     assert report._groups_section({"groups": groups[:1]}) == []  # one process: nothing to say
+
+
+def test_plain_vs_numpy_pairs_each_plain_mode_with_numpys_in_the_main_group_only():
+    cells = [
+        _cell("numpy", "plain", [1.0, 1.0, 2.0], "main"),
+        _cell("numpy", "fast", [0.1, 0.1, 0.1], "main"),  # not NumPy's plain mode
+        _cell("jax", "step-jit", [2.0, 0.5, 1.0], "main"),
+        _cell("jax", "epoch-scan", [0.1, 0.1, 0.1], "main"),
+        _cell("jax", "step-jit", [0.1, 0.1, 0.1], "keras-jax"),
+        _cell("tensorflow", "function", [1.0, 1.0, 1.0], "main", batch=256),
+        _cell("tensorflow", "function", [1.0, 1.0, 1.0], "main", status="failed"),
+    ]
+    rows = report.cell_rows(cells, SPEC, 60_000, numpy_peak=None)
+    (jax,) = report.plain_vs_numpy(rows, 64)
+    assert jax == {"framework": "jax", "mode": "step-jit", "strategy": "parallel"} | {
+        "speed": 2.0,
+        "min": 0.5,
+        "max": 2.0,
+        "rounds": 3,
+    }
+    assert report.plain_vs_numpy(rows, 256) == []  # no NumPy cell at batch 256

@@ -565,3 +565,55 @@ def test_the_target_reruns_compare_alone():
     assert "reports/time_to_accuracy.png" in stages["compare"]["plots"]
     assert 0 < compare.read_target_accuracy(ROOT / "params.yaml") <= 1
     assert compare.percent(0.88) == "88 %" and compare.percent(0.885) == "88.5 %" and compare.percent(1) == "100 %"
+
+
+def bench_cell(framework, mode, strategy, batch, seconds, group="main", device="cpu"):
+    """One row of bench.json's cells, as bench/report.py's cell_rows writes it (the keys the note reads)."""
+    return dict(framework=framework, mode=mode, strategy=strategy, batch=batch, device=device, group=group) | {
+        "status": "ok",
+        "epoch_seconds": seconds,
+        "median_epoch_seconds": float(np.median(seconds)),
+    }
+
+
+def test_the_study_speed_says_it_is_a_rough_order_and_that_the_bench_measures(study):
+    report = run_compare(study)
+    assert "3 short epochs a run, timed while other stages shared the machine: a rough order" in report
+    assert "No bench result is here yet (reports/bench.json)." in report
+
+
+def test_the_study_speed_quotes_the_benchs_paired_plain_ratios_at_the_study_batch(study):
+    cells = [
+        bench_cell("numpy", "plain", "parallel", 64, [1.0, 2.0, 1.0]),
+        bench_cell("torch", "eager", "parallel", 64, [2.0, 2.0, 4.0]),  # ratios 0.5, 1.0, 0.25
+        bench_cell("torch", "compile", "parallel", 64, [0.1, 0.1, 0.1]),  # not the plain mode
+        bench_cell("numpy", "plain", "sequential", 64, [1.0, 1.0, 1.0]),
+        bench_cell("torch", "eager", "sequential", 64, [0.5, 0.5, 0.5]),
+        bench_cell("torch", "eager", "parallel", 256, [9.0, 9.0, 9.0]),  # another batch
+        bench_cell("keras-jax", "fit", "parallel", 64, [1.0, 1.0, 1.0], group="keras-jax"),  # another process
+        bench_cell("torch", "eager", "parallel", 64, [1.0, 1.0, 1.0], device="cuda"),
+    ]
+    reports = study[2]
+    reports.mkdir()
+    bench = {"cells": cells, "rounds": 3, "batches": [64, 256], "data": {"source": "synthetic"}}
+    (reports / "bench.json").write_text(json.dumps(bench))
+    report = run_compare(study)
+    assert "(reports/bench.json: 3 rounds, synthetic data, each framework on its default threads)" in report
+    assert "plain modes at batch 64" in report
+    assert "parallel: torch 0.50× (0.25–1.00); sequential: torch 2.00× (2.00–2.00)." in report
+    assert "keras-jax" not in report.split("Speed vs NumPy")[1].split("Test accuracy")[0]
+
+    (reports / "bench.json").write_text(json.dumps(bench | {"cells": cells[5:], "batches": [256]}))
+    assert "has no plain-mode pair with NumPy at batch 64 (its batches: 256)" in run_compare(study)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("{", "bench.json: line 1 column 2: not valid JSON"), ('{"rounds": 3}', "bench.json: no 'cells' list")],
+)
+def test_a_broken_bench_result_names_the_file(study, text, expected):
+    reports = study[2]
+    reports.mkdir()
+    (reports / "bench.json").write_text(text)
+    with pytest.raises(compare.ReportError, match=re.escape(expected)):
+        run_compare(study)

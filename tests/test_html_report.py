@@ -107,7 +107,7 @@ def test_the_page_has_the_headline_every_section_and_inlined_plots(page):
         ]
     )  # torch's samples/s over NumPy's, the mean over strategies
     speed = f"Fastest in controlled mode on cpu: numpy, {1 / torch:.2f}× as fast as the next, torch; samples/s"
-    assert speed in headline and f"numpy 1.00×, torch {torch:.2f}×." in headline
+    assert speed in headline and f"numpy 1.00×, torch {torch:.2f}×; the study" in headline
     assert "none of the 8 differences is distinguishable from zero at 3 seeds" in headline
     assert "batch 16: sequential 0.02, parallel 0.5; batch 64: sequential 0.05, parallel 1." in headline
     assert "sequential, cpu: yes (F = " in headline  # native mode: torch is 1 pp above numpy
@@ -164,7 +164,8 @@ def test_the_headline_says_what_it_cannot_compare(tmp_path):
     lines = compare.headline(facts | dict(target=0.9), p, {"sentences": []})  # an old stability.json: no lr_summary
     assert lines == [
         "2 runs: 1 finished, 1 missing.",
-        "Fastest in native mode on cpu: numpy; samples/s as a multiple of NumPy's (mean over strategies): numpy 1.00×.",
+        "Fastest in native mode on cpu: numpy; samples/s as a multiple of NumPy's (mean over strategies): numpy 1.00×; "
+        "the study's short runs beside other stages, a rough order (the bench's paired figures follow the main table).",
         "Sequential and parallel: no seed finished under both strategies, nothing to pair.",
         "No native run reached 90 % validation accuracy.",
     ]

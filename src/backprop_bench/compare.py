@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from backprop_bench.backends import CLASSES
+from backprop_bench.bench import report as bench_report
 from backprop_bench.core.checks import is_number, read_section
 from backprop_bench.core.files import atomic_write, write_json
 from backprop_bench.report import html_report, plots, tables
@@ -539,7 +540,7 @@ seeds; a single seed gives no interval. The paired section compares the strategi
 same initial weights and batch order) with a sign-flip test; at {seeds} seeds no p-value can be below {floor:.3g}."""
 
 MAIN_NOTE = """\
-Speed vs NumPy: mean samples/s over NumPy's at the same strategy, device and mode. Test accuracy on the
+Speed vs NumPy: mean samples/s over NumPy's at the same strategy, device and mode. {speed} Test accuracy on the
 test split; times are the training loop only, each framework on {threads}. Backend LOC (the
 cost of writing it): non-blank lines of `src/backprop_bench/backends/<framework>_backend.py` that are not
 only a comment or part of a docstring, a shared module counted in full in each backend built on it: {loc}."""
@@ -582,22 +583,25 @@ def build_document(
     backends_dir: Path = BACKENDS_DIR,
     stability: dict | None = None,
     bench: Path | None = None,
+    bench_json: dict | None = None,
 ) -> Document:
     """The whole report as data (report/document.py), built once: comparison.md and index.html render it.
 
     where: the runs disagreements.png shows, for its caption; stability: stability.json's result
-    (read_stability), for the headline and the appendix; bench: bench.md, for the appendix."""
+    (read_stability), for the headline and the appendix; bench: bench.md, for the appendix;
+    bench_json: bench.json's result (read_bench), for the speed note."""
     rows, targets = build_rows(groups, backends_dir), target_rows(groups, target)
     statuses = [r["status"] for runs in groups.values() for r in runs]
     counts = f"{len(statuses)} runs: " + ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
     tests, spreads = paired_tests(groups), native_spreads(groups, p) if "native" in p.modes else []
+    threads = threads_note(p.threads)
     loc = "; ".join(f"{f}: {d}" for f, d in dict((r["framework"], r["backend_loc_detail"]) for r in rows).items())
     intro = INTRO.format(last=p.seeds - 1, seeds=p.seeds, floor=smallest_p(p.seeds))
     sections = [
         Section("", [f"{counts}.", intro]),
         Section(
             "Per framework, strategy, device and mode",
-            [main_table(rows), MAIN_NOTE.format(threads=threads_note(p.threads), loc=loc)],
+            [main_table(rows), MAIN_NOTE.format(speed=study_speed_note(bench_json, p), threads=threads, loc=loc)],
         ),
         Section(
             f"Time to {percent(target)} validation accuracy",
@@ -653,7 +657,8 @@ def compare(
     strategy = "parallel" if "parallel" in p.strategies else p.strategies[0]
     caption = f"{mode} mode, {strategy}, {p.devices[0]}, seed 0"
     stability = read_stability(reports_dir / "stability.json")
-    doc = build_document(groups, p, target, y_test, caption, backends_dir, stability, reports_dir / "bench.md")
+    bench = read_bench(reports_dir / "bench.json")
+    doc = build_document(groups, p, target, y_test, caption, backends_dir, stability, reports_dir / "bench.md", bench)
     rows, targets = doc.facts["rows"], doc.facts["targets"]
     report = to_markdown(doc)
     preds = seed_predictions(groups, p, strategy, p.devices[0], mode)[0]
@@ -687,7 +692,8 @@ def headline(facts: dict[str, Any], p: StudyParams, stability: dict | None) -> l
         lead = f", {speed[0][1] / speed[1][1]:.2f}× as fast as the next, {speed[1][0]}" if len(speed) > 1 else ""
         out.append(
             f"Fastest in {mode} mode on {device}: {speed[0][0]}{lead}; samples/s as a multiple of NumPy's "
-            f"(mean over strategies): {ratios}."
+            f"(mean over strategies): {ratios}; the study's short runs beside other stages, a rough order "
+            "(the bench's paired figures follow the main table)."
         )
     out.append(paired_sentence(facts["paired"]))
     if stability is not None and (limits := stability.get("lr_summary")):
@@ -755,6 +761,19 @@ def spread_sentence(spreads: list[dict]) -> str:
 
 def read_stability(path: Path) -> dict | None:
     """The stability stage's stability.json, or None when it has not run."""
+    return read_result(path, "the stability stage's result")
+
+
+def read_bench(path: Path) -> dict | None:
+    """The latest `make bench`'s bench.json, or None when there is none; it must hold its cells."""
+    result = read_result(path, "the bench's result")
+    if result is not None and not isinstance(result.get("cells"), list):
+        raise ReportError(f"{path}: no 'cells' list (expected the result `python -m backprop_bench.bench` writes)")
+    return result
+
+
+def read_result(path: Path, what: str) -> dict | None:
+    """A JSON object another command wrote next to the report, or None when the file is not there."""
     if not path.is_file():
         return None
     try:
@@ -762,7 +781,7 @@ def read_stability(path: Path) -> dict | None:
     except json.JSONDecodeError as err:
         raise ReportError(f"{path}: line {err.lineno} column {err.colno}: not valid JSON") from None
     if not isinstance(result, dict):
-        raise ReportError(f"{path}: expected a JSON object (the stability stage's result)")
+        raise ReportError(f"{path}: expected a JSON object ({what})")
     return result
 
 
@@ -792,6 +811,36 @@ def stability_section(stability: dict | None) -> Section | None:
     if sentences := stability.get("sentences"):
         blocks.append(Bullets(list(sentences)))
     return Section("Stability map: where the strategies part", blocks)
+
+
+def study_speed_note(bench: dict | None, p: StudyParams) -> str:
+    """What the study's speed columns are worth, and the bench's paired plain-mode ratios to NumPy at
+    the study's batch size when a bench result (read_bench) is there."""
+    note = (
+        f"These are {p.epochs} short epochs a run, timed while other stages shared the machine: a rough "
+        "order, not a measurement. `make bench` measures speed (whole 60,000-row epochs in interleaved "
+        "rounds, one process, docs/benchmark.md)."
+    )
+    if bench is None:
+        return note + " No bench result is here yet (reports/bench.json)."
+    cpu = [r for r in bench["cells"] if r.get("device") == "cpu"]
+    ratios = bench_report.plain_vs_numpy(cpu, p.batch_size)
+    if not ratios:
+        batches = ", ".join(str(b) for b in bench.get("batches", [])) or "none"
+        pair = f"no plain-mode pair with NumPy at batch {p.batch_size} (its batches: {batches})"
+        return note + f" The latest bench (reports/bench.json) has {pair}."
+    parts = {}
+    for r in ratios:
+        parts.setdefault(r["strategy"], []).append(
+            f"{r['framework']} {r['speed']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
+        )
+    per = "; ".join(f"{s}: {', '.join(v)}" for s, v in parts.items())
+    source = bench.get("data", {}).get("source", "?")
+    return note + (
+        f" The latest bench (reports/bench.json: {bench.get('rounds', '?')} rounds, {source} data, each framework on "
+        f"its default threads), plain modes at batch {p.batch_size}, NumPy's epoch time over the framework's, the "
+        f"median over rounds (range): {per}."
+    )
 
 
 def bench_section(path: Path) -> Section | None:

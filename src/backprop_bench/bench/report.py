@@ -94,9 +94,30 @@ def _fastest(rows: list[dict]) -> dict | None:
     return min(rows, key=lambda r: r["median_epoch_seconds"]) if rows else None
 
 
-def _plain(fw: str) -> str:
+def plain_mode(fw: str) -> str:
     """The framework's plain mode, the study's default."""
     return framework_modes([])[fw][0][0]
+
+
+def plain_vs_numpy(rows: list[dict], batch: int, device: str = "cpu") -> list[dict]:
+    """Each framework's plain mode against NumPy's, the study's "speed vs NumPy" as the bench measures
+    it: per strategy at one batch size, paired round by round within NumPy's group (the main one).
+
+    Returns [{framework, mode, strategy, speed, min, max, rounds}]: speed is the median over rounds
+    of NumPy's epoch time over the framework's (> 1: faster than NumPy), min / max its range;
+    NumPy itself and the frameworks of other groups (keras-jax, keras-torch) are left out."""
+    where = {"group": MAIN, "batch": batch, "device": device}
+    out = []
+    for numpy in _ok(rows, framework="numpy", mode=plain_mode("numpy"), **where):
+        for r in _ok(rows, strategy=numpy["strategy"], **where):
+            if r["framework"] == "numpy" or r["mode"] != plain_mode(r["framework"]):
+                continue
+            ratios = round_ratios(numpy["epoch_seconds"], r["epoch_seconds"])
+            out.append(
+                {"framework": r["framework"], "mode": r["mode"], "strategy": r["strategy"]}
+                | {"speed": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
+            )
+    return out
 
 
 # ----------------------------------------------------------------------------- what Keras costs
@@ -125,7 +146,7 @@ def keras_costs(rows: list[dict]) -> list[dict]:
                 ran = keras if not mine else backend
                 entry["note"] = f"{ran} did not run in group {group}" if mine or theirs else "neither ran"
             else:
-                plain = [_mode(mine, _plain(keras)), _mode(theirs, _plain(backend))]
+                plain = [_mode(mine, plain_mode(keras)), _mode(theirs, plain_mode(backend))]
                 entry["plain"] = _paired(*plain) if all(plain) else None
                 entry["fastest"] = _paired(_fastest(mine), _fastest(theirs))
             out.append(entry)
@@ -221,7 +242,7 @@ def home_rows(rows: list[dict]) -> list[dict]:
 def _within_best(rows: list[dict], fw: str, device: str, plain_only: bool) -> dict:
     """The backend's fastest mode (or its plain mode) over the fastest configuration of the
     framework (backend modes and stock idioms), parallel, worst batch. Medians."""
-    plain = _plain(fw)
+    plain = plain_mode(fw)
     worst = None  # (ratio, batch, backend mode, best configuration)
     for batch in sorted({r["batch"] for r in _ok(rows, framework=fw, device=device)}):
         peers = _ok(rows, framework=fw, strategy="parallel", batch=batch, device=device)
