@@ -84,8 +84,12 @@ chromium:
 gpu-check: setup
 	BB_PYTHON=$(abspath $(PY)) scripts/gpu_check.sh reports/gpu-check
 
+# MLflow 3.17 opens an experiment in its GenAI view: the Runs table (study-summary on top) is under
+# "Model training", or the experiment's URL with ?workflowType=machine_learning.
+MLFLOW_PORT ?= 5000
 mlflow-ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	@$(PY) -m backprop_bench.tracking url --base http://127.0.0.1:$(MLFLOW_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # reports/summary.json is committed (the DVC metric): everything else in reports/ goes
 clean:

@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from test_compare import study  # noqa: F401  (the fixture)
 
 from backprop_bench import compare
-from backprop_bench.tracking.summary import ROLE_TAG, SUMMARY_RUN, log_study_summary
+from backprop_bench.tracking import __main__ as tracking_cli
+from backprop_bench.tracking.summary import ROLE_TAG, SUMMARY_RUN, log_study_summary, ui_urls
 
 
 def summary_runs(uri: str, experiment: str = "backprop-bench") -> list:
@@ -53,3 +54,30 @@ def test_the_compare_stage_logs_its_report(study, tracking_uri, capsys):  # noqa
         "runs.finished": 1.0,
         "runs.missing": 2.0,
     }
+
+
+def test_the_ui_urls_open_the_runs_table_and_the_newest_report(tracking_uri):
+    base = "http://127.0.0.1:5000"
+    assert ui_urls(tracking_uri, "study", base) == []  # no such experiment: nothing to show, nothing created
+    log_study_summary(tracking_uri, "study", {"runs": 1.0}, [])
+    newest = log_study_summary(tracking_uri, "study", {"runs": 2.0}, [])
+    eid = MlflowClient(tracking_uri).get_experiment_by_name("study").experiment_id
+    assert ui_urls(tracking_uri, "study", base) == [
+        f"{base}/#/experiments/{eid}/runs?workflowType=machine_learning",
+        f"{base}/#/experiments/{eid}/runs/{newest}/artifacts/index.html",
+    ]
+
+
+def test_the_url_command_reads_the_store_and_never_creates_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_cli.main(["url"]) == 0
+    assert "url: no experiment 'backprop-bench' in sqlite:///" in capsys.readouterr().out
+    assert not (tmp_path / "mlflow.db").exists()
+    run_id = log_study_summary(f"sqlite:///{tmp_path}/mlflow.db", "backprop-bench", {"runs": 1.0}, [])
+    assert tracking_cli.main(["url", "--base", "http://127.0.0.1:5055/"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("http://127.0.0.1:5055/#/experiments/") and lines[0].endswith(
+        "?workflowType=machine_learning"
+    )
+    assert lines[1].endswith(f"/runs/{run_id}/artifacts/index.html")

@@ -35,3 +35,24 @@ def log_study_summary(
                 run.log_artifact(path)
         run.set_tags({"outcome": "finished"})
     return run.run_id
+
+
+def ui_urls(uri: str, experiment: str, base: str) -> list[str]:
+    """Where the MLflow UI at `base` (e.g. http://127.0.0.1:5000) shows the study: the experiment's
+    Runs table, then the newest study-summary run's report; [] when the experiment does not exist.
+
+    MLflow 3.17 opens an experiment in its GenAI view (traces); workflowType=machine_learning opens
+    the Runs table (the "Model training" switch). Reads only: never creates the store or the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    eid = found.experiment_id
+    urls = [f"{base}/#/experiments/{eid}/runs?workflowType=machine_learning"]
+    runs = client.search_runs(
+        [eid], f"tags.`{ROLE_TAG}` = '{SUMMARY_RUN}'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    urls += [f"{base}/#/experiments/{eid}/runs/{r.info.run_id}/artifacts/index.html" for r in runs]
+    return urls
