@@ -289,6 +289,8 @@ def plot_scaling(
     thread. A curve is bench/scaling.py's: framework, mode, kind, group, threads and points (batch,
     samples_per_second or None); a point that did not run leaves a gap. threads_label(threads) names
     a thread count in the legend."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     panels = list(dict.fromkeys((c["framework"], c["group"]) for c in curves)) or [("nothing ran", "")]
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
@@ -299,6 +301,8 @@ def plot_scaling(
         ax = axes[panels.index((c["framework"], c["group"]))]
         x = [p["batch"] for p in c["points"]]
         y = [np.nan if p["samples_per_second"] is None else p["samples_per_second"] for p in c["points"]]
+        if np.all(np.isnan(y)):  # nothing ran: the panel says so (an all-NaN line breaks the log axis)
+            continue
         style = THREAD_STYLES[c["threads"] == 1]
         ax.plot(
             x,
@@ -312,11 +316,17 @@ def plot_scaling(
     for ax, (framework, group) in zip(axes, panels):
         ax.set_title(framework if group in ("main", "") else f"{framework} (group {group})", fontsize=10)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xticks(list(batches), [str(b) for b in batches], fontsize=8)
+        ax.set_xlim(min(batches) / 1.4, max(batches) * 1.4)
         ax.grid(True, which="major", alpha=0.3)
         if ax.has_data():
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1k, 2k, 5k, 10k, ... as plain numbers
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "did not run (see the report)", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[::cols]:
