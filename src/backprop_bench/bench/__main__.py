@@ -458,7 +458,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
                     frameworks, ["parallel"], args.batches, ["cpu"], args.keras_spe, group=group, cell_set=C.SCALING
                 )
                 for cell in got:
-                    cell.status, cell.reason = "failed", S.GROUP_FAILED if record["ran"] else "not run"
+                    cell.status, cell.reason = "failed", S.GROUP_FAILED if record["ran"] else S.NOT_RUN
             mine = [r | {"threads": threads} for r in R.cell_rows(got, spec, args.samples, None)]
             for r in mine:
                 r["cores_busy"] = S.cores_busy(r)

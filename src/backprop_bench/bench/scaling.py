@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from backprop_bench.backends import THREAD_ENV
-from backprop_bench.bench.cells import MAIN, default_modes
+from backprop_bench.bench.cells import default_modes
 from backprop_bench.bench.report import paired_ratio
 from backprop_bench.core.files import atomic_write
 from backprop_bench.report.tables import markdown_table
@@ -147,8 +147,8 @@ def threads_label(threads: int) -> str:
 
 
 def _curve_name(c: dict) -> str:
-    group = "" if c["group"] == MAIN else f" [{c['group']}]"
-    return f"{c['framework']} {c['mode']}{group}"
+    # no group: here a framework runs in one group only (cells.process_groups with pairs=False)
+    return f"{c['framework']} {c['mode']}"
 
 
 def _within_table(result: dict) -> list[str]:
@@ -161,11 +161,7 @@ def _within_table(result: dict) -> list[str]:
     table = []
     for group, fw, mode, kind in names:
         found = [by_key.get((group, fw, mode, t)) for t in threads]
-        table.append(
-            [fw + ("" if group == MAIN else f" [{group}]"), f"{mode} ({kind})"]
-            + [_from(c) for c in found]
-            + [_best(c) for c in found]
-        )
+        table.append([fw, f"{mode} ({kind})"] + [_from(c) for c in found] + [_best(c) for c in found])
     return [
         "",
         f"## Within {result['within']}x of its own best: from which batch",
@@ -179,7 +175,9 @@ def _within_table(result: dict) -> list[str]:
 
 
 def _from(c: dict | None) -> str:
-    if c is None or c["best_batch"] is None:
+    if c is None:  # not asked for at this thread count
+        return ""
+    if c["best_batch"] is None:
         return "failed"
     return "never" if c["within_from"] is None else str(c["within_from"])
 
@@ -261,12 +259,14 @@ def _problems(result: dict) -> list[str]:
             lines.append(f"- group {run['group']}, {threads_label(run['threads'])}: not run (interrupted before it)")
     for c in result["curves"]:
         for p in c["points"]:
-            if p["status"] != "ok" and p["reason"] and not p["reason"].startswith(GROUP_FAILED):
+            if p["status"] != "ok" and p["reason"] not in ("", GROUP_FAILED, NOT_RUN):
                 lines.append(f"- {_curve_name(c)}, {threads_label(c['threads'])}, batch {p['batch']}: {p['reason']}")
     return ["", "## What did not run", "", *lines] if lines else []
 
 
-GROUP_FAILED = "its process failed"  # the reason of every point of a process that gave no cells
+# The reason of every point of a process that gave no cells: listed once, with the process
+GROUP_FAILED = "its process failed"
+NOT_RUN = "not run: the bench was interrupted before its process"
 
 
 def markdown(result: dict) -> str:

@@ -284,21 +284,21 @@ THREAD_STYLES = {True: "--", False: "-"}  # one thread dashed, every core solid
 def plot_scaling(
     curves: Sequence[Mapping[str, Any]], batches: Sequence[int], path: str | Path, threads_label: Any = str
 ) -> Path:
-    """samples/s (log) against batch size (log2), one panel per framework (and process group): a line
+    """samples/s (log) against batch size (log2), one panel per framework: a line
     per mode x threads, the plain mode blue and the fastest red, solid on every core, dashed on one
-    thread. A curve is bench/scaling.py's: framework, mode, kind, group, threads and points (batch,
+    thread. A curve is bench/scaling.py's: framework, mode, kind, threads and points (batch,
     samples_per_second or None); a point that did not run leaves a gap. threads_label(threads) names
     a thread count in the legend."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    panels = list(dict.fromkeys((c["framework"], c["group"]) for c in curves)) or [("nothing ran", "")]
+    panels = list(dict.fromkeys(c["framework"] for c in curves)) or ["nothing ran"]
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig = _figure((4.2 * cols, 3.4 * rows))
     # every panel keeps its own batch ticks: a panel above an empty slot is a bottom panel too
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
     for c in curves:
-        ax = axes[panels.index((c["framework"], c["group"]))]
+        ax = axes[panels.index(c["framework"])]
         x = [p["batch"] for p in c["points"]]
         y = [np.nan if p["samples_per_second"] is None else p["samples_per_second"] for p in c["points"]]
         if np.all(np.isnan(y)):  # nothing ran: the panel says so (an all-NaN line breaks the log axis)
@@ -313,8 +313,8 @@ def plot_scaling(
             color=KIND_COLORS.get(c["kind"], "tab:gray"),
             label=f"{c['mode']}, {threads_label(c['threads'])}",
         )
-    for ax, (framework, group) in zip(axes, panels):
-        ax.set_title(framework if group in ("main", "") else f"{framework} (group {group})", fontsize=10)
+    for ax, framework in zip(axes, panels):
+        ax.set_title(framework, fontsize=10)
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(batches), [str(b) for b in batches], fontsize=8)
         ax.set_xlim(min(batches) / 1.4, max(batches) * 1.4)
