@@ -71,6 +71,17 @@ def test_a_curve_is_read_from_its_points_paired_over_rounds():
     assert compiled["within_from"] == 256  # b64 did not run: from 256 only
 
 
+def test_scaling_options_resolve_to_its_own_cells_and_a_child_parses_the_same(tmp_path):
+    args = bench.parse_args(["--scaling", "--frameworks", "numpy", "--scaling-samples", "2048"])
+    assert (args.cells, args.samples, args.batches) == ("scaling", 2048, list(scaling.BATCHES))
+    assert (args.devices, args.strategies, args.tracking) == (["cpu"], ["parallel"], False)
+    child = bench.parse_args(bench.child_argv(args, "main", ["numpy"], tmp_path) + ["--threads", "1"])
+    assert (child.cells, child.samples, child.batches, child.threads) == ("scaling", 2048, args.batches, 1)
+    assert bench.parse_args(["--batches", "32"]).batches == [32] and bench.parse_args([]).batches == [64, 256]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--threads", "1"])  # a child's option only
+
+
 # ----------------------------------------------------------------------------- one thread
 
 

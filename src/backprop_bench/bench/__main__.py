@@ -198,6 +198,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = DEFAULT_ROUNDS[args.cells]
     if args.batches is None:
         args.batches = ",".join(map(str, S.BATCHES)) if args.scaling else "64,256"
+    if args.threads < 0 or (args.threads and not args.child):
+        ap.error(f"--threads {args.threads}: a child bench's option (--child), >= 0")
     if args.scaling:  # its own cell set, on the CPU, over --scaling-samples rows; a child parses the same argv
         if args.baseline:
             ap.error("--baseline compares bench.json files: not with --scaling")
