@@ -96,9 +96,12 @@ def test_the_one_thread_check_trusts_what_the_pools_report_and_the_cpu_time_not_
     rows = [{"cell": "a", "cores_busy": 0.98}, {"cell": "b", "cores_busy": None}]
     one = {"blas": {"openblas x.so": 1}, "torch": {"intra": 1, "interop": 1}, "os_threads": {"tf_XLAEigen": 1}}
     assert scaling.one_thread_check(one, rows) == {"ok": True, "why": [], "cpu_max": 0.98}
-    two = one | {"os_threads": {"tf_XLAEigen": 2}, "tensorflow": {"intra": 0, "inter": 0}}
+    # two pools named alike (JAX's and TF's XLA device's) are no 2-thread pool; tf.config's 0 is "not set there"
+    same = one | {"os_threads": {"tf_XLAEigen": 2}, "tensorflow": {"intra": 0, "inter": 0}}
+    assert scaling.one_thread_check(same, rows)["ok"]
+    two = one | {"torch": {"intra": 2, "interop": 1}}
     got = scaling.one_thread_check(two, rows + [{"cell": "c", "cores_busy": 1.7}])
-    assert not got["ok"] and got["why"] == ["tf_XLAEigen: 2 OS threads", "c: 1.70 CPU s per wall s (> 1.2)"]
+    assert not got["ok"] and got["why"] == ["torch intra: 2 threads", "c: 1.70 CPU s per wall s (> 1.2)"]
 
 
 def test_scaling_runs_numpy_on_every_core_then_in_a_child_pinned_to_one_thread(tmp_path):

@@ -34,7 +34,11 @@ PIN_ENV = (*THREAD_ENV, "OPENBLAS_NUM_THREADS")
 # XLA_FLAGS ignores, or, written as --intra_op_parallelism_threads, refuses ("Unknown flag",
 # the process aborts): PJRT_NPROC does, and one_thread_check counts the pool's threads.
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
-OS_POOLS = ("tf_XLAEigen", "tf_Compute")  # XLA:CPU's and TensorFlow's intra-op pool threads, by OS name
+# XLA:CPU's and TensorFlow's pool threads, by OS name: reported, not judged. A name is no pool's size:
+# a pinned process holding TensorFlow and JAX ran 2 tf_XLAEigen threads (JAX's pool and TF's XLA
+# device's, one each) and 22 tf_Compute threads (TF makes several pools under that name), and
+# computed on one core (1.03 cores busy at most).
+OS_POOLS = ("tf_XLAEigen", "tf_Compute")
 
 
 def pinned_env(environ: dict[str, str], n: int = 1) -> dict[str, str]:
@@ -50,14 +54,13 @@ def one_thread_check(counts: dict, rows: list[dict]) -> dict:
     """Did a pinned process compute on one thread? {ok, why: [what was not one thread], cpu_max}.
 
     counts: backends.thread_counts() read in that process after its rounds (the pools exist by
-    then); rows: its cell rows. Asked of each library (BLAS pools, torch, tf.config), counted
-    (OS_POOLS threads), and measured: the largest median CPU s / wall s of any cell's epochs."""
+    then); rows: its cell rows. Asked of each library (BLAS pools, torch, tf.config), and measured,
+    which no setting can fool: the largest median CPU s / wall s of any cell's epochs (JAX has no
+    setting to ask; its pool is measured only)."""
     why = [f"BLAS pool {name}: {n} threads" for name, n in counts.get("blas", {}).items() if n != 1]
     why += [f"torch {pool}: {n} threads" for pool, n in counts.get("torch", {}).items() if n != 1]
     # tf.config's 0 means "not set there" (the env variable or the default decides): the OS count tells
     why += [f"tensorflow {pool}: {n} threads" for pool, n in counts.get("tensorflow", {}).items() if n > 1]
-    os_threads = counts.get("os_threads", {})
-    why += [f"{name}: {os_threads[name]} OS threads" for name in OS_POOLS if os_threads.get(name, 0) > 1]
     cores = [r["cores_busy"] for r in rows if r.get("cores_busy") is not None]
     cpu_max = max(cores, default=None)
     if cpu_max is not None and cpu_max > ONE_THREAD_CPU_MAX:
@@ -226,10 +229,11 @@ def _threads_section(result: dict) -> list[str]:
         "",
         "The 1-thread processes start with every pool's variable set to 1 "
         f"({', '.join(PIN_ENV)}; XLA_FLAGS {XLA_ONE_THREAD}), then set torch's and TensorFlow's own thread "
-        "settings. After the rounds each process reports its pools as each library sees them, counts its "
-        f"OS threads of XLA:CPU's and TensorFlow's pools ({', '.join(OS_POOLS)}), and measures the cores "
-        "each epoch kept busy (CPU seconds of the whole process over wall seconds). One thread: every "
-        f"pool at 1 and no epoch above {ONE_THREAD_CPU_MAX} cores busy. tf.config 0: not set there.",
+        "settings. After the rounds each process reports its pools as each library sees them and "
+        "measures the cores each epoch kept busy (CPU seconds of the whole process over wall seconds; JAX "
+        f"has no setting to ask, so this is its check). One thread: every pool at 1 and no epoch above "
+        f"{ONE_THREAD_CPU_MAX} cores busy. tf.config 0: not set there. OS pool threads ({', '.join(OS_POOLS)}) "
+        "are for information: several pools run under one name, so a count is no pool's size.",
     ]
 
 
