@@ -437,36 +437,25 @@ def run_scaling(args: argparse.Namespace) -> dict:
     """--scaling: every process group on every usable core (main in this process, the Keras groups in
     children), then each again in a child pinned to one thread; returns what it wrote to
     bench_scaling.json. Nothing is paired across processes: each curve's points ran in one."""
-    spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
+    optimizer = OptimizerSpec("sgd", lr=C.BENCH_LR)
     x, y, data = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
     print(f"bench: scaling, data {data}", file=sys.stderr)
     groups = C.process_groups(args.frameworks, pairs=False)  # no Keras ratio here: jax and torch once
     cores = len(os.sched_getaffinity(0))
+    thread_runs = list(dict.fromkeys((cores, 1)))  # one run only on a 1-core machine
     rows, runs = [], []
-    for threads in dict.fromkeys((cores, 1)):  # one run only on a 1-core machine
+    for threads in thread_runs:
         for group, frameworks in groups.items():
             if any(r["interrupted"] for r in runs):  # stopped: run nothing further
-                runs.append(_record(group, frameworks, ran=False) | {"threads": threads})
-                continue
-            if threads == cores and group == C.MAIN:
+                record, got = _record(group, frameworks, ran=False), []
+            elif threads == cores and group == C.MAIN:
                 got, _, done = run_group(args, frameworks, group, (x, y))
                 record = _record(group, frameworks, rounds=done, interrupted=done < args.rounds)
                 record["thread_counts"] = thread_counts()
             else:
                 got, _, record = spawn_child(args, group, frameworks, threads=1 if threads == 1 else 0)
             record["threads"] = threads
-            if not got:  # the process gave nothing: its points are reported as failed, never dropped
-                got = C.plan_cells(
-                    frameworks, ["parallel"], args.batches, ["cpu"], args.keras_spe, group=group, cell_set=C.SCALING
-                )
-                for cell in got:
-                    cell.status, cell.reason = "failed", S.GROUP_FAILED if record["ran"] else S.NOT_RUN
-            mine = [r | {"threads": threads} for r in R.cell_rows(got, spec, args.samples, None)]
-            for r in mine:
-                r["cores_busy"] = S.cores_busy(r)
-            if threads == 1 and record["error"] is None and record["ran"]:
-                record["one_thread"] = S.one_thread_check(record.get("thread_counts") or {}, mine)
-            rows += mine
+            rows += _scaling_rows(args, record, got)
             runs.append(record)
     ran = [r["rounds"] for r in runs if r["ran"] and r["error"] is None]
     result = {
@@ -474,7 +463,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
         "optimizer": f"{optimizer.name} lr={optimizer.lr}",
         "data": data,
         "batches": args.batches,
-        "threads": list(dict.fromkeys((cores, 1))),
+        "threads": thread_runs,
         "within": S.WITHIN,
         "rounds": min(ran, default=0),
         "rounds_requested": args.rounds,
@@ -487,6 +476,30 @@ def run_scaling(args: argparse.Namespace) -> dict:
     }
     print(S.write(result, args.out_dir))
     return result
+
+
+def _scaling_rows(args: argparse.Namespace, record: dict, got: list[C.Cell]) -> list[dict]:
+    """One process's cell rows, tagged with its thread count and each epoch's cores busy; a process
+    that gave no cells gives its planned cells as failed (reported, never dropped). A pinned
+    process's record gets its one-thread check (scaling.one_thread_check)."""
+    if not got:
+        got = C.plan_cells(
+            record["frameworks"],
+            ["parallel"],
+            args.batches,
+            ["cpu"],
+            args.keras_spe,
+            group=record["group"],
+            cell_set=C.SCALING,
+        )
+        for cell in got:
+            cell.status, cell.reason = "failed", S.GROUP_FAILED if record["ran"] else S.NOT_RUN
+    rows = [r | {"threads": record["threads"]} for r in R.cell_rows(got, MLPSpec(C.SIZES), args.samples, None)]
+    for r in rows:
+        r["cores_busy"] = S.cores_busy(r)
+    if record["threads"] == 1 and record["ran"] and record["error"] is None:
+        record["one_thread"] = S.one_thread_check(record.get("thread_counts") or {}, rows)
+    return rows
 
 
 def track(args: argparse.Namespace, result: dict) -> None:
