@@ -113,6 +113,7 @@ def test_scaling_runs_numpy_on_every_core_then_in_a_child_pinned_to_one_thread(t
     assert (pinned["group"], pinned["threads"], pinned["error"]) == ("main", 1, None)
     assert set(pinned["thread_counts"]["blas"].values()) == {1}  # asked of NumPy's BLAS in the child
     assert pinned["one_thread"]["ok"], pinned["one_thread"]["why"]
+    assert len(result["machine"]["load_average"]) == 2
     assert 0 < pinned["one_thread"]["cpu_max"] <= scaling.ONE_THREAD_CPU_MAX  # measured: one core's worth
     if cores > 1:
         assert set(result["runs"][0]["thread_counts"]["blas"].values()) == {cores}  # the parent kept them all
@@ -168,13 +169,14 @@ def _result() -> dict:
         ],
         "curves": scaling.curves(rows, [16, 64, 256], [16]),
         "cells": rows,
-        "machine": {"cpu": "Test CPU", "cores_usable": 2},
+        "machine": {"cpu": "Test CPU", "cores_usable": 2, "load_average": [7.25, 13.9]},
         "command": "python -m backprop_bench.bench --scaling",
     }
 
 
 def test_the_report_names_the_batch_from_which_each_curve_is_within_its_best():
     md = scaling.markdown(_result())
+    assert "Machine: Test CPU, 2 usable cores, load average 7.2 before and 13.9 after the run." in md
     assert "## Within 1.2x of its own best: from which batch" in md
     # numpy plain on 2 cores: 500, 1000, 1111 samples/s: from 64; fast: 1000, 2000, 2222: from 64;
     # plain on 1 thread: 1000, 1250, 1250: from 64 (its best is the first of two equal points)

@@ -442,6 +442,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
     print(f"bench: scaling, data {data}", file=sys.stderr)
     groups = C.process_groups(args.frameworks, pairs=False)  # no Keras ratio here: jax and torch once
     cores = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()[0]  # the machine's other work, beside the points' noise
     thread_runs = list(dict.fromkeys((cores, 1)))  # one run only on a 1-core machine
     rows, runs = [], []
     for threads in thread_runs:
@@ -471,7 +472,7 @@ def run_scaling(args: argparse.Namespace) -> dict:
         "curves": S.curves(rows, args.batches, args.keras_spe),
         "cells": rows,
         "versions": P.versions(),
-        "machine": P.machine(),
+        "machine": P.machine() | {"load_average": [load_before, os.getloadavg()[0]]},
         "command": " ".join(["python -m backprop_bench.bench", *args.argv]),
     }
     print(S.write(result, args.out_dir))

@@ -282,7 +282,7 @@ def markdown(result: dict) -> str:
         f"MLP {'-'.join(map(str, result['sizes']))}, float32, {result['optimizer']}, parallel strategy, CPU. "
         f"Data: {d['source']} ({d['n']:,} rows: every point is one epoch over them). {result['rounds']} timed "
         f"round(s) per process after one warm-up epoch, the points of a process interleaved. Machine: "
-        f"{m['cpu']}, {m['cores_usable']} usable cores. Each framework's plain and fastest mode "
+        f"{m['cpu']}, {m['cores_usable']} usable cores{_load(m)}. Each framework's plain and fastest mode "
         "(docs/benchmark.md); the plot is bench_scaling.png.",
         f"\nCommand: `{result['command']}`",
     ]
@@ -306,6 +306,13 @@ def markdown(result: dict) -> str:
     if result["rounds"] < result["rounds_requested"]:
         lines.append(f"\nInterrupted: {result['rounds']} of {result['rounds_requested']} rounds done.")
     return "\n".join(lines) + "\n"
+
+
+def _load(machine: dict) -> str:
+    """The 1-minute load average before and after the run: the other work the points shared the
+    machine with (above the usable cores, they queued for it)."""
+    load = machine.get("load_average")
+    return f", load average {load[0]:.1f} before and {load[1]:.1f} after the run" if load else ""
 
 
 def write(result: dict, out_dir: Path) -> str:
