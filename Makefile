@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run report chromium study-full lint format test test-fast bench bench-full gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
+.PHONY: setup run report chromium study-full lint format test test-fast bench bench-full bench-scaling gpu-check mlflow-ui clean services-up services-down services-status mlflow-server
 
 # Installs once per change of pyproject.toml or constraints.txt. constraints.txt pins
 # this machine's install (torch 2.13.0 CPU build, which pip takes from local disk);
@@ -73,6 +73,11 @@ bench: setup
 
 bench-full: setup
 	$(PY) -m backprop_bench.bench --cells full
+
+# samples/s against batch size (16-1024) and threads (all cores, then 1) for each framework's plain and
+# fastest mode: reports/bench_scaling.{json,md,png} (docs/benchmark.md, section Scaling).
+bench-scaling: setup
+	$(PY) -m backprop_bench.bench --scaling
 
 # Debian's chromium, which tests/test_html_report.py drives headless: installed as root when missing.
 chromium:

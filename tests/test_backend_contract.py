@@ -155,3 +155,39 @@ def test_limit_threads_zero_keeps_the_defaults_and_a_negative_is_refused(monkeyp
     assert not any(key in os.environ for key in THREAD_ENV)
     with pytest.raises(ValueError, match=r"threads must be >= 0 \(0: each framework's default\), got -1"):
         limit_threads(-1)
+
+
+# ---------------------------------------------------------------- pin_threads, thread_counts (backends/__init__.py)
+
+PIN_CODE = """
+import json
+from backprop_bench.backends import pin_threads, thread_counts
+pin_threads(1, ["numpy", "torch"])
+import torch
+torch.ones(64, 64) @ torch.ones(64, 64)
+print(json.dumps(thread_counts()))
+"""
+
+
+def test_pin_threads_sets_torchs_own_pools_and_thread_counts_reads_them():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PIN_CODE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] == {"intra": 1, "interop": 1}
+    assert got["blas"] and set(got["blas"].values()) == {1}
+    assert "tensorflow" not in got  # not loaded: left out, never imported to be asked
+
+
+def test_thread_counts_names_this_processes_threads_and_pin_threads_needs_one_or_more():
+    from backprop_bench.backends import pin_threads, thread_counts
+
+    got = thread_counts()
+    assert all(isinstance(n, int) for n in got["blas"].values())
+    if os.path.isdir("/proc/self/task"):
+        assert sum(got["os_threads"].values()) >= 1
+    with pytest.raises(ValueError, match="pin_threads needs n >= 1, got 0"):
+        pin_threads(0, ["numpy"])

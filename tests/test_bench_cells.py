@@ -165,6 +165,23 @@ def test_cells_are_interleaved_in_rounds_after_a_warm_up():
     for r, got in enumerate(rounds):
         assert got == names[r:] + names[:r]  # every cell once per round, start rotated
     assert all(c.status == "ok" and len(c.epoch_seconds) == 3 for c in plan)
+    assert all(len(c.cpu_seconds) == 3 and min(c.cpu_seconds) >= 0 for c in plan)  # one per timed epoch
+
+
+def test_a_timed_epoch_records_the_processes_cpu_time():
+    """CPU time of the process, all threads, during each timed epoch: a busy epoch shows it."""
+    busy = _LogBackend("busy", [])
+
+    def spin(order, batch_size, masks=None):
+        end = time.process_time() + 0.03
+        while time.process_time() < end:
+            pass
+        return 1.0
+
+    busy.train_epoch = spin
+    plan = cells.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])
+    cells.run_cells(plan[:1], {plan[0].name: busy}, [np.arange(8)] * 3)
+    assert len(plan[0].cpu_seconds) == 2 and min(plan[0].cpu_seconds) >= 0.03
 
 
 def test_cells_are_timed_by_the_trainers_clock(monkeypatch):
@@ -281,6 +298,36 @@ def test_each_keras_backend_but_tensorflow_gets_a_process_group_beside_its_backe
     assert cells.process_groups(["keras-torch"]) == {"keras-torch": ["keras-torch", "torch"]}  # no empty main
     assert cells.process_groups(["keras-jax", "numpy"]) == {"main": ["numpy"], "keras-jax": ["keras-jax", "jax"]}
     assert cells.CHILD_GROUPS == ("keras-jax", "keras-torch")
+
+
+def test_scaling_keras_groups_hold_the_keras_framework_alone():
+    from backprop_bench.backends import FRAMEWORKS
+
+    assert cells.process_groups(list(FRAMEWORKS), pairs=False) == {
+        "main": ["numpy", "torch", "tensorflow", "keras", "jax"],
+        "keras-jax": ["keras-jax"],
+        "keras-torch": ["keras-torch"],
+    }
+
+
+def test_the_scaling_set_is_each_frameworks_plain_and_fastest_mode_parallel_on_cpu():
+    from backprop_bench.backends import FRAMEWORKS
+
+    got = cells.plan_cells(
+        list(FRAMEWORKS), ["parallel", "sequential"], [16, 1024], ["cpu", "cuda"], [16], cell_set="scaling"
+    )
+    assert {(c.strategy, c.device) for c in got} == {("parallel", "cpu")}
+    modes = {fw: sorted({c.mode for c in got if c.framework == fw}) for fw in FRAMEWORKS}
+    assert modes == {
+        "numpy": ["fast", "plain"],
+        "torch": ["compile", "eager"],
+        "tensorflow": ["function", "jit"],
+        "keras": ["fit", "jit-spe16"],
+        "jax": ["epoch-scan", "step-jit"],
+        "keras-jax": ["fit", "fit-spe16"],
+        "keras-torch": ["fit"],
+    }
+    assert all(len([c for c in got if (c.framework, c.mode) == (fw, m)]) == 2 for fw in modes for m in modes[fw])
 
 
 def test_cells_carry_their_group():

@@ -72,6 +72,74 @@ def limit_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
+# The frameworks whose own thread settings pin_threads makes: torch's (torch, Keras on torch) and
+# TensorFlow's (tensorflow, Keras on TensorFlow)
+TORCH_USERS = ("torch", "keras-torch")
+TF_USERS = ("tensorflow", "keras")
+
+
+def pin_threads(n: int, frameworks: list[str]) -> None:
+    """limit_threads(n), then each framework's own setting too, for the frameworks asked for: torch's
+    intra- and inter-op pools (set_num_threads, set_num_interop_threads) and TensorFlow's
+    (tf.config.threading). Imports those frameworks: call it first thing in a process, before anything
+    computes (the inter-op and tf.config settings are refused once the pools exist). n >= 1."""
+    if n < 1:
+        raise ValueError(f"pin_threads needs n >= 1, got {n}")
+    limit_threads(n)
+    if any(fw in TORCH_USERS for fw in frameworks):
+        import torch
+
+        torch.set_num_threads(n)
+        torch.set_num_interop_threads(n)
+    if any(fw in TF_USERS for fw in frameworks):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+
+
+def thread_counts() -> dict:
+    """The threads this process's pools have now, as each library reports them, and the OS threads
+    it runs (by name, Linux; {} elsewhere); imports nothing: a library not loaded is left out.
+
+    blas: every BLAS / OpenMP pool threadpoolctl sees, "internal_api file": threads; torch:
+    {intra, interop}; tensorflow: {intra, inter} as set through tf.config (0: not set there);
+    os_threads: {thread name: count}: XLA:CPU's pool runs as tf_XLAEigen, TF's intra-op pool as
+    tf_Compute, OpenMP's workers under the process's own name."""
+    from threadpoolctl import threadpool_info
+
+    out: dict = {
+        "blas": {f"{p['internal_api']} {os.path.basename(p['filepath'])}": p["num_threads"] for p in threadpool_info()}
+    }
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        out["torch"] = {"intra": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
+    if "tensorflow" in sys.modules:
+        threading = sys.modules["tensorflow"].config.threading
+        out["tensorflow"] = {
+            "intra": threading.get_intra_op_parallelism_threads(),
+            "inter": threading.get_inter_op_parallelism_threads(),
+        }
+    out["os_threads"] = _os_thread_names()
+    return out
+
+
+def _os_thread_names() -> dict[str, int]:
+    """{name: count} of this process's threads, from /proc/self/task (Linux; {} elsewhere)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return {}
+    names: dict[str, int] = {}
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items()))
+
+
 __all__ = [
     "Backend",
     "DeviceUnavailable",
@@ -80,4 +148,6 @@ __all__ = [
     "backend_class",
     "limit_threads",
     "make_backend",
+    "pin_threads",
+    "thread_counts",
 ]

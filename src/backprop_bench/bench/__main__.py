@@ -4,6 +4,7 @@
     python -m backprop_bench.bench --cells full     # every cell (make bench-full), ~15 min on 2 cores
     python -m backprop_bench.bench --frameworks numpy,torch --batches 256 --rounds 3
     python -m backprop_bench.bench --samples 4096 --rounds 1 --peak-size 256   # plumbing check
+    python -m backprop_bench.bench --scaling        # samples/s against batch and threads (make bench-scaling)
 
 Writes reports/bench.json and reports/bench.md and prints the markdown. Unless
 --keep-blas-env, the bench re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
@@ -27,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop_bench.backends import FRAMEWORKS
+from backprop_bench.backends import FRAMEWORKS, pin_threads, thread_counts
 from backprop_bench.bench import baseline as B
 from backprop_bench.bench import cells as C
 from backprop_bench.bench import peak as P
 from backprop_bench.bench import report as R
+from backprop_bench.bench import scaling as S
 from backprop_bench.core.files import atomic_write
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec
 
@@ -96,7 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list (default: all)")
     ap.add_argument("--strategies", default="parallel,sequential")
-    ap.add_argument("--batches", default="64,256", help="comma list of batch sizes")
+    ap.add_argument(
+        "--batches", default=None, help="comma list of batch sizes (default 64,256; with --scaling 16,32,...,1024)"
+    )
     ap.add_argument(
         "--devices",
         "--device",
@@ -163,8 +167,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (default: re-exec without them)",
     )
     ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead of the cells: samples/s against batch size and threads (all cores, then 1) for each "
+        "framework's plain and fastest mode, parallel, CPU; writes bench_scaling.json/.md/.png "
+        "(docs/benchmark.md, section Scaling; records no MLflow run)",
+    )
+    ap.add_argument(
+        "--scaling-samples",
+        type=int,
+        default=S.SAMPLES,
+        help=f"with --scaling: the rows of one timed epoch, at every batch size (default {S.SAMPLES})",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="internal, with --child: pin every thread pool of the child to this many threads (0: leave them)",
+    )
+    ap.add_argument(
         "--child",
-        choices=C.CHILD_GROUPS,
+        choices=(C.MAIN, *C.CHILD_GROUPS),
         default=None,
         help="internal: run as the child bench of this process group; it times --frameworks as they "
         f"are and writes only OUT_DIR/{CHILD_FILE} (no peak, no report)",
@@ -173,6 +196,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.argv = list(argv or [])
     if args.rounds is None:
         args.rounds = DEFAULT_ROUNDS[args.cells]
+    if args.batches is None:
+        args.batches = ",".join(map(str, S.BATCHES)) if args.scaling else "64,256"
+    if args.threads < 0 or (args.threads and not args.child):
+        ap.error(f"--threads {args.threads}: a child bench's option (--child), >= 0")
+    if args.scaling:  # its own cell set, on the CPU, over --scaling-samples rows; a child parses the same argv
+        if args.baseline:
+            ap.error("--baseline compares bench.json files: not with --scaling")
+        args.cells, args.samples, args.devices, args.strategies = C.SCALING, args.scaling_samples, "cpu", "parallel"
+        args.tracking = False
     args.frameworks, args.strategies, args.devices = map(_list, (args.frameworks, args.strategies, args.devices))
     for option in ("batches", "keras_spe"):
         try:
@@ -261,12 +293,17 @@ def run_group(
 
 
 def run_child(args: argparse.Namespace) -> None:
-    """The child bench: time its group's frameworks, write CHILD_FILE for the parent, nothing else."""
+    """The child bench: time its group's frameworks, write CHILD_FILE for the parent, nothing else.
+    --threads N: every pool pinned to N threads before any framework computes; the pools' thread
+    counts, read after the rounds, go to the parent too."""
+    if args.threads:
+        pin_threads(args.threads, args.frameworks)
     x, y, _ = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
     cells, info, done = run_group(args, args.frameworks, args.child, (x, y))
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop now would leave the parent nothing: the file comes first
         signal.signal(sig, signal.SIG_IGN)
     out = {"group": args.child, "rounds": done, "cells": [dataclasses.asdict(c) for c in cells], "backend_info": info}
+    out["thread_counts"] = thread_counts()
     atomic_write(args.out_dir / CHILD_FILE, json.dumps(out, indent=2, allow_nan=False) + "\n")
 
 
@@ -275,14 +312,23 @@ def child_argv(args: argparse.Namespace, group: str, frameworks: list[str], out_
     return [*args.argv, "--frameworks", ",".join(frameworks), "--out-dir", str(out_dir), "--child", group]
 
 
-def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> tuple[list[C.Cell], dict, dict]:
+def spawn_child(
+    args: argparse.Namespace, group: str, frameworks: list[str], threads: int = 0
+) -> tuple[list[C.Cell], dict, dict]:
     """Run one group in a child bench (its output goes to stderr): (its cells, its backend info, its
-    record {group, frameworks, rounds, error, interrupted}). A child that fails gives no cells and its error."""
+    record {group, frameworks, rounds, error, interrupted, thread_counts}). A child that fails gives no
+    cells and its error. threads > 0: the child starts with every pool pinned to that many threads
+    (scaling.pinned_env, and --threads for the settings made in the process)."""
     record = _record(group, frameworks)
     with tempfile.TemporaryDirectory(prefix=f"bench-{group}-") as tmp:
         cmd = [sys.executable, "-m", "backprop_bench.bench", *child_argv(args, group, frameworks, Path(tmp))]
-        print(f"bench: group {group} ({', '.join(frameworks)}) in a child process", file=sys.stderr)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = None
+        if threads:
+            cmd += ["--threads", str(threads)]
+            env = S.pinned_env(dict(os.environ), threads)
+        on = f" on {threads} thread(s)" if threads else ""
+        print(f"bench: group {group} ({', '.join(frameworks)}) in a child process{on}", file=sys.stderr)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
         try:
             _relay(proc, tail)
@@ -297,6 +343,7 @@ def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> 
         done = json.loads(path.read_text())
     record["rounds"] = done["rounds"]
     record["interrupted"] |= done["rounds"] < args.rounds  # e.g. Ctrl-C, which reaches the child too
+    record["thread_counts"] = done.get("thread_counts")
     return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record
 
 
@@ -386,6 +433,76 @@ def run_bench(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_scaling(args: argparse.Namespace) -> dict:
+    """--scaling: every process group on every usable core (main in this process, the Keras groups in
+    children), then each again in a child pinned to one thread; returns what it wrote to
+    bench_scaling.json. Nothing is paired across processes: each curve's points ran in one."""
+    optimizer = OptimizerSpec("sgd", lr=C.BENCH_LR)
+    x, y, data = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
+    print(f"bench: scaling, data {data}", file=sys.stderr)
+    groups = C.process_groups(args.frameworks, pairs=False)  # no Keras ratio here: jax and torch once
+    cores = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()[0]  # the machine's other work, beside the points' noise
+    thread_runs = list(dict.fromkeys((cores, 1)))  # one run only on a 1-core machine
+    rows, runs = [], []
+    for threads in thread_runs:
+        for group, frameworks in groups.items():
+            if any(r["interrupted"] for r in runs):  # stopped: run nothing further
+                record, got = _record(group, frameworks, ran=False), []
+            elif threads == cores and group == C.MAIN:
+                got, _, done = run_group(args, frameworks, group, (x, y))
+                record = _record(group, frameworks, rounds=done, interrupted=done < args.rounds)
+                record["thread_counts"] = thread_counts()
+            else:
+                got, _, record = spawn_child(args, group, frameworks, threads=1 if threads == 1 else 0)
+            record["threads"] = threads
+            rows += _scaling_rows(args, record, got)
+            runs.append(record)
+    ran = [r["rounds"] for r in runs if r["ran"] and r["error"] is None]
+    result = {
+        "sizes": list(C.SIZES),
+        "optimizer": f"{optimizer.name} lr={optimizer.lr}",
+        "data": data,
+        "batches": args.batches,
+        "threads": thread_runs,
+        "within": S.WITHIN,
+        "rounds": min(ran, default=0),
+        "rounds_requested": args.rounds,
+        "runs": runs,
+        "curves": S.curves(rows, args.batches, args.keras_spe),
+        "cells": rows,
+        "versions": P.versions(),
+        "machine": P.machine() | {"load_average": [load_before, os.getloadavg()[0]]},
+        "command": " ".join(["python -m backprop_bench.bench", *args.argv]),
+    }
+    print(S.write(result, args.out_dir))
+    return result
+
+
+def _scaling_rows(args: argparse.Namespace, record: dict, got: list[C.Cell]) -> list[dict]:
+    """One process's cell rows, tagged with its thread count and each epoch's cores busy; a process
+    that gave no cells gives its planned cells as failed (reported, never dropped). A pinned
+    process's record gets its one-thread check (scaling.one_thread_check)."""
+    if not got:
+        got = C.plan_cells(
+            record["frameworks"],
+            ["parallel"],
+            args.batches,
+            ["cpu"],
+            args.keras_spe,
+            group=record["group"],
+            cell_set=C.SCALING,
+        )
+        for cell in got:
+            cell.status, cell.reason = "failed", S.GROUP_FAILED if record["ran"] else S.NOT_RUN
+    rows = [r | {"threads": record["threads"]} for r in R.cell_rows(got, MLPSpec(C.SIZES), args.samples, None)]
+    for r in rows:
+        r["cores_busy"] = S.cores_busy(r)
+    if record["threads"] == 1 and record["ran"] and record["error"] is None:
+        record["one_thread"] = S.one_thread_check(record.get("thread_counts") or {}, rows)
+    return rows
+
+
 def track(args: argparse.Namespace, result: dict) -> None:
     """Record the bench as MLflow runs (tracking/bench.py), its report files as the parent's artifacts."""
     from backprop_bench.tracking.bench import EXPERIMENT, record_bench  # imports mlflow: only with tracking
@@ -421,6 +538,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, _interrupt_once)
             run_child(args)
             return 0
+        if args.scaling:
+            result = run_scaling(args)
+            failed = [r for r in result["runs"] if r["error"] is not None]
+            for r in failed:
+                print(
+                    f"bench: scaling group {r['group']} ({r['threads']} threads) failed: {r['error']}", file=sys.stderr
+                )
+            return 1 if failed else 0
         result = run_bench(args)
         if args.tracking:  # inside the try: SIGTERM while recording still ends the runs KILLED
             track(args, result)

@@ -34,6 +34,7 @@ CHILD_GROUPS = tuple(fw for fw, on in KERAS_BACKENDS.items() if on != KERAS_BACK
 
 Mode = tuple[str, bool, int]  # (mode name, compile, steps_per_execution)
 CELL_SETS = ("default", "full")  # --cells: the quick bench (default_modes) or every cell of the grid
+SCALING = "scaling"  # the cell set of --scaling (in_scaling_set): plain and fastest modes, parallel, CPU
 
 
 class Model(Protocol):
@@ -112,15 +113,24 @@ def in_default_set(cell: Cell, keras_spe: list[int], batches: list[int]) -> bool
     return cell.mode in (plain, fastest)
 
 
-def process_groups(frameworks: list[str]) -> dict[str, list[str]]:
+def in_scaling_set(cell: Cell, keras_spe: list[int]) -> bool:
+    """Whether --scaling times a cell: each framework's plain and fastest backend mode (default_modes),
+    parallel, on the CPU (threads are a CPU's notion). No stock idiom: the curves compare a
+    framework's modes with themselves across batch sizes and threads."""
+    plain, fastest, _ = default_modes(keras_spe)[cell.framework]
+    return cell.mode in (plain, fastest) and cell.strategy == "parallel" and cell.device == "cpu"
+
+
+def process_groups(frameworks: list[str], pairs: bool = True) -> dict[str, list[str]]:
     """{group: its frameworks}, one process each. Keras runs on one backend per process, so each
     Keras framework not on TensorFlow (the main group's `keras`) gets a group of its own, named
     after it, holding it and its backend's framework (keras-jax beside jax), timed interleaved as a
     pair. "main" (the bench's own process) holds the rest, and is left out when that is nothing.
-    A framework may so be in two groups (jax in main and beside keras-jax)."""
+    A framework may so be in two groups (jax in main and beside keras-jax). pairs=False: a Keras
+    group holds the Keras framework alone (--scaling: no Keras ratio, so no second timing of jax)."""
     own = [fw for fw in frameworks if fw in CHILD_GROUPS]
     main = [fw for fw in frameworks if fw not in own]
-    return ({MAIN: main} if main else {}) | {fw: [fw, KERAS_BACKENDS[fw]] for fw in own}
+    return ({MAIN: main} if main else {}) | {fw: [fw, KERAS_BACKENDS[fw]] if pairs else [fw] for fw in own}
 
 
 def is_stock(mode: str) -> bool:
@@ -208,6 +218,9 @@ class Cell:
     build_seconds: float | None = None  # construct + load the train set
     first_epoch_seconds: float | None = None  # warm-up: tracing / compilation included
     epoch_seconds: list[float] = field(default_factory=list)  # one per timed round
+    # the process's CPU time (every thread, user + system) during each timed epoch: over
+    # epoch_seconds, the cores the epoch kept busy on average
+    cpu_seconds: list[float] = field(default_factory=list)
     last_loss: float | None = None
 
     @property
@@ -237,7 +250,7 @@ def plan_cells(
     mode's parallel and sequential; numpy and torch eager) run seconds apart in every
     round, so a neighbour's burst on the shared machine rarely hits only one of them.
     group: the process group the cells run in (process_groups), recorded on each.
-    cell_set: "full" (every cell) or "default" (in_default_set's).
+    cell_set: "full" (every cell), "default" (in_default_set's) or SCALING (in_scaling_set's).
     """
     modes = framework_modes(keras_spe)
     grid = [
@@ -249,6 +262,8 @@ def plan_cells(
         for strategy in strategies
         if not is_stock(mode) or (stock and strategy == "parallel")
     ]
+    if cell_set == SCALING:
+        return [c for c in grid if in_scaling_set(c, keras_spe)]
     return grid if cell_set == "full" else [c for c in grid if in_default_set(c, keras_spe, batches)]
 
 
@@ -319,9 +334,11 @@ def run_cells(cells: list[Cell], made: dict[str, Model], orders: list[np.ndarray
             start = r % max(len(live), 1)  # rotate: no cell always runs right after another
             for cell in live[start:] + live[:start]:
                 if cell.status == "pending":
+                    cpu = time.process_time()  # every thread of the process; read outside the epoch's clock
                     seconds = run_epoch(cell, made[cell.name], order)
                     if seconds is not None:
                         cell.epoch_seconds.append(seconds)
+                        cell.cpu_seconds.append(time.process_time() - cpu)
             done = r + 1
             times = ", ".join(f"{c.name} {c.epoch_seconds[-1]:.3f}" for c in live if c.status == "pending")
             print(f"bench: round {done}/{len(orders) - 1}: {times}", file=sys.stderr)

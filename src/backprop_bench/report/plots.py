@@ -273,3 +273,66 @@ def plot_stability(runs: Sequence[Mapping[str, Any]], limit: float, stall_level:
         handles=[*ax.get_legend_handles_labels()[0], *classes], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
     )
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the bench's scaling curves
+
+KIND_COLORS = {"plain": "tab:blue", "fastest": "tab:red"}  # a framework's plain and fastest mode
+THREAD_STYLES = {True: "--", False: "-"}  # one thread dashed, every core solid
+
+
+def plot_scaling(
+    curves: Sequence[Mapping[str, Any]], batches: Sequence[int], path: str | Path, threads_label: Any = str
+) -> Path:
+    """samples/s (log) against batch size (log2), one panel per framework: a line
+    per mode x threads, the plain mode blue and the fastest red, solid on every core, dashed on one
+    thread. A curve is bench/scaling.py's: framework, mode, kind, threads and points (batch,
+    samples_per_second or None); a point that did not run leaves a gap. threads_label(threads) names
+    a thread count in the legend."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    panels = list(dict.fromkeys(c["framework"] for c in curves)) or ["nothing ran"]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = _figure((4.2 * cols, 3.4 * rows))
+    # every panel keeps its own batch ticks: a panel above an empty slot is a bottom panel too
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    for c in curves:
+        ax = axes[panels.index(c["framework"])]
+        x = [p["batch"] for p in c["points"]]
+        y = [np.nan if p["samples_per_second"] is None else p["samples_per_second"] for p in c["points"]]
+        if np.all(np.isnan(y)):  # nothing ran: the panel says so (an all-NaN line breaks the log axis)
+            continue
+        style = THREAD_STYLES[c["threads"] == 1]
+        ax.plot(
+            x,
+            y,
+            style,
+            marker="o",
+            markersize=3,
+            color=KIND_COLORS.get(c["kind"], "tab:gray"),
+            label=f"{c['mode']}, {threads_label(c['threads'])}",
+        )
+    for ax, framework in zip(axes, panels):
+        ax.set_title(framework, fontsize=10)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(batches), [str(b) for b in batches], fontsize=8)
+        ax.set_xlim(min(batches) / 1.4, max(batches) * 1.4)
+        ax.grid(True, which="major", alpha=0.3)
+        if ax.has_data():
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1k, 2k, 5k, 10k, ... as plain numbers
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "did not run (see the report)", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[::cols]:
+        ax.set_ylabel("samples/s (log)")
+    for ax in axes[max(0, len(panels) - cols) : len(panels)]:
+        ax.set_xlabel("batch size (log2)")
+    fig.suptitle("samples/s against batch size: blue plain mode, red fastest; solid all cores, dashed 1 thread")
+    fig.tight_layout()
+    return _save(fig, path)
