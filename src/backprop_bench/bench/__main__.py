@@ -31,12 +31,14 @@ from backprop_bench.backends import FRAMEWORKS
 from backprop_bench.bench import baseline as B
 from backprop_bench.bench import cells as C
 from backprop_bench.bench import peak as P
+from backprop_bench.bench import phases as PH
 from backprop_bench.bench import report as R
 from backprop_bench.core.files import atomic_write
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec
 
 BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 CHILD_FILE = "child.json"  # what a child bench writes into its --out-dir, for its parent
+PHASES_PLOT = "bench_phases.png"  # beside bench.json: the phases as stacked bars
 ERROR_LINES = 20  # the last lines of a failed child's output kept as its error
 DEFAULT_ROUNDS = {"default": 3, "full": 5}  # per --cells: 3 is the fewest the report accepts
 _UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"  # set in the re-executed child: JSON of what was removed
@@ -137,6 +139,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time each framework's stock idiom (bench/stock.py), parallel only",
+    )
+    ap.add_argument(
+        "--phases",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the rounds, split each plain and fastest mode's step into forward, backward, update and "
+        "the rest (bench/phases.py; bench.json: phases, reports: a table and bench_phases.png)",
     )
     ap.add_argument("--peak-size", type=int, default=2048, help="square sgemm size for the peak")
     ap.add_argument("--peak-repeats", type=int, default=7, help="timing samples per matmul shape")
@@ -247,9 +256,10 @@ def build_all(
 
 def run_group(
     args: argparse.Namespace, frameworks: list[str], group: str, data: tuple[np.ndarray, np.ndarray]
-) -> tuple[list[C.Cell], dict[str, dict], int]:
-    """Build and time one process group's cells in this process: (cells, backend info, rounds done).
-    Every group draws the same epoch orders from --seed."""
+) -> tuple[list[C.Cell], dict[str, dict], int, list[dict]]:
+    """Build and time one process group's cells in this process: (cells, backend info, rounds done,
+    phases: [] with --no-phases or when the rounds were interrupted). Every group draws the same
+    epoch orders from --seed."""
     spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
     cells = C.plan_cells(
         frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock, group, args.cells
@@ -257,16 +267,19 @@ def run_group(
     made, info = build_all(cells, spec, *data, args.seed, optimizer)
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
-    return cells, info, C.run_cells(cells, made, orders)  # the models go once this returns
+    done = C.run_cells(cells, made, orders)
+    phases = PH.measure(cells, made, args.samples, args.keras_spe) if args.phases and done == args.rounds else []
+    return cells, info, done, phases  # the models go once this returns
 
 
 def run_child(args: argparse.Namespace) -> None:
     """The child bench: time its group's frameworks, write CHILD_FILE for the parent, nothing else."""
     x, y, _ = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
-    cells, info, done = run_group(args, args.frameworks, args.child, (x, y))
+    cells, info, done, phases = run_group(args, args.frameworks, args.child, (x, y))
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop now would leave the parent nothing: the file comes first
         signal.signal(sig, signal.SIG_IGN)
     out = {"group": args.child, "rounds": done, "cells": [dataclasses.asdict(c) for c in cells], "backend_info": info}
+    out["phases"] = phases  # measured here, in the child's own process, beside its cells
     atomic_write(args.out_dir / CHILD_FILE, json.dumps(out, indent=2, allow_nan=False) + "\n")
 
 
@@ -275,9 +288,12 @@ def child_argv(args: argparse.Namespace, group: str, frameworks: list[str], out_
     return [*args.argv, "--frameworks", ",".join(frameworks), "--out-dir", str(out_dir), "--child", group]
 
 
-def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> tuple[list[C.Cell], dict, dict]:
+def spawn_child(
+    args: argparse.Namespace, group: str, frameworks: list[str]
+) -> tuple[list[C.Cell], dict, dict, list[dict]]:
     """Run one group in a child bench (its output goes to stderr): (its cells, its backend info, its
-    record {group, frameworks, rounds, error, interrupted}). A child that fails gives no cells and its error."""
+    record {group, frameworks, rounds, error, interrupted}, its phases). A child that fails gives no
+    cells and its error."""
     record = _record(group, frameworks)
     with tempfile.TemporaryDirectory(prefix=f"bench-{group}-") as tmp:
         cmd = [sys.executable, "-m", "backprop_bench.bench", *child_argv(args, group, frameworks, Path(tmp))]
@@ -293,11 +309,11 @@ def spawn_child(args: argparse.Namespace, group: str, frameworks: list[str]) -> 
         rc, path = proc.wait(), Path(tmp) / CHILD_FILE
         if rc != 0 or not path.is_file():
             record["error"] = f"the child bench exited with status {rc}; its last lines:\n" + "".join(tail).rstrip()
-            return [], {}, record
+            return [], {}, record, []
         done = json.loads(path.read_text())
     record["rounds"] = done["rounds"]
     record["interrupted"] |= done["rounds"] < args.rounds  # e.g. Ctrl-C, which reaches the child too
-    return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record
+    return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record, done["phases"]
 
 
 def _record(group: str, frameworks: list[str], rounds: int = 0, ran: bool = True, interrupted: bool = False) -> dict:
@@ -329,17 +345,18 @@ def run_bench(args: argparse.Namespace) -> dict:
     numpy_peak = peaks[0]["square"]["median"]
     ceiling = P.ceiling(peaks, args.batches)
 
-    cells, info, records = [], {}, []
+    cells, info, records, phases = [], {}, [], []
     for group, frameworks in groups.items():
         if any(r["interrupted"] for r in records):  # stopped: run no further group
             records.append(_record(group, frameworks, ran=False))
             continue
         if group == C.MAIN:
-            got, got_info, done = run_group(args, frameworks, group, (x, y))
+            got, got_info, done, got_phases = run_group(args, frameworks, group, (x, y))
             record = _record(group, frameworks, rounds=done, interrupted=done < args.rounds)
         else:
-            got, got_info, record = spawn_child(args, group, frameworks)
+            got, got_info, record, got_phases = spawn_child(args, group, frameworks)
         cells += got
+        phases += got_phases
         info = got_info | info  # the same framework-mode's info from two processes: the first group's
         records.append(record)
     for p in peaks:  # the same square sgemm again: how much the machine drifted meanwhile
@@ -366,6 +383,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             "notes": notes,
         },
         "cells": rows,
+        "phases": phases if args.phases else None,  # None: --no-phases
         "keras_costs": R.keras_costs(rows),
         "gpu_note": R.gpu_note(rows, args.devices),
         "versions": P.versions(),
@@ -375,6 +393,9 @@ def run_bench(args: argparse.Namespace) -> dict:
         "machine": P.machine(),
         "command": " ".join(["python -m backprop_bench.bench", *args.argv]),
     }
+    PH.add_floors(phases, spec, ceiling)
+    if phases:  # the file's name, beside bench.json
+        result["phases_plot"] = PH.plot(phases, args.out_dir / PHASES_PLOT).name
     numpy_ceiling = {b: peaks[0][f"mlp_b{b}"] / numpy_peak for b in args.batches}
     result["goals"] = R.evaluate_goals(rows, args.peak_size, matmul_ceiling=numpy_ceiling)
     if args.baseline_result is not None:
@@ -390,7 +411,8 @@ def track(args: argparse.Namespace, result: dict) -> None:
     """Record the bench as MLflow runs (tracking/bench.py), its report files as the parent's artifacts."""
     from backprop_bench.tracking.bench import EXPERIMENT, record_bench  # imports mlflow: only with tracking
 
-    files = [args.out_dir / "bench.json", args.out_dir / "bench.md"]
+    files = [args.out_dir / name for name in ("bench.json", "bench.md", PHASES_PLOT)]
+    files = [f for f in files if f.name != PHASES_PLOT or result.get("phases_plot")]  # a plot of this run only
     run_id = record_bench(result, files, Path.cwd())
     print(f"bench: recorded as MLflow run {run_id} in the experiment {EXPERIMENT}", file=sys.stderr)
 
