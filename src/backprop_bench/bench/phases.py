@@ -35,8 +35,8 @@ from backprop_bench.core.specs import MLPSpec
 from backprop_bench.report.tables import markdown_table
 
 PHASES = ("forward", "backward", "update", "rest")
-PHASE_REPEATS = 5  # repeats of the three functions; the median and min-max are over these
-PHASE_SECONDS = 0.03  # the least length of one repeat of one function, s: the clock resolves it
+PHASE_REPEATS = 15  # repeats of the three functions, short and many: a burst on the shared machine hits few
+PHASE_SECONDS = 0.01  # the least length of one repeat of one function, s: the clock resolves it
 WARMUP_CALLS = 3  # untimed calls first: tracing, compilation, first touch of the buffers
 MAX_CALLS = 1 << 14  # a repeat never loops more calls than this, however fast the function
 
@@ -234,9 +234,11 @@ COLORS = {"forward": "tab:blue", "backward": "tab:orange", "update": "tab:green"
 
 def plot(entries: list[dict], path: Path) -> Path:
     """Stacked horizontal bars per entry, one panel per batch, microseconds per step: forward, backward,
-    update, rest (a negative rest is not drawn, its value is written), the matmul floor as a black marker.
-    A failed entry is a labelled empty row. Written atomically."""
+    update, rest (a negative one is not drawn: its value is written beside the bar), the matmul floor as a
+    black marker. A failed entry is a labelled empty row. Written atomically."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     batches = sorted({e["batch"] for e in entries})
     heights = [sum(e["batch"] == b for e in entries) for b in batches]
@@ -245,10 +247,11 @@ def plot(entries: list[dict], path: Path) -> Path:
     for ax, batch in zip(axes, batches):
         _panel(ax, [e for e in entries if e["batch"] == batch])
         ax.set_title(f"batch {batch}", fontsize=10, loc="left")
-    axes[-1].set_xlabel("microseconds per step")
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper right", ncols=5, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    axes[-1].set_xlabel("microseconds per step (median over repeats)")
+    handles = [Patch(color=COLORS[p], label=p) for p in PHASES]
+    handles.append(Line2D([], [], color="k", marker="D", linestyle="", label="matmul floor"))
+    fig.legend(handles=handles, loc="upper right", ncols=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
 
 
@@ -259,17 +262,18 @@ def _panel(ax, entries: list[dict]) -> None:
         if e["status"] != "ok":
             ax.text(0, y, " failed: " + e["reason"][:60], va="center", fontsize=7, color="tab:red")
             continue
-        left = 0.0
+        left, negative = 0.0, []
         for phase in PHASES:
             width = e[phase]["median"] * 1e6
-            if phase == "rest" and width < 0:
-                ax.text(left, y, f" rest {width:,.0f}", va="center", fontsize=7)
+            if width < 0:  # noise or a saving (a scanned epoch's rest): written, not drawn
+                negative.append(f"{phase} {width:,.0f}")
                 continue
-            ax.barh(y, width, left=left, color=COLORS[phase], label=phase if y == rows[0] else None)
+            ax.barh(y, width, left=left, color=COLORS[phase])
             left += width
+        if negative:
+            ax.text(left, y, "  " + ", ".join(negative), va="center", fontsize=7)
         if e.get("floor_seconds"):
-            first = y == rows[0]
-            ax.plot(e["floor_seconds"] * 1e6, y, "kD", markersize=5, label="matmul floor" if first else None)
+            ax.plot(e["floor_seconds"] * 1e6, y, "kD", markersize=5)
     ax.set_yticks(rows, [label(e) for e in entries], fontsize=8)
     ax.set_xlim(left=0)
     ax.grid(axis="x", alpha=0.3)
