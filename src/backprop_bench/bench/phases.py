@@ -116,7 +116,7 @@ def measure_cell(
     cell: Cell, backend: Model | None, n_samples: int, repeats: int = PHASE_REPEATS, min_seconds: float = PHASE_SECONDS
 ) -> dict:
     """One cell's phases: {framework, mode, batch, device, group, cell, status ok|failed, reason,
-    steps_per_epoch, calls, forward, backward, update, step, rest, note}. A phase that raises makes
+    steps_per_epoch, repeats, forward, backward, update, step, rest, note}. A phase that raises makes
     the entry failed with its reason; it is never left out."""
     out = entry(cell) | {"note": note(cell.framework, cell.mode)}
     if cell.status != "ok" or backend is None:
@@ -201,7 +201,7 @@ def markdown(entries: list[dict], plot: str | None = None) -> list[str]:
     """The section "Where the time goes": one row per entry, microseconds per step."""
     lines = ["", "## Where the time goes (microseconds per step)", ""]
     if not entries:
-        return lines + ["No phases measured (no plain or fastest parallel cell ran)."]
+        return lines + ["No phases measured: no plain or fastest parallel cell ran, or the rounds were interrupted."]
     header = ["cell", *PHASES, "step", "epoch / steps", "matmul floor", "step / floor", "note"]
     rows = []
     for e in entries:
