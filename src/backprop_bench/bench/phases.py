@@ -270,10 +270,11 @@ def _panel(ax, entries: list[dict]) -> None:
                 continue
             ax.barh(y, width, left=left, color=COLORS[phase])
             left += width
-        if negative:
-            ax.text(left, y, "  " + ", ".join(negative), va="center", fontsize=7)
-        if e.get("floor_seconds"):
-            ax.plot(e["floor_seconds"] * 1e6, y, "kD", markersize=5)
+        floor = (e.get("floor_seconds") or 0.0) * 1e6
+        if floor:
+            ax.plot(floor, y, "kD", markersize=5)
+        if negative:  # past the bar and the floor's marker, so neither hides it
+            ax.text(max(left, floor), y, "  " + ", ".join(negative), va="center", fontsize=7)
     ax.set_yticks(rows, [label(e) for e in entries], fontsize=8)
     ax.set_xlim(left=0)
     ax.grid(axis="x", alpha=0.3)
