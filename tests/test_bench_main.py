@@ -21,7 +21,8 @@ from backprop_bench.core.specs import MLPSpec
 
 # Tiny: 512 synthetic rows, one timed round, a 64^2 "peak", every cell of the grid asked for.
 # --keep-blas-env: tests never touch the OpenBLAS variables (nor re-exec the test process);
-# --no-tracking: no mlflow.db (tests/test_tracking_bench.py records benches).
+# --no-tracking: no mlflow.db (tests/test_tracking_bench.py records benches); --no-phases: the phases
+# have their own tests (tests/test_bench_phases.py).
 TINY = [
     "--cells",
     "full",
@@ -39,6 +40,7 @@ TINY = [
     "0.001",
     "--keep-blas-env",
     "--no-tracking",
+    "--no-phases",
 ]
 FRAMEWORK_MODULES = "sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)"
 

@@ -54,7 +54,11 @@ def test_a_bench_is_one_parent_run_with_a_child_run_per_cell(store, tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert tags["git.commit"] == head and len(head) == 40  # the code's checkout, though the bench ran in tmp_path
     assert "version.torch" not in tags or tags["version.torch"]  # only versions present
-    assert sorted(a.path for a in client.list_artifacts(parents[0].info.run_id)) == ["bench.json", "bench.md"]
+    assert sorted(a.path for a in client.list_artifacts(parents[0].info.run_id)) == [
+        "bench.json",
+        "bench.md",
+        "bench_phases.png",
+    ]
 
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.info.run_name for c in children} == {r["cell"] for r in result["cells"]}

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, cpu_name, usable_cpus  # noqa: E402
+from backprop_bench.backends.base import Backend, DeviceUnavailable, PhaseFns, cpu_name, usable_cpus  # noqa: E402
 from backprop_bench.core.specs import NO_REGULARIZATION, MLPSpec, OptimizerSpec, Params, Regularization  # noqa: E402
 
 # (W, b) tf.Variables of one layer.
@@ -233,20 +233,31 @@ class Optimizer:
 # --- one optimizer step, two strategies ----------------------------------------------------
 
 
+def train_loss(net: Net, x: tf.Tensor, t: tf.Tensor, masks: Sequence[tf.Tensor] | None = None) -> tf.Tensor:
+    """The batch's training loss: data loss + penalty (0-d)."""
+    zs, _ = net.forward(x, masks)
+    loss = loss_from_logits(net.spec, zs[-1], t)
+    return loss + net.penalty() if net.reg.has_penalty else loss
+
+
+def gradients(
+    net: Net, x: tf.Tensor, t: tf.Tensor, masks: Sequence[tf.Tensor] | None = None
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """(train_loss, its gradient for every trainable variable): one tape, no update. The penalty sits
+    on the tape: its gradient is autograd's l1 sign(W) + 2 l2 W (tf.abs's is sign, 0 at 0)."""
+    with tf.GradientTape() as tape:
+        loss = train_loss(net, x, t, masks)
+    return loss, tape.gradient(loss, net.trainable())
+
+
 def parallel_step(
     net: Net, opt: Optimizer, x: tf.Tensor, t: tf.Tensor, masks: Sequence[tf.Tensor] | None = None
 ) -> tf.Tensor:
     """All gradients from the pre-step weights, then every update. Returns the pre-step loss
-    (data loss + penalty). masks: None, or the batch's (N, hidden_l) dropout mask per hidden layer.
-    The penalty sits on the tape: its gradient is autograd's l1 sign(W) + 2 l2 W (tf.abs's is sign, 0 at 0)."""
+    (data loss + penalty). masks: None, or the batch's (N, hidden_l) dropout mask per hidden layer."""
     vars_ = net.trainable()
     weights = {w.ref() for w, _ in net.layers}  # AdamW decays these, not the biases
-    with tf.GradientTape() as tape:
-        zs, _ = net.forward(x, masks)
-        loss = loss_from_logits(net.spec, zs[-1], t)
-        if net.reg.has_penalty:
-            loss = loss + net.penalty()
-    grads = tape.gradient(loss, vars_)
+    loss, grads = gradients(net, x, t, masks)
     corrections = opt.next_step()
     for v, g in zip(vars_, grads):
         opt.apply(v, g, corrections, weight=v.ref() in weights)
@@ -328,6 +339,23 @@ class TfBackend(Backend):
         with tf.device(self._tf_device):
             p, loss = self._eval_fn(tf.constant(x), tf.constant(t_or_zeros))
         return p.numpy(), float("nan") if t is None else float(loss) * len(x)
+
+    def _phase_fns(self, x_rows: np.ndarray) -> PhaseFns:
+        """forward: train_loss; forward_backward: gradients; step: _phase_step's. Each is a tf.function
+        of its own (jit_compile as the mode), called on the device like one step of the epoch."""
+        with tf.device(self._tf_device):
+            idx = tf.constant(x_rows)
+            x, t = tf.gather(self._x, idx), tf.gather(self._t, idx)
+        fns = [functools.partial(train_loss, self.net), functools.partial(gradients, self.net), self._phase_step()]
+        return tuple(functools.partial(self._on_device, tf.function(f, jit_compile=self.compile), x, t) for f in fns)
+
+    def _phase_step(self) -> Callable[[tf.Tensor, tf.Tensor], object]:
+        """(x, t) -> one whole optimizer step on that batch, to be traced."""
+        raise NotImplementedError
+
+    def _on_device(self, fn: Callable, x: tf.Tensor, t: tf.Tensor) -> object:
+        with tf.device(self._tf_device):
+            return fn(x, t)
 
     def _set_lr(self, lr: float) -> None:
         self.opt.set_lr(lr)

@@ -13,7 +13,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from backprop_bench.core.specs import (
     accuracy,
     as_targets,
 )
+
+# (forward, forward_backward, step): Backend.phase_fns's zero-argument calls, each returning what wait() blocks on
+PhaseFns = tuple[Callable[[], object], Callable[[], object], Callable[[], object]]
 
 
 class DeviceUnavailable(RuntimeError):
@@ -122,6 +125,14 @@ class Backend:
         """framework_version, device_name, blas (and anything else worth a tag)."""
         raise NotImplementedError
 
+    def _phase_fns(self, x_rows: np.ndarray) -> PhaseFns:
+        """phase_fns's calls on the loaded rows x_rows (B,) int64, gathered onto the device once, here."""
+        raise NotImplementedError(f"framework={self.framework} ({type(self).__name__}) has no phase functions")
+
+    def wait(self, out: object) -> None:
+        """Block until the work behind out (the last value a phase function returned) is done."""
+        self.synchronize()
+
     # ------------------------------------------------------------ native mode (docs/native.md)
     # Class-level: the trainer asks for the weights and the orders before any backend exists.
 
@@ -157,6 +168,18 @@ class Backend:
         losses = np.asarray(self._epoch(order, batch_size, masks), dtype=np.float64)
         self.step_losses = losses if self.record_steps else None
         return epoch_loss(losses, len(order), batch_size)
+
+    def phase_fns(self, rows: np.ndarray) -> PhaseFns:
+        """Where a step's time goes (bench/phases.py): (forward, forward_backward, step), zero-argument
+        calls on one fixed batch, the loaded rows `rows` (B,), selected once before any call.
+
+        forward: the forward pass and the loss; forward_backward: that and every gradient, no update;
+        step: one whole optimizer step (the weights change), as train_epoch runs it but for selecting its
+        batch. Each runs the way this mode runs its step (compiled where the mode compiles). Parallel
+        strategy only: the sequential one interleaves the backward pass and the updates."""
+        check(self.strategy == "parallel", "strategy", self.strategy, "has no separate phases (parallel only)")
+        rows = check_batch(rows, self.n_loaded, max(len(rows), 1))
+        return self._phase_fns(rows)
 
     def set_lr(self, lr: float) -> None:
         """The learning rate for the next steps (a schedule calls this between epochs)."""

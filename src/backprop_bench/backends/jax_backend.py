@@ -12,7 +12,7 @@ and the error sent down by the vjp of the layer below through the *updated* W.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import jax
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name, usable_cpus
+from backprop_bench.backends.base import Backend, DeviceUnavailable, PhaseFns, as_params, cpu_name, usable_cpus
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params, Regularization
 
 # JAX computes in float32 unless x64 is on: without it a float64 run would silently be
@@ -163,6 +163,29 @@ class JaxBackend(Backend):
         self._params, self._slots, self._count = state
         return np.asarray(jnp.concatenate(losses))  # the one read of the epoch
 
+    def _phase_fns(self, x_rows: np.ndarray) -> PhaseFns:
+        """forward: train_loss; forward_backward: its value_and_grad; step: _phase_step's. Each jax.jit
+        compiled on its own, on the batch gathered once: the same per-step functions for step-jit and
+        epoch-scan (a scanned epoch has no step of its own to time)."""
+        idx = self._put(x_rows)
+        x, t, params = self._x[idx], self._t[idx], self._params  # the weights a forward reads (not updated)
+        forward, gradients = (partial(fn, self.spec, self.reg) for fn in (PHASE_LOSS, PHASE_GRADIENTS))
+        return lambda: forward(params, x, t, None), lambda: gradients(params, x, t, None)[0], self._phase_step(x, t)
+
+    def _phase_step(self, x: jax.Array, t: jax.Array) -> Callable[[], object]:
+        """One whole step on the batch (step_at without its gather), jitted; the backend's state moves on."""
+        step = partial(PHASE_STEP, STEP[self.strategy], self.spec, self.opt_spec, self.reg)
+
+        def run() -> jax.Array:
+            state, loss = step((self._params, self._slots, self._count), self._lr, x, t)
+            self._params, self._slots, self._count = state
+            return loss
+
+        return run
+
+    def wait(self, out: object) -> None:
+        jax.block_until_ready(out)  # the phases' last output: their calls chain or run in dispatch order
+
     def _set_lr(self, lr: float) -> None:
         self._lr = self._put(np.float64(lr))  # a traced argument: no recompile
 
@@ -289,6 +312,13 @@ def step_at(step, spec, opt, reg, size: int, state, lr, x, t, order, masks, star
     return (params, slots, count + 1), loss
 
 
+def step_on_batch(step, spec, opt, reg, state, lr, x, t) -> tuple:
+    """step_at on a batch already selected: (state after, the pre-update loss)."""
+    params, slots, count = state
+    params, slots, loss = step(spec, opt, reg, params, slots, count + 1, lr, x, t, None)
+    return (params, slots, count + 1), loss
+
+
 def epoch_scan(step, spec, opt, reg, size: int, state, lr, x, t, order, masks, starts) -> tuple:
     """step_at over the batches starting at starts (n,) int, each of `size` rows, as one
     lax.scan: one dispatch per epoch. Returns (state after, the (n,) pre-update losses)."""
@@ -306,3 +336,7 @@ STEP = {"parallel": parallel_step, "sequential": sequential_step}
 STEP_AT = jax.jit(step_at, static_argnums=(0, 1, 2, 3, 4))
 EPOCH_SCAN = jax.jit(epoch_scan, static_argnums=(0, 1, 2, 3, 4))  # and the number of full batches
 OUTPUTS = jax.jit(outputs, static_argnums=0)
+# Where a step's time goes (phase_fns): the loss, the loss and its gradients, a step on a selected batch
+PHASE_LOSS = jax.jit(train_loss, static_argnums=(0, 1))
+PHASE_GRADIENTS = jax.jit(jax.value_and_grad(train_loss, argnums=2), static_argnums=(0, 1))
+PHASE_STEP = jax.jit(step_on_batch, static_argnums=(0, 1, 2, 3))

@@ -99,6 +99,16 @@ class KerasBackend(kc.KerasNative, tfc.TfBackend):
             kc.fit_epoch(self.model, x, t, masks, batch_size, self.dtype)
             return self.model.loss_buffer[:steps].numpy()  # one read per epoch
 
+    def _phase_step(self):
+        """One train_step of the model (fit's own step, the loss buffer write included) on one batch."""
+        self._ensure_loss_buffer(1)
+
+        def step(x: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+            self.model.step_index.assign(0)  # one slot, reused: the buffer is the epoch's, not the phases'
+            return self.model.train_step((x, t))["loss"]
+
+        return step
+
     def _info(self) -> dict[str, str]:
         return tfc.device_info(self.device) | {
             "framework_version": f"keras {keras.__version__} / tensorflow {tf.__version__}",

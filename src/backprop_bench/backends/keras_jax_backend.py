@@ -15,6 +15,7 @@ dropout masks ride along as extra inputs (_keras_common.fit_epoch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from backprop_bench.backends import _keras_common as kc
@@ -157,6 +158,23 @@ class KerasJaxBackend(kc.KerasNative, jb.JaxBackend):
             self.model.step_index.assign(self._put(np.int32(0)))
             kc.fit_epoch(self.model, x, t, masks, batch_size, self.dtype)
         return np.asarray(self.model.loss_buffer.value[:steps])  # one read per epoch
+
+    def _phase_step(self, x: jax.Array, t: jax.Array) -> Callable[[], object]:
+        """One train_step of the model (fit's own step, its state packing and loss buffer write
+        included), jax.jit-compiled as fit compiles it, but one step per call whatever
+        steps_per_execution is. The state it threads stays here; the model's variables keep the epoch's."""
+        model, train_step = self.model, jax.jit(self.model.train_step)
+        state = tuple(
+            [v.value for v in vs]
+            for vs in (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables)
+        ) + ([v.value for v in model.metrics_variables],)
+
+        def run() -> jax.Array:
+            nonlocal state
+            logs, state = train_step(state, (x, t))  # a loss slot past the buffer's end is dropped (JAX's scatter)
+            return logs["loss"]
+
+        return run
 
     # ------------------------------------------------------------ JaxBackend's state, in the Keras variables
     # JaxBackend reads and writes _params, _slots, _count and _lr; here they are views of the

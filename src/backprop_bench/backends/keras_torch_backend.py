@@ -91,6 +91,17 @@ class KerasTorchBackend(kc.KerasNative, tb.TorchBackend):
         z = self._forward(x)[0][-1]
         return tb.output_and_loss(self.spec, z, torch.zeros_like(z))[0]
 
+    def _phase_step(self, x: torch.Tensor, t: torch.Tensor) -> Callable[[], object]:
+        """One train_step of the model, eager, as fit's train function calls it (fit's loop, data
+        adapter and callbacks are left out: the bench reports them in the rest)."""
+        self.model.loss_buffer = torch.empty(1, dtype=self._dtype, device=self._dev)
+
+        def step() -> torch.Tensor:
+            self.model.step_index = 0  # one slot, reused: the buffer is the epoch's, not the phases'
+            return self.model.train_step((x, t))["loss"]
+
+        return step
+
     def _epoch(self, order: np.ndarray, batch_size: int, masks: list[np.ndarray] | None) -> np.ndarray:
         idx = torch.as_tensor(order).to(self._dev)  # one copy per epoch; the rows are gathered on the device
         x, t = self._x.index_select(0, idx), self._t.index_select(0, idx)

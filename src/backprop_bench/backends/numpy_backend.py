@@ -257,20 +257,38 @@ class NumpyBackend(Backend):
         p, loss, _ = output_and_loss(self.xp, self.spec, z, tt)
         return to_numpy(p), float("nan") if t is None else float(loss * len(x))
 
+    def _gradients(self, x, t, masks=None) -> tuple[object, list]:
+        """(training loss (0-d): data loss + penalty, [[dL/dW, dL/db] (or [dL/dW]) per layer]) at the
+        current weights, on the device, no update. x (n, in), t (n, K), masks (n, hidden_l) or None."""
+        acts, hs = self._forward(x, masks)
+        _, loss, d = output_and_loss(self.xp, self.spec, acts[-1], t)
+        grads = [None] * len(self.layers)
+        for l in range(len(self.layers) - 1, -1, -1):
+            grads[l] = self._layer_grads(l, acts[l], d)
+            if l > 0:
+                d = self._propagate(l, d, hs[l], None if masks is None else masks[l - 1])
+        return loss + (self._penalty() if self.reg.has_penalty else 0.0), grads
+
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, masks: list | None = None) -> tuple[float, list]:
         """The training loss (data loss + penalty, with the given dropout masks (n, hidden_l))
         and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
         xp = self.xp
         masks = None if masks is None else [xp.asarray(np.asarray(m, self.dtype)) for m in masks]
-        acts, hs = self._forward(xp.asarray(np.asarray(x, self.dtype)), masks)
-        _, loss, d = output_and_loss(xp, self.spec, acts[-1], xp.asarray(self._targets(y)))
-        grads = []
-        for l in range(len(self.layers) - 1, -1, -1):
-            g = self._layer_grads(l, acts[l], d)
-            grads.insert(0, (to_numpy(g[0]), to_numpy(g[1]) if self.spec.train_biases else None))
-            if l > 0:
-                d = self._propagate(l, d, hs[l], None if masks is None else masks[l - 1])
-        return float(loss + (self._penalty() if self.reg.has_penalty else 0.0)), grads
+        x, t = xp.asarray(np.asarray(x, self.dtype)), xp.asarray(self._targets(y))
+        loss, grads = self._gradients(x, t, masks)
+        pairs = [(to_numpy(g[0]), to_numpy(g[1]) if self.spec.train_biases else None) for g in grads]
+        return float(loss), pairs
+
+    def _phase_fns(self, x_rows: np.ndarray):
+        """forward: _forward and the loss; forward_backward: _gradients; step: _step (the update is
+        Optimizer.apply per W and b)."""
+        idx = self.xp.asarray(x_rows)
+        x, t = self._x[idx], self._t[idx]
+
+        def forward():
+            return output_and_loss(self.xp, self.spec, self._forward(x)[0][-1], t)[1]
+
+        return forward, lambda: self._gradients(x, t)[0], lambda: self._step(x, t)
 
     def params(self) -> Params:
         return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]

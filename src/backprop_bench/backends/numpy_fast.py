@@ -383,14 +383,41 @@ class NumpyFastBackend(NumpyBackend):
         ws = _Workspace(self.xp, self.spec, n, self.dtype, train=True)
         ws.x[...] = self.xp.asarray(np.asarray(x, self.dtype))
         ws.t[...] = self.xp.asarray(self._targets(y))
-        self._forward_ws(ws, ws.x, n)
-        loss = float(self._loss(ws, ws.t, n, delta=True))
-        for l in range(len(self.layers) - 1, -1, -1):
-            self._grads(ws, ws.x, l, n)
-            if l > 0:
-                self._propagate_ws(ws, l, n)
+        loss = float(self._gradients_ws(ws, ws.x, ws.t, n))
         grads = [(to_numpy(dW).copy(), None if db is None else to_numpy(db).copy()) for dW, db in self.grad_views]
         return loss, grads
+
+    def _gradients_ws(self, ws: _Workspace, x, t, n: int):
+        """Forward, the loss (0-d, returned) and every gradient into self.grads; no update."""
+        self._forward_ws(ws, x, n)
+        loss = self._loss(ws, t, n, delta=True)
+        for l in range(len(self.layers) - 1, -1, -1):
+            self._grads(ws, x, l, n)
+            if l > 0:
+                self._propagate_ws(ws, l, n)
+        return loss
+
+    def _phase_fns(self, x_rows: np.ndarray):
+        """On a workspace of its own, the batch gathered into it once. forward: _forward_ws and the
+        loss; forward_backward: _gradients_ws; step: _epoch's step without its gather (the update is
+        one Optimizer.apply over the flat parameter vector)."""
+        n = len(x_rows)
+        ws = _Workspace(self.xp, self.spec, n, self.dtype, train=True)
+        idx = self.xp.asarray(x_rows.astype(np.intp))
+        self._gather(self._x, idx, ws.x)
+        self._gather(self._t, idx, ws.t)
+
+        def forward():
+            self._forward_ws(ws, ws.x, n)
+            return self._loss(ws, ws.t, n, delta=False)
+
+        def step():
+            self._forward_ws(ws, ws.x, n)
+            loss = self._loss(ws, ws.t, n, delta=True)
+            self._backward(ws, ws.x, n)
+            return loss
+
+        return forward, lambda: self._gradients_ws(ws, ws.x, ws.t, n), step
 
     def params(self) -> Params:
         return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]

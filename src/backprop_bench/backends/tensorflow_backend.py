@@ -9,6 +9,7 @@ compile=True traces it with XLA (jit_compile).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
@@ -59,6 +60,10 @@ class TensorflowBackend(tfc.TfBackend):
             loss = self._step(self.net, self.opt, tf.gather(x, idx), tf.gather(t, idx), step_masks)
             losses = losses.write(n_full, loss)
         return losses.stack()
+
+    def _phase_step(self):
+        """The epoch's step, parallel_step, on one batch."""
+        return functools.partial(tfc.parallel_step, self.net, self.opt)
 
     def _info(self) -> dict[str, str]:
         return tfc.device_info(self.device)

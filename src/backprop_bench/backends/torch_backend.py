@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from backprop_bench.backends.base import Backend, DeviceUnavailable, as_params, cpu_name, n_steps
+from backprop_bench.backends.base import Backend, DeviceUnavailable, PhaseFns, as_params, cpu_name, n_steps
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params
 
 # Each hidden activation beside its derivative, written from its output a = f(z)
@@ -187,14 +187,23 @@ class TorchBackend(Backend):
         loss = output_and_loss(self.spec, z_out, t)[1]
         return loss + self._penalty() if self.reg.has_penalty else loss
 
-    def _parallel_step(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
-        """All gradients from the pre-step weights (one autograd pass), then every update."""
+    def _gradients(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> tuple:
+        """(the training loss (0-d, detached), dL/dp for every trained p): one autograd pass."""
         with torch.enable_grad():
             loss = self._loss(self._forward(x, masks)[0][-1], t)
-            grads = torch.autograd.grad(loss, self._all_params)
+            return loss.detach(), torch.autograd.grad(loss, self._all_params)
+
+    def _train_loss(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
+        """The step's forward pass and loss, autograd recording as in the step (eager), detached."""
+        with torch.enable_grad():
+            return self._loss(self._forward(x, masks)[0][-1], t).detach()
+
+    def _parallel_step(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
+        """All gradients from the pre-step weights (one autograd pass), then every update."""
+        loss, grads = self._gradients(x, t, masks)
         self.optimizer.begin_step()
         self.optimizer.apply(self._all_params, list(grads), self._all_is_weight)
-        return loss.detach()
+        return loss
 
     def _sequential_step(self, x: torch.Tensor, t: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
         """Output layer first: update W[l], b[l], then send the error down through the new W[l]."""
@@ -228,6 +237,20 @@ class TorchBackend(Backend):
             batch_masks = None if masks_dev is None else [m[rows] for m in masks_dev]
             losses[step] = self._step(self._x.index_select(0, idx), self._t.index_select(0, idx), batch_masks)
         return losses.cpu().numpy()  # the one read of the epoch
+
+    def _phase_fns(self, x_rows: np.ndarray) -> PhaseFns:
+        """forward: _train_loss; forward_backward: _gradients; step: _phase_step. With compile=True
+        the first two are torch.compile'd each on its own, as the step is."""
+        idx = torch.as_tensor(x_rows).to(self._dev)
+        x, t = self._x.index_select(0, idx), self._t.index_select(0, idx)
+        forward, gradients = self._train_loss, self._gradients
+        if self.compile:
+            forward, gradients = compiled(forward, "forward-only"), compiled(gradients, "forward+backward")
+        return lambda: forward(x, t, None), lambda: gradients(x, t, None)[0], self._phase_step(x, t)
+
+    def _phase_step(self, x: torch.Tensor, t: torch.Tensor) -> Callable[[], object]:
+        """One whole step on the batch: the step _epoch calls."""
+        return lambda: self._step(x, t, None)
 
     def _set_lr(self, lr: float) -> None:
         self.optimizer.lr.fill_(lr)

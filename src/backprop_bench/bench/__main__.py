@@ -32,6 +32,7 @@ from backprop_bench.backends import FRAMEWORKS, pin_threads, thread_counts
 from backprop_bench.bench import baseline as B
 from backprop_bench.bench import cells as C
 from backprop_bench.bench import peak as P
+from backprop_bench.bench import phases as PH
 from backprop_bench.bench import report as R
 from backprop_bench.bench import scaling as S
 from backprop_bench.core.files import atomic_write
@@ -39,6 +40,7 @@ from backprop_bench.core.specs import MLPSpec, OptimizerSpec
 
 BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 CHILD_FILE = "child.json"  # what a child bench writes into its --out-dir, for its parent
+PHASES_PLOT = "bench_phases.png"  # beside bench.json: the phases as stacked bars
 ERROR_LINES = 20  # the last lines of a failed child's output kept as its error
 DEFAULT_ROUNDS = {"default": 3, "full": 5}  # per --cells: 3 is the fewest the report accepts
 _UNSET_MARK = "BACKPROP_BENCH_UNSET_BLAS_ENV"  # set in the re-executed child: JSON of what was removed
@@ -142,6 +144,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="also time each framework's stock idiom (bench/stock.py), parallel only",
     )
+    ap.add_argument(
+        "--phases",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the rounds, split each plain and fastest mode's step into forward, backward, update and "
+        "the rest (bench/phases.py; bench.json: phases, reports: a table and bench_phases.png)",
+    )
     ap.add_argument("--peak-size", type=int, default=2048, help="square sgemm size for the peak")
     ap.add_argument("--peak-repeats", type=int, default=7, help="timing samples per matmul shape")
     ap.add_argument("--peak-seconds", type=float, default=0.05, help="minimum length of one timing sample, s")
@@ -204,7 +213,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.baseline:
             ap.error("--baseline compares bench.json files: not with --scaling")
         args.cells, args.samples, args.devices, args.strategies = C.SCALING, args.scaling_samples, "cpu", "parallel"
-        args.tracking = False
+        args.tracking = args.phases = False  # the phases are the default bench's, at its batch sizes
     args.frameworks, args.strategies, args.devices = map(_list, (args.frameworks, args.strategies, args.devices))
     for option in ("batches", "keras_spe"):
         try:
@@ -279,9 +288,10 @@ def build_all(
 
 def run_group(
     args: argparse.Namespace, frameworks: list[str], group: str, data: tuple[np.ndarray, np.ndarray]
-) -> tuple[list[C.Cell], dict[str, dict], int]:
-    """Build and time one process group's cells in this process: (cells, backend info, rounds done).
-    Every group draws the same epoch orders from --seed."""
+) -> tuple[list[C.Cell], dict[str, dict], int, list[dict]]:
+    """Build and time one process group's cells in this process: (cells, backend info, rounds done,
+    phases: [] with --no-phases or when the rounds were interrupted). Every group draws the same
+    epoch orders from --seed."""
     spec, optimizer = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR)
     cells = C.plan_cells(
         frameworks, args.strategies, args.batches, args.devices, args.keras_spe, args.stock, group, args.cells
@@ -289,7 +299,9 @@ def run_group(
     made, info = build_all(cells, spec, *data, args.seed, optimizer)
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
-    return cells, info, C.run_cells(cells, made, orders)  # the models go once this returns
+    done = C.run_cells(cells, made, orders)
+    phases = PH.measure(cells, made, args.samples, args.keras_spe) if args.phases and done == args.rounds else []
+    return cells, info, done, phases  # the models go once this returns
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -299,11 +311,12 @@ def run_child(args: argparse.Namespace) -> None:
     if args.threads:
         pin_threads(args.threads, args.frameworks)
     x, y, _ = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
-    cells, info, done = run_group(args, args.frameworks, args.child, (x, y))
+    cells, info, done, phases = run_group(args, args.frameworks, args.child, (x, y))
     for sig in (signal.SIGTERM, signal.SIGINT):  # a stop now would leave the parent nothing: the file comes first
         signal.signal(sig, signal.SIG_IGN)
     out = {"group": args.child, "rounds": done, "cells": [dataclasses.asdict(c) for c in cells], "backend_info": info}
     out["thread_counts"] = thread_counts()
+    out["phases"] = phases  # measured here, in the child's own process, beside its cells
     atomic_write(args.out_dir / CHILD_FILE, json.dumps(out, indent=2, allow_nan=False) + "\n")
 
 
@@ -314,11 +327,11 @@ def child_argv(args: argparse.Namespace, group: str, frameworks: list[str], out_
 
 def spawn_child(
     args: argparse.Namespace, group: str, frameworks: list[str], threads: int = 0
-) -> tuple[list[C.Cell], dict, dict]:
+) -> tuple[list[C.Cell], dict, dict, list[dict]]:
     """Run one group in a child bench (its output goes to stderr): (its cells, its backend info, its
-    record {group, frameworks, rounds, error, interrupted, thread_counts}). A child that fails gives no
-    cells and its error. threads > 0: the child starts with every pool pinned to that many threads
-    (scaling.pinned_env, and --threads for the settings made in the process)."""
+    record {group, frameworks, rounds, error, interrupted, thread_counts}, its phases). A child that
+    fails gives no cells and its error. threads > 0: the child starts with every pool pinned to that
+    many threads (scaling.pinned_env, and --threads for the settings made in the process)."""
     record = _record(group, frameworks)
     with tempfile.TemporaryDirectory(prefix=f"bench-{group}-") as tmp:
         cmd = [sys.executable, "-m", "backprop_bench.bench", *child_argv(args, group, frameworks, Path(tmp))]
@@ -339,12 +352,12 @@ def spawn_child(
         rc, path = proc.wait(), Path(tmp) / CHILD_FILE
         if rc != 0 or not path.is_file():
             record["error"] = f"the child bench exited with status {rc}; its last lines:\n" + "".join(tail).rstrip()
-            return [], {}, record
+            return [], {}, record, []
         done = json.loads(path.read_text())
     record["rounds"] = done["rounds"]
     record["interrupted"] |= done["rounds"] < args.rounds  # e.g. Ctrl-C, which reaches the child too
     record["thread_counts"] = done.get("thread_counts")
-    return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record
+    return [C.Cell(**c) for c in done["cells"]], done["backend_info"], record, done["phases"]
 
 
 def _record(group: str, frameworks: list[str], rounds: int = 0, ran: bool = True, interrupted: bool = False) -> dict:
@@ -376,17 +389,18 @@ def run_bench(args: argparse.Namespace) -> dict:
     numpy_peak = peaks[0]["square"]["median"]
     ceiling = P.ceiling(peaks, args.batches)
 
-    cells, info, records = [], {}, []
+    cells, info, records, phases = [], {}, [], []
     for group, frameworks in groups.items():
         if any(r["interrupted"] for r in records):  # stopped: run no further group
             records.append(_record(group, frameworks, ran=False))
             continue
         if group == C.MAIN:
-            got, got_info, done = run_group(args, frameworks, group, (x, y))
+            got, got_info, done, got_phases = run_group(args, frameworks, group, (x, y))
             record = _record(group, frameworks, rounds=done, interrupted=done < args.rounds)
         else:
-            got, got_info, record = spawn_child(args, group, frameworks)
+            got, got_info, record, got_phases = spawn_child(args, group, frameworks)
         cells += got
+        phases += got_phases
         info = got_info | info  # the same framework-mode's info from two processes: the first group's
         records.append(record)
     for p in peaks:  # the same square sgemm again: how much the machine drifted meanwhile
@@ -413,6 +427,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             "notes": notes,
         },
         "cells": rows,
+        "phases": phases if args.phases else None,  # None: --no-phases
         "keras_costs": R.keras_costs(rows),
         "gpu_note": R.gpu_note(rows, args.devices),
         "versions": P.versions(),
@@ -422,6 +437,9 @@ def run_bench(args: argparse.Namespace) -> dict:
         "machine": P.machine(),
         "command": " ".join(["python -m backprop_bench.bench", *args.argv]),
     }
+    PH.add_floors(phases, spec, ceiling)
+    if phases:  # the file's name, beside bench.json
+        result["phases_plot"] = PH.plot(phases, args.out_dir / PHASES_PLOT).name
     numpy_ceiling = {b: peaks[0][f"mlp_b{b}"] / numpy_peak for b in args.batches}
     result["goals"] = R.evaluate_goals(rows, args.peak_size, matmul_ceiling=numpy_ceiling)
     if args.baseline_result is not None:
@@ -450,11 +468,11 @@ def run_scaling(args: argparse.Namespace) -> dict:
             if any(r["interrupted"] for r in runs):  # stopped: run nothing further
                 record, got = _record(group, frameworks, ran=False), []
             elif threads == cores and group == C.MAIN:
-                got, _, done = run_group(args, frameworks, group, (x, y))
+                got, _, done, _ = run_group(args, frameworks, group, (x, y))
                 record = _record(group, frameworks, rounds=done, interrupted=done < args.rounds)
                 record["thread_counts"] = thread_counts()
             else:
-                got, _, record = spawn_child(args, group, frameworks, threads=1 if threads == 1 else 0)
+                got, _, record, _ = spawn_child(args, group, frameworks, threads=1 if threads == 1 else 0)
             record["threads"] = threads
             rows += _scaling_rows(args, record, got)
             runs.append(record)
@@ -507,7 +525,8 @@ def track(args: argparse.Namespace, result: dict) -> None:
     """Record the bench as MLflow runs (tracking/bench.py), its report files as the parent's artifacts."""
     from backprop_bench.tracking.bench import EXPERIMENT, record_bench  # imports mlflow: only with tracking
 
-    files = [args.out_dir / "bench.json", args.out_dir / "bench.md"]
+    files = [args.out_dir / name for name in ("bench.json", "bench.md", PHASES_PLOT)]
+    files = [f for f in files if f.name != PHASES_PLOT or result.get("phases_plot")]  # a plot of this run only
     run_id = record_bench(result, files, Path.cwd())
     print(f"bench: recorded as MLflow run {run_id} in the experiment {EXPERIMENT}", file=sys.stderr)
 

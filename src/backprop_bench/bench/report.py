@@ -14,7 +14,7 @@ import statistics
 from dataclasses import asdict
 
 from backprop_bench.backends import KERAS_BACKENDS
-from backprop_bench.bench import baseline
+from backprop_bench.bench import baseline, phases
 from backprop_bench.bench.cells import MAIN, STOCK, Cell, framework_modes, is_stock
 from backprop_bench.core.specs import MLPSpec
 from backprop_bench.report.tables import markdown_table
@@ -428,6 +428,8 @@ LEGEND = (
 def markdown(result: dict) -> str:
     """The whole report as markdown (what bench.md holds and the bench prints)."""
     lines = _header(result) + _groups_section(result) + _peak_table(result) + _cell_tables(result)
+    if result.get("phases") is not None:  # None: --no-phases
+        lines += phases.markdown(result["phases"], result.get("phases_plot"))
     lines += _keras_section(result)
     if result.get("baseline"):
         lines += baseline.markdown(result["baseline"])
