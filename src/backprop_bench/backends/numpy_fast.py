@@ -381,7 +381,7 @@ class NumpyFastBackend(NumpyBackend):
         """Fill ws.a[l][:n] for every layer (ws.a[-1] = the output p), ws.z_out, ws.logp."""
         ops, a_in = [], x
         for l, (layer, a) in enumerate(zip(self.layers[:-1], ws.a[:-1])):
-            ops += layer.affine_ops(l, a_in, a[:n]) + layer.act.forward_ops(a[:n])
+            ops += layer.affine_ops(l, a_in, a[:n]) + _labelled(l, layer.act.forward_ops(a[:n]))
             a_in = a[:n]
         out = self.layers[-1]
         ops += out.affine_ops(len(self.layers) - 1, a_in, ws.z_out[:n])
@@ -401,11 +401,12 @@ class NumpyFastBackend(NumpyBackend):
             dW, db = self.grad_views[l]
             ops += self.layers[l].grad_ops(l, x if l == 0 else ws.a[l - 1][:n], ws.d[l][:n], dW, db)
             if update and self.strategy == "sequential":  # update layer l before the error goes through W[l]
-                ops += self.optimizer.apply_ops(self.parts[l])
+                ops += _labelled(l, self.optimizer.apply_ops(self.parts[l]))
             if l > 0:  # ws.d[l] -> ws.d[l-1] = dL/dz_{l-1}: through W[l], then the hidden activation
                 d_prev = ws.d[l - 1][:n]
                 ops += self.layers[l].propagate_ops(l, ws.d[l][:n], d_prev)
-                ops += self.layers[l - 1].act.backward_ops(ws.a[l - 1][:n], d_prev, ws.hidden_scratch[l - 1][:n])
+                act = self.layers[l - 1].act
+                ops += _labelled(l - 1, act.backward_ops(ws.a[l - 1][:n], d_prev, ws.hidden_scratch[l - 1][:n]))
         if update and self.strategy == "parallel":  # every gradient from the pre-step weights: one update pass
             ops += self.optimizer.apply_ops(slice(None))
         return ops
@@ -481,3 +482,8 @@ def _split(flat, part: slice, n_in: int, n_out: int):
     """Views (W (n_in, n_out), b (n_out,)) of one layer's slice of a flat vector."""
     seg = flat[part]
     return seg[: n_in * n_out].reshape(n_in, n_out), seg[n_in * n_out :]
+
+
+def _labelled(l: int, ops: list[Op]) -> list[Op]:
+    """An activation's or a layer's update Ops, labelled with the layer they run for."""
+    return [(f"L{l} {label}", call) for label, call in ops]
