@@ -43,11 +43,11 @@ def test_every_op_of_the_bench_step_has_its_kind():
     kinds = {label: npprofile.kind(label) for label in labels}
     assert {label for label, k in kinds.items() if k == npprofile.UPDATE} == {
         "optimizer step count",
-        "sgd g *= lr",
         "sgd p -= g",
     }
     assert kinds["L0 relu"] == kinds["L1 relu mask multiply"] == "relu + mask"
-    assert kinds["gather x"] == "gather" and kinds["L2 db sum"] == kinds["L0 bias add"] == "bias add + db"
+    assert kinds["gather x"] == "gather" and kinds["delta * lr / n"] == "softmax + cross-entropy"
+    assert kinds["L0 fwd matmul (+ bias)"] == kinds["L2 dW matmul (+ db)"] == "matmuls"
 
 
 def test_the_table_adds_up():

@@ -135,26 +135,29 @@ ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "identity": Ident
 
 
 class Dense:
-    """z = a_in @ W + b, a = f(z). W (in, out), b (out,). Each method gives its work as Ops
-    on fixed views; l (the layer's index) only labels them."""
+    """z = a_in @ W + b, a = f(z), with the bias inside the matmul.
 
-    def __init__(self, xp, w, b, activation):
-        self.xp, self.W, self.b, self.act = xp, w, b, activation
+    Wb (in + 1, out) is W (in, out) with b (out,) as its last row (the layer's slice of the
+    flat parameter vector is exactly that), and every layer input carries a ones column,
+    a_in (n, in + 1): then a_in @ Wb = a_in[:, :in] @ W + b in one BLAS call, and the weight
+    gradient a_in^T d (in + 1, out) ends with db = sum_n d. Each method gives its work as
+    Ops on fixed views; l (the layer's index) only labels them.
+    """
+
+    def __init__(self, xp, wb, activation):
+        self.xp, self.Wb, self.act = xp, wb, activation
+        self.W, self.b = wb[:-1], wb[-1]
 
     def affine_ops(self, l: int, a_in, z) -> list[Op]:
-        """a_in (n, in) -> z (n, out) = a_in @ W + b."""
-        xp = self.xp
-        return [
-            (f"L{l} fwd matmul", partial(xp.matmul, a_in, self.W, out=z)),
-            (f"L{l} bias add", partial(xp.add, z, self.b, out=z)),
-        ]
+        """a_in (n, in + 1), ones last -> z (n, out) = a_in @ Wb."""
+        return [(f"L{l} fwd matmul (+ bias)", partial(self.xp.matmul, a_in, self.Wb, out=z))]
 
-    def grad_ops(self, l: int, a_in, d, dW, db) -> list[Op]:
-        """d = dL/dz (n, out) -> dW = a_in^T d (in, out), db = sum_n d (out,); db None: skipped."""
-        ops = [(f"L{l} dW matmul", partial(self.xp.matmul, a_in.T, d, out=dW))]
-        if db is not None:
-            ops.append((f"L{l} db sum", partial(self.xp.sum, d, axis=0, out=db)))
-        return ops
+    def grad_ops(self, l: int, a_in, d, dWb, biases: bool) -> list[Op]:
+        """d = dL/dz (n, out) -> dWb = a_in^T d (in + 1, out): dW, then db = sum_n d. Without
+        ``biases`` only dW (dWb[:-1]): the bias row of the gradient stays as it is (zero)."""
+        if biases:
+            return [(f"L{l} dW matmul (+ db)", partial(self.xp.matmul, a_in.T, d, out=dWb))]
+        return [(f"L{l} dW matmul", partial(self.xp.matmul, a_in[:, :-1].T, d, out=dWb[:-1]))]
 
     def propagate_ops(self, l: int, d, out) -> list[Op]:
         """dL/da_in = d @ W^T (n, in), through W as it is *now*: the strategy decides when."""
@@ -171,14 +174,16 @@ def output_ops(xp, activation, z, p, logp, col) -> list[Op]:
     return [("output copy", partial(xp.copyto, p, z)), *activation.forward_ops(p)]
 
 
-def loss_ops(xp, spec: MLPSpec, activation, p, logp, t, d, losses, batch: _Batch) -> list[Op]:
+def loss_ops(xp, spec: MLPSpec, activation, p, logp, t, d, losses, batch: _Batch, lr: float | None) -> list[Op]:
     """The batch loss (mean over the n rows) into losses[batch.step] and, when d is not None,
-    dL/dz of the output layer into d. p, logp, t, d: (n, K); logp is scratch unless softmax."""
+    dL/dz of the output layer into d, times ``lr`` unless None (then every gradient below
+    is lr times itself: plain SGD's update is one pass, p -= g). p, logp, t, d: (n, K);
+    logp is scratch unless softmax."""
     n = p.shape[0]
     if spec.loss != "cross_entropy":
 
         def squared():
-            losses[batch.step] = squared_loss_and_delta(xp, spec, activation, p, logp, t, d)
+            losses[batch.step] = squared_loss_and_delta(xp, spec, activation, p, logp, t, d, lr)
 
         return [("loss + delta", squared)]
 
@@ -186,13 +191,17 @@ def loss_ops(xp, spec: MLPSpec, activation, p, logp, t, d, losses, batch: _Batch
         losses[batch.step] = -xp.vdot(t, logp) / n
 
     ops = [("loss", cross_entropy)]
-    if d is not None:  # the fused gradient of softmax + cross-entropy: (p - t) / n
-        ops += [("delta p - t", partial(xp.subtract, p, t, out=d)), ("delta / n", partial(xp.divide, d, n, out=d))]
-    return ops
+    if d is None:
+        return ops
+    ops.append(("delta p - t", partial(xp.subtract, p, t, out=d)))  # the fused gradient of softmax + CE: (p - t) / n
+    if lr is None:
+        return [*ops, ("delta / n", partial(xp.divide, d, n, out=d))]
+    return [*ops, ("delta * lr / n", partial(xp.multiply, d, lr / n, out=d))]
 
 
-def squared_loss_and_delta(xp, spec: MLPSpec, activation, p, logp, t, d):
-    """mse or half_sse (0-d array) and, when d is not None, dL/dz into d; logp is scratch."""
+def squared_loss_and_delta(xp, spec: MLPSpec, activation, p, logp, t, d, lr: float | None):
+    """mse or half_sse (0-d array) and, when d is not None, dL/dz (times lr unless None) into d;
+    logp is scratch."""
     n = p.shape[0]
     # mse: mean_n mean_k (p - t)^2;  half_sse: mean_n 1/2 sum_k (p - t)^2
     scale = 1.0 / (n * spec.sizes[-1]) if spec.loss == "mse" else 0.5 / n
@@ -200,7 +209,7 @@ def squared_loss_and_delta(xp, spec: MLPSpec, activation, p, logp, t, d):
     xp.subtract(p, t, out=diff)
     loss = xp.vdot(diff, diff) * scale
     if d is not None:
-        d *= 2 * scale  # dL/dp
+        d *= 2 * scale if lr is None else 2 * scale * lr  # dL/dp (times lr)
         activation.backward(p, d, logp)  # -> dL/dz (logp is scratch here)
     return loss
 
@@ -238,15 +247,18 @@ class Optimizer:
         for a in self.state:
             a[...] = 0
 
+    def lr_in_gradient(self) -> float | None:
+        """The lr for the loss to put into dL/dz (plain SGD: then its update is p -= g), or None.
+
+        Read when a step's Ops are built (once an epoch): set_lr comes between epochs."""
+        return self.lr if self.name == "sgd" else None
+
     def apply_ops(self, part: slice) -> list[Op]:
-        """apply(part) as Ops; the lr is read now, so Ops outlive no set_lr (they last an epoch)."""
+        """apply(part) as Ops. SGD's gradient holds the lr already (lr_in_gradient): p -= g."""
         if self.name != "sgd":
             return [(f"{self.name} update", partial(self.apply, part))]
-        xp, p, g = self.xp, self.params[part], self.grads[part]
-        return [
-            ("sgd g *= lr", partial(xp.multiply, g, self.lr, out=g)),
-            ("sgd p -= g", partial(xp.subtract, p, g, out=p)),
-        ]
+        p, g = self.params[part], self.grads[part]
+        return [("sgd p -= g", partial(self.xp.subtract, p, g, out=p))]
 
     def apply(self, part: slice) -> None:
         """Update params[part] from grads[part]."""
@@ -297,23 +309,28 @@ class Optimizer:
 class _Workspace:
     """Every array one batch of up to ``rows`` samples needs; batches use the [:n] views.
 
-    x (rows, in), t (rows, K), a[l] (rows, out_l) (z, then f(z), in place; a[-1] = p),
-    z_out and logp (rows, K) (logp doubles as scratch), col (rows, 1) (softmax's row max
-    and sum); for training also d[l] = dL/dz_l (rows, out_l) and a scratch (relu: its 0/1
-    mask) per hidden layer.
+    inp[l] (rows, in_l + 1): layer l's input with its ones column (inp[0] = x; inp[l + 1]
+    holds layer l's z, then f(z), in place: ``hidden(l, n)``); t, p, z_out and logp (rows, K)
+    (logp doubles as scratch); col (rows, 1) (softmax's row max and sum); for training also
+    d[l] = dL/dz_l (rows, out_l) and a scratch (relu: its 0/1 mask) per hidden layer.
     """
 
     def __init__(self, xp, spec: MLPSpec, rows: int, dtype, train: bool):
         self.rows = rows
         outs = spec.sizes[1:]
         k = spec.sizes[-1]
-        self.x = xp.empty((rows, spec.sizes[0]), dtype)
-        self.t = xp.empty((rows, k), dtype)
-        self.a = [xp.empty((rows, o), dtype) for o in outs]
+        self.inp = [xp.empty((rows, i + 1), dtype) for i in spec.sizes[:-1]]
+        for a in self.inp:
+            a[:, -1] = 1  # never written again: gathers bring the train set's own ones column
+        self.t, self.p = xp.empty((rows, k), dtype), xp.empty((rows, k), dtype)
         self.z_out, self.logp = xp.empty((rows, k), dtype), xp.empty((rows, k), dtype)
         self.col = xp.empty((rows, 1), dtype)
         self.d = [xp.empty((rows, o), dtype) for o in outs] if train else None
         self.hidden_scratch = [xp.empty((rows, o), dtype) for o in outs[:-1]] if train else None
+
+    def hidden(self, l: int, n: int):
+        """Hidden layer l's z / f(z) (n, out_l): the next input without its ones column."""
+        return self.inp[l + 1][:n, :-1]
 
 
 class _Batch:
@@ -348,8 +365,8 @@ class NumpyFastBackend(NumpyBackend):
                 f"{', '.join(unsupported)}; set framework.compile=false"
             )
         xp, spec, dtype = self.xp, self.spec, np.dtype(self.dtype)
-        # All parameters in one flat vector [W0, b0, W1, b1, ...]; W[l], b[l] are views into
-        # it and the gradients mirror it in ``grads``. Layer l's slice is ``parts[l]``.
+        # All parameters in one flat vector [W0, b0, W1, b1, ...]; layer l's slice ``parts[l]``
+        # is its Wb (in + 1, out) (see Dense) and the gradients mirror it in ``grads``.
         sizes = [i * o + o for i, o in spec.shapes()]
         bounds = np.cumsum([0, *sizes])
         self.parts = [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
@@ -359,14 +376,20 @@ class NumpyFastBackend(NumpyBackend):
         hidden = ACTIVATIONS[spec.hidden_activation](xp)
         self.layers, self.grad_views = [], []
         for (i, o), part, (w, b) in zip(spec.shapes(), self.parts, init):
-            W, bias = _split(self.flat, part, i, o)
-            W[...], bias[...] = xp.asarray(w, dtype=dtype), xp.asarray(b, dtype=dtype)
-            self.layers.append(Dense(xp, W, bias, hidden))
-            dW, db = _split(self.grads, part, i, o)
-            self.grad_views.append((dW, db if spec.train_biases else None))  # None: db not computed
+            layer = Dense(xp, self.flat[part].reshape(i + 1, o), hidden)
+            layer.W[...], layer.b[...] = xp.asarray(w, dtype=dtype), xp.asarray(b, dtype=dtype)
+            self.layers.append(layer)
+            self.grad_views.append(self.grads[part].reshape(i + 1, o))
         self.layers[-1].act = ACTIVATIONS[spec.output_activation](xp)  # run by output_ops
         self.optimizer = Optimizer(xp, self.opt_spec, self.flat, self.grads)
         self._train_ws: _Workspace | None = None
+
+    def _load(self, x: np.ndarray, t: np.ndarray) -> None:
+        """The train set with a ones column after the pixels (N, in + 1): a gathered batch is
+        layer 0's input as it is (Dense: the bias row). t: (N, K) one-hot."""
+        xb = np.empty((len(x), x.shape[1] + 1), x.dtype)
+        xb[:, :-1], xb[:, -1] = x, 1
+        self._x, self._t = self.xp.asarray(xb), self.xp.asarray(t)
 
     # ------------------------------------------------------------ one step, as Ops
 
@@ -377,49 +400,49 @@ class NumpyFastBackend(NumpyBackend):
         take = self.xp.take
         return lambda: take(src, batch.idx, axis=0, out=out)
 
-    def _forward_ops(self, ws: _Workspace, x, n: int) -> list[Op]:
-        """Fill ws.a[l][:n] for every layer (ws.a[-1] = the output p), ws.z_out, ws.logp."""
-        ops, a_in = [], x
-        for l, (layer, a) in enumerate(zip(self.layers[:-1], ws.a[:-1])):
-            ops += layer.affine_ops(l, a_in, a[:n]) + _labelled(l, layer.act.forward_ops(a[:n]))
-            a_in = a[:n]
-        out = self.layers[-1]
-        ops += out.affine_ops(len(self.layers) - 1, a_in, ws.z_out[:n])
-        return ops + output_ops(self.xp, out.act, ws.z_out[:n], ws.a[-1][:n], ws.logp[:n], ws.col[:n])
+    def _forward_ops(self, ws: _Workspace, n: int) -> list[Op]:
+        """From ws.inp[0][:n] (x and ones) fill every hidden layer's f(z), ws.z_out, ws.p and ws.logp."""
+        ops = []
+        for l, layer in enumerate(self.layers[:-1]):
+            a = ws.hidden(l, n)
+            ops += layer.affine_ops(l, ws.inp[l][:n], a) + _labelled(l, layer.act.forward_ops(a))
+        last, out = len(self.layers) - 1, self.layers[-1]
+        ops += out.affine_ops(last, ws.inp[last][:n], ws.z_out[:n])
+        return ops + output_ops(self.xp, out.act, ws.z_out[:n], ws.p[:n], ws.logp[:n], ws.col[:n])
 
-    def _loss_ops(self, ws: _Workspace, t, n: int, losses, batch: _Batch, delta: bool) -> list[Op]:
-        """Batch loss into losses[batch.step]; with ``delta`` also dL/dz of the output layer in ws.d[-1]."""
+    def _loss_ops(self, ws: _Workspace, n: int, losses, batch: _Batch, lr: float | None, delta: bool) -> list[Op]:
+        """Batch loss into losses[batch.step]; with ``delta`` also dL/dz of the output layer
+        (times lr unless None) in ws.d[-1]."""
         d = ws.d[-1][:n] if delta else None
-        return loss_ops(self.xp, self.spec, self.layers[-1].act, ws.a[-1][:n], ws.logp[:n], t, d, losses, batch)
+        act = self.layers[-1].act
+        return loss_ops(self.xp, self.spec, act, ws.p[:n], ws.logp[:n], ws.t[:n], d, losses, batch, lr)
 
-    def _backward_ops(self, ws: _Workspace, x, n: int, update: bool) -> list[Op]:
+    def _backward_ops(self, ws: _Workspace, n: int, update: bool) -> list[Op]:
         """Every gradient from ws.d[-1] (dL/dz of the output layer) down; with ``update`` also the
         optimizer's steps. The one place the strategies differ."""
         last = len(self.layers) - 1
         ops = [("optimizer step count", self.optimizer.begin_step)] if update else []
         for l in range(last, -1, -1):
-            dW, db = self.grad_views[l]
-            ops += self.layers[l].grad_ops(l, x if l == 0 else ws.a[l - 1][:n], ws.d[l][:n], dW, db)
+            layer = self.layers[l]
+            ops += layer.grad_ops(l, ws.inp[l][:n], ws.d[l][:n], self.grad_views[l], self.spec.train_biases)
             if update and self.strategy == "sequential":  # update layer l before the error goes through W[l]
                 ops += _labelled(l, self.optimizer.apply_ops(self.parts[l]))
             if l > 0:  # ws.d[l] -> ws.d[l-1] = dL/dz_{l-1}: through W[l], then the hidden activation
-                d_prev = ws.d[l - 1][:n]
-                ops += self.layers[l].propagate_ops(l, ws.d[l][:n], d_prev)
-                act = self.layers[l - 1].act
-                ops += _labelled(l - 1, act.backward_ops(ws.a[l - 1][:n], d_prev, ws.hidden_scratch[l - 1][:n]))
+                d_prev, act = ws.d[l - 1][:n], self.layers[l - 1].act
+                ops += layer.propagate_ops(l, ws.d[l][:n], d_prev)
+                ops += _labelled(l - 1, act.backward_ops(ws.hidden(l - 1, n), d_prev, ws.hidden_scratch[l - 1][:n]))
         if update and self.strategy == "parallel":  # every gradient from the pre-step weights: one update pass
             ops += self.optimizer.apply_ops(slice(None))
         return ops
 
     def train_ops(self, ws: _Workspace, n: int, batch: _Batch, losses) -> list[Op]:
         """One optimizer step on the n rows batch.idx of the train set; its loss into losses[batch.step]."""
-        x, t = ws.x[:n], ws.t[:n]
         return [
-            ("gather x", self._gather_op(self._x, x, batch)),
-            ("gather t", self._gather_op(self._t, t, batch)),
-            *self._forward_ops(ws, x, n),
-            *self._loss_ops(ws, t, n, losses, batch, delta=True),
-            *self._backward_ops(ws, x, n, update=True),
+            ("gather x", self._gather_op(self._x, ws.inp[0][:n], batch)),
+            ("gather t", self._gather_op(self._t, ws.t[:n], batch)),
+            *self._forward_ops(ws, n),
+            *self._loss_ops(ws, n, losses, batch, self.optimizer.lr_in_gradient(), delta=True),
+            *self._backward_ops(ws, n, update=True),
         ]
 
     # ------------------------------------------------------------ epochs, evaluation, state
@@ -451,37 +474,32 @@ class NumpyFastBackend(NumpyBackend):
     def _outputs(self, x: np.ndarray, t: np.ndarray | None) -> tuple[np.ndarray, float]:
         n = len(x)
         ws = _Workspace(self.xp, self.spec, n, self.dtype, train=False)
-        ws.x[...] = self.xp.asarray(x)
-        ops = self._forward_ops(ws, ws.x, n)
+        ws.inp[0][:, :-1] = self.xp.asarray(x)
+        ops = self._forward_ops(ws, n)
         loss = self.xp.empty(1, self.dtype)
         if t is not None:
             ws.t[...] = self.xp.asarray(t)
-            ops += self._loss_ops(ws, ws.t, n, loss, _Batch(), delta=False)
+            ops += self._loss_ops(ws, n, loss, _Batch(), lr=None, delta=False)
         for _, call in ops:
             call()
-        return to_numpy(ws.a[-1]).copy(), float("nan") if t is None else float(loss[0] * n)
+        return to_numpy(ws.p).copy(), float("nan") if t is None else float(loss[0] * n)
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, masks: None = None) -> tuple[float, list]:
         """Loss and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
         n = len(x)
         ws = _Workspace(self.xp, self.spec, n, self.dtype, train=True)
-        ws.x[...] = self.xp.asarray(np.asarray(x, self.dtype))
+        ws.inp[0][:, :-1] = self.xp.asarray(np.asarray(x, self.dtype))
         ws.t[...] = self.xp.asarray(self._targets(y))
         loss = self.xp.empty(1, self.dtype)
-        ops = self._forward_ops(ws, ws.x, n) + self._loss_ops(ws, ws.t, n, loss, _Batch(), delta=True)
-        for _, call in ops + self._backward_ops(ws, ws.x, n, update=False):
+        ops = self._forward_ops(ws, n) + self._loss_ops(ws, n, loss, _Batch(), lr=None, delta=True)
+        for _, call in ops + self._backward_ops(ws, n, update=False):
             call()
-        grads = [(to_numpy(dW).copy(), None if db is None else to_numpy(db).copy()) for dW, db in self.grad_views]
+        biases = self.spec.train_biases
+        grads = [(to_numpy(g[:-1]).copy(), to_numpy(g[-1]).copy() if biases else None) for g in self.grad_views]
         return float(loss[0]), grads
 
     def params(self) -> Params:
         return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]
-
-
-def _split(flat, part: slice, n_in: int, n_out: int):
-    """Views (W (n_in, n_out), b (n_out,)) of one layer's slice of a flat vector."""
-    seg = flat[part]
-    return seg[: n_in * n_out].reshape(n_in, n_out), seg[n_in * n_out :]
 
 
 def _labelled(l: int, ops: list[Op]) -> list[Op]:

@@ -27,12 +27,10 @@ from backprop_bench.bench import cells as C
 from backprop_bench.bench import peak as P
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
-# Op label -> the kind of work it is, first match wins (the summary rows)
+# Op label -> the kind of work it is, first match wins (the summary rows); the biases are in the matmuls
 KINDS = (
     ("matmul", "matmuls"),
     ("gather", "gather"),
-    ("bias", "bias add + db"),
-    ("db", "bias add + db"),
     ("relu", "relu + mask"),
     ("softmax", "softmax + cross-entropy"),
     ("loss", "softmax + cross-entropy"),
