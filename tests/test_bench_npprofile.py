@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from backprop_bench.backends import make_backend
+from backprop_bench.bench import __main__ as bench_main
 from backprop_bench.bench import npprofile
 from backprop_bench.bench.cells import SIZES
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
@@ -68,8 +69,9 @@ def test_the_table_adds_up():
     assert rows["matmul floor (the step's products alone)"][2] == "40 |"
 
 
-def test_main_prints_a_table_per_batch(monkeypatch, capsys):
+def test_the_bench_option_prints_a_table_per_batch(monkeypatch, capsys):
     monkeypatch.setattr(npprofile, "matmul_floor", lambda batch, rows: 0.5)  # peak.py has its own tests
-    assert npprofile.main(["--samples", "200", "--batches", "32,64", "--rounds", "1", "--data", "synthetic"]) == 0
+    argv = ["--numpy-profile", "--samples", "200", "--batches", "32,64", "--rounds", "1", "--data", "synthetic"]
+    assert bench_main.main(argv) == 0
     out = capsys.readouterr().out
     assert "### Batch 32 (7 steps an epoch)" in out and "### Batch 64 (4 steps an epoch)" in out

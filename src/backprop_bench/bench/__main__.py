@@ -30,6 +30,7 @@ import numpy as np
 from backprop_bench.backends import FRAMEWORKS
 from backprop_bench.bench import baseline as B
 from backprop_bench.bench import cells as C
+from backprop_bench.bench import npprofile as NP
 from backprop_bench.bench import peak as P
 from backprop_bench.bench import report as R
 from backprop_bench.core.files import atomic_write
@@ -163,6 +164,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (default: re-exec without them)",
     )
     ap.add_argument(
+        "--numpy-profile",
+        action="store_true",
+        help="only print where a NumPy-fast epoch's seconds go, op by op, at each --batches (bench/npprofile.py: "
+        "--samples rows, --rounds, the first of --strategies, --data, --seed) and exit",
+    )
+    ap.add_argument(
         "--child",
         choices=C.CHILD_GROUPS,
         default=None,
@@ -195,7 +202,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"need --rounds >= 1 and 1 <= batch <= --samples, got --rounds {args.rounds}, "
             f"--batches {args.batches}, --samples {args.samples}"
         )
-    if args.tracking and not args.child:  # a bad $MLFLOW_TRACKING_URI stops the bench before it times anything
+    if (
+        args.tracking and not args.child and not args.numpy_profile
+    ):  # a bad $MLFLOW_TRACKING_URI stops the bench before it times anything
         from backprop_bench.tracking.uri import TrackingUriError, resolve_uri
 
         try:
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.keep_blas_env:
         reexec_without_blas_env(argv)
+    if args.numpy_profile:
+        return NP.run(args)
     # `timeout` sends SIGTERM: still write the report
     previous = signal.signal(signal.SIGTERM, _interrupt_once if args.child else _interrupt)
     try:

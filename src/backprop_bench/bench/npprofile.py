@@ -1,7 +1,7 @@
 """Where a NumPy-fast epoch's seconds go: every op of one training step, timed in place.
 
-    python -m backprop_bench.bench.npprofile                       # batch 64 and 256, 60,000 rows
-    python -m backprop_bench.bench.npprofile --batches 64 --rounds 5
+    python -m backprop_bench.bench --numpy-profile                  # batch 64 and 256, 60,000 rows, 3 rounds
+    python -m backprop_bench.bench --numpy-profile --batches 64 --rounds 5
 
 The fast backend (backends/numpy_fast.py, compile=True) runs a step as a flat list of
 labelled Ops. Here each Op of every step of an epoch is timed on its own (two clock reads
@@ -9,7 +9,7 @@ around the call, the clock's own cost subtracted), on the bench's model, data an
 Rounds alternate one such instrumented epoch with one plain epoch (timed_epoch, the
 bench's clock): the plain epoch minus the ops' sum is what runs between the ops (the
 Python loop). The matmul floor is the step's products timed alone (peak.py), as in the
-bench. Prints a markdown table per batch size.
+bench. Prints a markdown table per batch size (docs/benchmark.md, "NumPy at XLA's line").
 """
 
 from __future__ import annotations
@@ -125,32 +125,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m backprop_bench.bench.npprofile", description=__doc__.split("\n")[0])
-    ap.add_argument("--batches", default="64,256", help="comma-separated batch sizes (default 64,256)")
-    ap.add_argument("--samples", type=int, default=C.N_TRAIN, help="train rows (default 60000, the bench's)")
-    ap.add_argument("--rounds", type=int, default=3, help="instrumented + plain epoch pairs per batch (default 3)")
-    ap.add_argument("--strategy", default="parallel", choices=["parallel", "sequential"])
-    ap.add_argument("--data", default="auto", choices=["auto", "fashion-mnist", "synthetic"])
-    ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    x, y, data = C.load_train_set(args.data, args.samples, args.seed)
-    spec = MLPSpec(C.SIZES)
-    optimizer = OptimizerSpec("sgd", lr=C.BENCH_LR)
-    print(f"NumPy fast ({args.strategy}, sgd lr={optimizer.lr}), data: {data['source']} ({len(x)} rows)\n")
-    for batch in [int(b) for b in args.batches.split(",")]:
+def run(args: argparse.Namespace) -> int:
+    """``python -m backprop_bench.bench --numpy-profile``: a table per --batches on stdout."""
+    x, y, data = C.load_train_set(args.data, args.samples, args.seed, args.params, args.data_dir)
+    spec, optimizer, strategy = MLPSpec(C.SIZES), OptimizerSpec("sgd", lr=C.BENCH_LR), args.strategies[0]
+    print(f"NumPy fast ({strategy}, sgd lr={optimizer.lr}), data: {data['source']} ({len(x)} rows)\n")
+    for batch in args.batches:
         init = init_params(spec, InitSpec(seed=args.seed), "float32")
-        backend = make_backend("numpy", spec, init, optimizer, strategy=args.strategy, dtype="float32", compile=True)
+        backend = make_backend("numpy", spec, init, optimizer, strategy=strategy, dtype="float32", compile=True)
         backend.load(x, y)
         result = profile(backend, len(x), batch, args.rounds, args.seed)
         result["floor_s"] = matmul_floor(batch, len(x))
         print(markdown(result) + "\n", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
