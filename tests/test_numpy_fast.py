@@ -78,29 +78,3 @@ def test_work_buffers_are_reused_across_epochs():
     assert b._train_ws is ws  # same batch size: no new allocation
     b.train_epoch(np.arange(20), 5)
     assert b._train_ws is not ws and b._train_ws.rows == 5
-
-
-def test_small_products_run_on_one_blas_thread_and_the_count_comes_back():
-    spec = MLPSpec((784, 128, 64, 10))
-    b = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), compile=True)
-    b.load(np.random.default_rng(0).random((200, 784)), np.arange(200) % 10)
-    threads = b.blas_threads
-    steps = b.epoch_steps(np.arange(200), 64, np.empty(4, np.float32))
-    labels = [label for label, _ in next(steps)]
-    switches = [(label, labels[i + 1]) for i, label in enumerate(labels) if label.startswith("blas")]
-    if threads.full == 1:  # a one-thread BLAS (or not NumPy's OpenBLAS): nothing to switch
-        assert switches == []
-        return
-    # layer 0's products (64 x 785 x 128) on every thread, the rest (64 x 129 x 64 and less) on one
-    assert switches == [
-        ("blas threads = 1", "L1 fwd matmul (+ bias)"),
-        (f"blas threads = {threads.full}", "L0 dW matmul (+ db)"),
-    ]
-    for ops in steps:  # the rest of the epoch
-        for _, call in ops:
-            call()
-    assert threads.functions[1]() == threads.full
-    big = b.epoch_steps(np.arange(200), 256, np.empty(1, np.float32))  # 200 rows: every product is large
-    assert not any(label.startswith("blas") for label, _ in next(big))
-    big.close()
-    assert threads.functions[1]() == threads.full

@@ -131,87 +131,6 @@ class Softmax(Activation):
 ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "identity": Identity, "softmax": Softmax}
 
 
-# ---------------------------------------------------------------- matmuls and BLAS threads
-
-SINGLE_THREAD_WORK = 1 << 20  # m * k * n below this: the product runs on one BLAS thread
-OPENBLAS_ONE_THREAD_WORK = 4 * 65536  # up to this OpenBLAS itself runs a product on one thread (its gemm.c)
-
-
-def matmul_op(xp, label: str, a, b, out) -> Op:
-    """out = a @ b as an Op; its call carries ``work`` = m * k * n (for BlasThreads)."""
-    call = partial(xp.matmul, a, b, out=out)
-    call.work = a.shape[0] * a.shape[1] * b.shape[1]
-    return label, call
-
-
-def _openblas_thread_functions():
-    """(set, get) NumPy's OpenBLAS thread count, as ctypes functions; None for any other BLAS.
-
-    NumPy's own copy only (its wheels keep it in numpy.libs): SciPy may load a second one."""
-    import ctypes
-    from pathlib import Path
-
-    from threadpoolctl import threadpool_info
-
-    for pool in threadpool_info():
-        path = Path(pool["filepath"])
-        if pool["internal_api"] == "openblas" and path.parent.name.startswith("numpy"):
-            lib = ctypes.CDLL(str(path))
-            for prefix, suffix in ((p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")):
-                if hasattr(lib, f"{prefix}openblas_set_num_threads{suffix}"):
-                    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}")
-                    return getattr(lib, f"{prefix}openblas_set_num_threads{suffix}"), get
-    return None
-
-
-class BlasThreads:
-    """Runs the small products of a step on one BLAS thread, the others on all of them.
-
-    A product of a 64-row batch's second layer (64 x 128 x 64) took 15 µs on one thread and
-    18-20 µs split over two (the threads' hand-off costs more than the split saves); on a
-    loaded machine a split product also waits for the other thread's next time slice, up to
-    8x longer. ``insert`` puts a thread-count Op (one C call) before each matmul Op whose count
-    differs from the previous one's: two a step in the bench's net at batch 64, none at 256
-    (its third layer's products are small enough for OpenBLAS to keep them on one thread).
-    """
-
-    def __init__(self, xp):
-        self.functions = _openblas_thread_functions() if xp is np else None
-        self.full = 1
-
-    def begin(self) -> None:
-        """Read the thread count to use for large products (call once an epoch)."""
-        self.full = self.functions[1]() if self.functions else 1
-
-    def restore(self) -> None:
-        if self.functions and self.full > 1:
-            self.functions[0](self.full)
-
-    def insert(self, ops: list[Op]) -> list[Op]:
-        if not self.functions or self.full == 1:
-            return ops
-        counts = [self._count(call) for _, call in ops]
-        counts = [c for c in counts if c is not None]
-        if not counts:
-            return ops
-        state, out = counts[-1], []  # a step follows a step: it starts as the last product left it
-        for label, call in ops:
-            count = self._count(call)
-            if count is not None and count != state:
-                state = count
-                out.append((f"blas threads = {state}", partial(self.functions[0], state)))
-            out.append((label, call))
-        return out
-
-    def _count(self, call) -> int | None:
-        """The thread count a matmul Op should run with; None: any (not a matmul, or one
-        that OpenBLAS runs on one thread whatever the count)."""
-        work = getattr(call, "work", 0)
-        if work <= OPENBLAS_ONE_THREAD_WORK:
-            return None
-        return 1 if work < SINGLE_THREAD_WORK else self.full
-
-
 # ---------------------------------------------------------------- layer
 
 
@@ -231,18 +150,18 @@ class Dense:
 
     def affine_ops(self, l: int, a_in, z) -> list[Op]:
         """a_in (n, in + 1), ones last -> z (n, out) = a_in @ Wb."""
-        return [matmul_op(self.xp, f"L{l} fwd matmul (+ bias)", a_in, self.Wb, z)]
+        return [(f"L{l} fwd matmul (+ bias)", partial(self.xp.matmul, a_in, self.Wb, out=z))]
 
     def grad_ops(self, l: int, a_in, d, dWb, biases: bool) -> list[Op]:
         """d = dL/dz (n, out) -> dWb = a_in^T d (in + 1, out): dW, then db = sum_n d. Without
         ``biases`` only dW (dWb[:-1]): the bias row of the gradient stays as it is (zero)."""
         if biases:
-            return [matmul_op(self.xp, f"L{l} dW matmul (+ db)", a_in.T, d, dWb)]
-        return [matmul_op(self.xp, f"L{l} dW matmul", a_in[:, :-1].T, d, dWb[:-1])]
+            return [(f"L{l} dW matmul (+ db)", partial(self.xp.matmul, a_in.T, d, out=dWb))]
+        return [(f"L{l} dW matmul", partial(self.xp.matmul, a_in[:, :-1].T, d, out=dWb[:-1]))]
 
     def propagate_ops(self, l: int, d, out) -> list[Op]:
         """dL/da_in = d @ W^T (n, in), through W as it is *now*: the strategy decides when."""
-        return [matmul_op(self.xp, f"L{l} dx matmul", d, self.W.T, out)]
+        return [(f"L{l} dx matmul", partial(self.xp.matmul, d, self.W.T, out=out))]
 
 
 # ---------------------------------------------------------------- output + loss
@@ -463,7 +382,6 @@ class NumpyFastBackend(NumpyBackend):
             self.grad_views.append(self.grads[part].reshape(i + 1, o))
         self.layers[-1].act = ACTIVATIONS[spec.output_activation](xp)  # run by output_ops
         self.optimizer = Optimizer(xp, self.opt_spec, self.flat, self.grads)
-        self.blas_threads = BlasThreads(xp)
         self._train_ws: _Workspace | None = None
 
     def _load(self, x: np.ndarray, t: np.ndarray) -> None:
@@ -519,14 +437,13 @@ class NumpyFastBackend(NumpyBackend):
 
     def train_ops(self, ws: _Workspace, n: int, batch: _Batch, losses) -> list[Op]:
         """One optimizer step on the n rows batch.idx of the train set; its loss into losses[batch.step]."""
-        ops = [
+        return [
             ("gather x", self._gather_op(self._x, ws.inp[0][:n], batch)),
             ("gather t", self._gather_op(self._t, ws.t[:n], batch)),
             *self._forward_ops(ws, n),
             *self._loss_ops(ws, n, losses, batch, self.optimizer.lr_in_gradient(), delta=True),
             *self._backward_ops(ws, n, update=True),
         ]
-        return self.blas_threads.insert(ops)
 
     # ------------------------------------------------------------ epochs, evaluation, state
 
@@ -540,16 +457,12 @@ class NumpyFastBackend(NumpyBackend):
             self._train_ws = _Workspace(self.xp, self.spec, rows, self.dtype, train=True)
         idx_all = self.xp.asarray(order.astype(np.intp))  # one host->device copy per epoch
         batch, built = _Batch(), {}
-        self.blas_threads.begin()
-        try:
-            for step in range(len(losses)):
-                batch.idx, batch.step = idx_all[step * batch_size : (step + 1) * batch_size], step
-                n = len(batch.idx)
-                if n not in built:
-                    built[n] = self.train_ops(self._train_ws, n, batch, losses)
-                yield built[n]
-        finally:  # also when a step raises: NumPy's BLAS keeps its thread count outside the epoch
-            self.blas_threads.restore()
+        for step in range(len(losses)):
+            batch.idx, batch.step = idx_all[step * batch_size : (step + 1) * batch_size], step
+            n = len(batch.idx)
+            if n not in built:
+                built[n] = self.train_ops(self._train_ws, n, batch, losses)
+            yield built[n]
 
     def _epoch(self, order: np.ndarray, batch_size: int, masks: None) -> np.ndarray:
         losses = self.xp.empty(-(-len(order) // batch_size), self.dtype)  # stays on the device until the epoch ends

@@ -31,7 +31,6 @@ from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_par
 KINDS = (
     ("matmul", "matmuls"),
     ("gather", "gather"),
-    ("blas threads", "BLAS thread count"),
     ("relu", "relu + mask"),
     ("softmax", "softmax + cross-entropy"),
     ("loss", "softmax + cross-entropy"),
