@@ -29,6 +29,7 @@ Op = tuple[str, Callable[[], object]]  # (label, zero-argument call); a step is 
 
 class Activation:
     name = ""
+    keeps_one = False  # f(1) == 1: forward may run over a hidden buffer's ones column too
 
     def __init__(self, xp):
         self.xp = xp
@@ -44,6 +45,7 @@ class Relu(Activation):
     """Hidden layers only: its work exists as Ops alone."""
 
     name = "relu"
+    keeps_one = True
 
     def forward_ops(self, z) -> list[Op]:  # a = max(z, 0)
         return [("relu", partial(self.xp.maximum, z, 0, out=z))]
@@ -405,7 +407,10 @@ class NumpyFastBackend(NumpyBackend):
         ops = []
         for l, layer in enumerate(self.layers[:-1]):
             a = ws.hidden(l, n)
-            ops += layer.affine_ops(l, ws.inp[l][:n], a) + _labelled(l, layer.act.forward_ops(a))
+            # f over the whole contiguous buffer when f(1) == 1: about 2x faster than over the
+            # (n, out) view, whose rows are strided (relu: 7 against 15 µs a step on (64, 128))
+            f_on = ws.inp[l + 1][:n] if layer.act.keeps_one else a
+            ops += layer.affine_ops(l, ws.inp[l][:n], a) + _labelled(l, layer.act.forward_ops(f_on))
         last, out = len(self.layers) - 1, self.layers[-1]
         ops += out.affine_ops(last, ws.inp[last][:n], ws.z_out[:n])
         return ops + output_ops(self.xp, out.act, ws.z_out[:n], ws.p[:n], ws.logp[:n], ws.col[:n])
