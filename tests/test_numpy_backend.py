@@ -142,7 +142,7 @@ def test_float32_stays_float32(cls):
     arrays = [a for layer in b.layers for a in (layer.W, layer.b)] + [b._x, b._t]
     if cls is NumpyFastBackend:  # its flat vectors and work buffers
         ws = b._train_ws
-        arrays += [b.flat, b.grads, *b.optimizer.state, ws.x, ws.t, ws.z_out, ws.logp, *ws.a, *ws.d]
+        arrays += [b.flat, b.grads, *b.optimizer.state, *ws.inp, ws.t, ws.p, ws.z_out, ws.logp, ws.col, *ws.d]
     else:
         arrays += [a for state in b.optimizer.state.values() for a in state]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32)}

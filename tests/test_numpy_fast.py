@@ -1,8 +1,11 @@
-"""numpy_fast.py: the preallocated path computes exactly what the plain NumPy backend does.
+"""numpy_fast.py: the preallocated path computes what the plain NumPy backend does.
 
-The two differ only in where results are stored (``out=`` buffers, one flat parameter
-vector), so they must agree bit for bit: losses, weights and evaluation, in every
-activation, loss, optimizer, strategy and dtype, trained biases or not.
+The two differ in where results are stored (``out=`` buffers, one flat parameter vector)
+and in the order of a few roundings: the bias is added inside the matmul (a ones column)
+and plain SGD scales dL/dz by the lr before the weight gradients instead of after. So they
+agree within float rounding (relative 1e-5 in float32, 1e-12 in float64, after three
+epochs): losses, weights and evaluation, in every activation, loss, optimizer, strategy and
+dtype, trained biases or not.
 """
 
 import itertools
@@ -41,16 +44,19 @@ def run(compile: bool, spec: MLPSpec, optimizer: str, strategy: str, dtype: str)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
-def test_fast_path_is_the_plain_path_bit_for_bit(optimizer, strategy, dtype):
+def test_fast_path_is_the_plain_path_within_rounding(optimizer, strategy, dtype):
+    close = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     for hidden, (output, loss) in itertools.product(["relu", "sigmoid", "tanh"], HEADS):
         spec = MLPSpec((12, 9, 7, 5), hidden, output, loss, train_biases=(optimizer != "momentum"))
         plain, fast = run(False, spec, optimizer, strategy, dtype), run(True, spec, optimizer, strategy, dtype)
-        assert plain[0] == fast[0] and plain[3] == fast[3], (hidden, output, loss)
-        np.testing.assert_array_equal(plain[1], fast[1])
-        np.testing.assert_array_equal(plain[4], fast[4])
+        why = f"{hidden} {output} {loss}"
+        np.testing.assert_allclose(fast[0], plain[0], **close, err_msg=why)  # epoch losses
+        np.testing.assert_allclose(fast[3], plain[3], **close, err_msg=why)  # evaluation
+        np.testing.assert_allclose(fast[1], plain[1], **close, err_msg=why)  # every step's loss
+        np.testing.assert_allclose(fast[4], plain[4], **close, err_msg=why)  # predictions
         for (w, b), (wf, bf) in zip(plain[2], fast[2]):
-            np.testing.assert_array_equal(w, wf)
-            np.testing.assert_array_equal(b, bf)
+            np.testing.assert_allclose(wf, w, **close, err_msg=why)
+            np.testing.assert_allclose(bf, b, **close, err_msg=why)
 
 
 def test_compile_selects_the_fast_class():

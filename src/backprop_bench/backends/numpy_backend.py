@@ -4,7 +4,7 @@ A step is three separate pieces: ``_forward`` (every layer's activation), ``Dens
 / ``_propagate`` (dL/dW, dL/db, and the error sent to the layer below), and
 ``Optimizer.apply`` (OptimizerSpec's rule). The strategies differ only in the order of
 those calls (``_step``). Shapes: a (n, in), W (in, out), b (out,), d = dL/dz (n, out).
-``numpy_fast.py`` computes exactly this with preallocated buffers (compile=True).
+``numpy_fast.py`` computes this with preallocated buffers (compile=True), within float rounding.
 """
 
 from __future__ import annotations

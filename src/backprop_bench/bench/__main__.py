@@ -31,6 +31,7 @@ import numpy as np
 from backprop_bench.backends import FRAMEWORKS, pin_threads, thread_counts
 from backprop_bench.bench import baseline as B
 from backprop_bench.bench import cells as C
+from backprop_bench.bench import npprofile as NP
 from backprop_bench.bench import peak as P
 from backprop_bench.bench import phases as PH
 from backprop_bench.bench import report as R
@@ -195,6 +196,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="internal, with --child: pin every thread pool of the child to this many threads (0: leave them)",
     )
     ap.add_argument(
+        "--numpy-profile",
+        action="store_true",
+        help="only print where a NumPy-fast epoch's seconds go, op by op, at each --batches (bench/npprofile.py: "
+        "--samples rows, --rounds, the first of --strategies, --data, --seed) and exit",
+    )
+    ap.add_argument(
         "--child",
         choices=(C.MAIN, *C.CHILD_GROUPS),
         default=None,
@@ -236,7 +243,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"need --rounds >= 1 and 1 <= batch <= --samples, got --rounds {args.rounds}, "
             f"--batches {args.batches}, --samples {args.samples}"
         )
-    if args.tracking and not args.child:  # a bad $MLFLOW_TRACKING_URI stops the bench before it times anything
+    if (
+        args.tracking and not args.child and not args.numpy_profile
+    ):  # a bad $MLFLOW_TRACKING_URI stops the bench before it times anything
         from backprop_bench.tracking.uri import TrackingUriError, resolve_uri
 
         try:
@@ -550,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.keep_blas_env:
         reexec_without_blas_env(argv)
+    if args.numpy_profile:
+        return NP.run(args)
     # `timeout` sends SIGTERM: still write the report
     previous = signal.signal(signal.SIGTERM, _interrupt_once if args.child else _interrupt)
     try:
