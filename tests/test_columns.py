@@ -180,6 +180,8 @@ def test_the_pyfunc_model_predicts_what_predict_does(small_cfg, model_env, tmp_p
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "dl")))
     requirements = (local / "requirements.txt").read_text().split()
     assert sorted(r.split("==")[0] for r in requirements) == ["mlflow", "numpy"]
+    # pinned to what this interpreter runs: why logging may skip MLflow's mismatch check
+    assert f"numpy=={np.__version__}" in requirements and f"mlflow=={mlflow.__version__}" in requirements
     for name in ENV_FILES:
         text = (local / name).read_text().lower()
         assert "torch" not in text and "tensorflow" not in text and "keras" not in text, name
@@ -187,6 +189,19 @@ def test_the_pyfunc_model_predicts_what_predict_does(small_cfg, model_env, tmp_p
     assert sorted(p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")) == sorted(
         f"backprop_bench/{name}" for name in mlflow_logging.MODEL_CODE
     )
+
+
+def test_the_requirement_check_is_skipped_only_inside_the_block():
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    with mlflow_logging._no_requirement_check():
+        assert environment.warn_dependency_requirement_mismatches is not check
+        assert environment.warn_dependency_requirement_mismatches(["numpy==0.0.1"]) is None
+    assert environment.warn_dependency_requirement_mismatches is check
+    with pytest.raises(KeyError), mlflow_logging._no_requirement_check():
+        raise KeyError("a failed save")
+    assert environment.warn_dependency_requirement_mismatches is check
 
 
 def _the_model_takes_what_users_have(pyfunc, x: np.ndarray, expected: list[int]) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +362,37 @@ def test_plots_are_written(study):
         png = (reports / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     assert sorted(p.name for p in reports.iterdir()) == sorted(compare.REPORT_FILES)  # no temp files left
+
+
+def test_the_plots_drawn_aside_are_the_same_and_meanwhile_runs_beside_them(study, tmp_path):
+    runs, data, reports, params = study
+    run_compare(study)
+    alone = {name: (reports / name).read_bytes() for name in compare.PNGS}
+    seen = []
+    p, target = read_study_params(params), compare.read_target_accuracy(params)
+    compare.compare(runs, reports, data, p, target, meanwhile=lambda: seen.append(os.getpid()))
+    assert seen == [os.getpid()]  # in this process, the plots in a child
+    assert {name: (reports / name).read_bytes() for name in compare.PNGS} == alone
+
+
+def test_a_plot_failing_aside_is_an_error_and_meanwhiles_error_waits_for_the_plots(tmp_path):
+    def fail() -> None:
+        raise RuntimeError("no font")
+
+    with pytest.raises(compare.ReportError, match="drawing the report's plots failed in a child process"):
+        compare.draw_aside(fail, lambda: None)
+    done = tmp_path / "drawn"
+
+    def slow_draw() -> None:
+        time.sleep(0.5)
+        done.write_text("yes")
+
+    def broken_store() -> None:
+        raise ValueError("bad tracking URI")
+
+    with pytest.raises(ValueError, match="bad tracking URI"):
+        compare.draw_aside(slow_draw, broken_store)
+    assert done.read_text() == "yes"  # the child was waited for, not left writing
 
 
 def test_main_prints_one_line_and_print_only_prints_the_report(study, capsys):

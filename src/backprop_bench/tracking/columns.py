@@ -217,7 +217,7 @@ def log_pyfunc_model(client: Any, run_id: str, weights: Path, data: Dataset, reg
                 artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id
             )
             local = Path(tmp) / MODEL_NAME
-            with _no_progress_bars():  # no "Downloading artifacts" bar in every run's log
+            with _no_progress_bars(), _no_requirement_check():
                 mlflow.pyfunc.save_model(
                     str(local),
                     python_model=str(script),
@@ -286,6 +286,22 @@ def _no_progress_bars() -> Iterator[None]:
         yield
     finally:
         os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _no_requirement_check() -> Iterator[None]:
+    """MLflow's check that this environment satisfies the model's pip requirements, skipped for the
+    block: pip_requirements() pins the versions this interpreter has loaded, so it cannot fail, and
+    it costs about 0.1 s a model (MLflow rebuilds its map of every installed distribution's modules
+    for each requirement), a second per study stage."""
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
 
 
 def _under(root: Path, path: str) -> Path:
