@@ -27,7 +27,10 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 TOL = 1e-9
 FRAMEWORKS = [pytest.param("keras-jax", marks=pytest.mark.slow), "keras-torch"]
-_CACHE: dict = {}
+_CACHE: dict = {}  # per process: under pytest-xdist, per worker
+# One worker for the module (make test: --dist loadgroup), so each group's subprocess runs once
+# rather than once on each worker that draws one of its tests (about 50 s for keras-jax's parity).
+pytestmark = pytest.mark.xdist_group("keras-on-cases")
 
 
 def cases(framework: str, group: str) -> dict:
