@@ -342,21 +342,19 @@ def test_cells_carry_their_group():
     assert {c.group for c in cells.plan_cells(["numpy"], ["parallel"], [64], ["cpu"], [])} == {"main"}
 
 
-def test_the_default_set_keeps_plain_fastest_and_stock_and_sequential_for_plain_at_the_largest_batch():
+def test_the_default_set_keeps_fastest_at_every_batch_and_plain_at_the_smallest_parallel_only():
     grid = dict(strategies=["parallel", "sequential"], batches=[64, 256], devices=["cpu"], keras_spe=[16])
-    got = {c.name for c in cells.plan_cells(["numpy", "torch", "keras"], **grid, cell_set="default")}
-    assert got == {
-        f"{fw}-{mode}-parallel-b{b}-cpu"
-        for fw, modes in {
-            "numpy": ("plain", "fast"),
-            "torch": ("eager", "compile", "stock-eager"),
-            "keras": ("fit", "jit-spe16", "stock-jit-spe16"),
-        }.items()
-        for mode in modes
-        for b in (64, 256)
-    } | {"numpy-plain-sequential-b256-cpu", "torch-eager-sequential-b256-cpu", "keras-fit-sequential-b256-cpu"}
+    got = [c.name for c in cells.plan_cells(["numpy", "torch", "keras"], **grid, cell_set="default")]
+    assert sorted(got) == sorted(
+        [
+            f"{fw}-{fast}-parallel-b{b}-cpu"
+            for fw, fast in (("numpy", "fast"), ("torch", "compile"), ("keras", "jit-spe16"))
+            for b in (64, 256)
+        ]
+        + ["numpy-plain-parallel-b64-cpu", "torch-eager-parallel-b64-cpu", "keras-fit-parallel-b64-cpu"]
+    )  # no stock idiom, no sequential cell, no plain mode at 256: the full set has them
     full = cells.plan_cells(["numpy", "torch", "keras"], **grid)
-    assert got < {c.name for c in full}  # a subset: same names, same order rules
+    assert set(got) < {c.name for c in full} and any(cells.is_stock(c.mode) for c in full)
 
 
 def test_every_default_mode_is_a_mode_of_its_framework():
@@ -365,7 +363,7 @@ def test_every_default_mode_is_a_mode_of_its_framework():
         for fw, chosen in cells.default_modes(spe).items():
             names = [m for m, _, _ in modes[fw]]
             assert chosen[0] == names[0]  # the plain mode
-            assert {m for m in chosen if m} <= set(names), (fw, chosen)
+            assert set(chosen) <= set(names), (fw, chosen)
     assert cells.default_modes([4, 16])["keras"][1] == "jit-spe16"  # the largest steps_per_execution
 
 

@@ -139,19 +139,27 @@ def test_the_table_and_the_plot_render_from_a_constructed_result(tmp_path):
     assert phases.markdown([])[-1].startswith("No phases measured")
 
 
-def test_only_the_plain_and_fastest_parallel_modes_are_measured():
+def test_only_the_plain_and_fastest_parallel_modes_are_measured_and_the_default_set_at_its_smallest_batch():
     from backprop_bench.bench.cells import plan_cells
 
-    grid = plan_cells(["numpy", "keras", "jax"], ["parallel", "sequential"], [64], ["cpu"], [16], cell_set="full")
-    got = {(c.framework, c.mode) for c in phases.phase_cells(grid, [16])}
-    assert got == {
-        ("numpy", "plain"),
-        ("numpy", "fast"),
-        ("keras", "fit"),
-        ("keras", "jit-spe16"),
-        ("jax", "step-jit"),
-        ("jax", "epoch-scan"),
-    }
+    grid = plan_cells(["numpy", "keras", "jax"], ["parallel", "sequential"], [64, 256], ["cpu"], [16], cell_set="full")
+    assert {c.batch for c in phases.phase_cells(grid, [16])} == {64, 256}
+    default = plan_cells(["numpy", "keras", "jax"], ["parallel"], [64, 256], ["cpu"], [16], cell_set="default")
+    picked = phases.phase_cells(default, [16], "default")
+    assert {c.batch for c in picked} == {64}
+    got = {(c.framework, c.mode) for c in picked}
+    assert (
+        got
+        == {(c.framework, c.mode) for c in phases.phase_cells(grid, [16])}
+        == {
+            ("numpy", "plain"),
+            ("numpy", "fast"),
+            ("keras", "fit"),
+            ("keras", "jit-spe16"),
+            ("jax", "step-jit"),
+            ("jax", "epoch-scan"),
+        }
+    )
 
 
 @pytest.mark.parametrize("compile", [False, True])

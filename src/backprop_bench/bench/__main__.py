@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cells",
         choices=C.CELL_SETS,
         default="default",
-        help="default: each framework's plain and fastest mode and stock idiom, sequential for the plain "
-        "mode at the largest batch (docs/benchmark.md); full: every mode x strategy of the grid",
+        help="default (about 3 min): each framework's fastest mode at every batch and its plain mode at the "
+        "smallest, parallel, phases at the smallest batch (docs/benchmark.md); full: every mode x strategy "
+        "of the grid, the stock idioms included, phases at every batch",
     )
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma list (default: all)")
     ap.add_argument("--strategies", default="parallel,sequential")
@@ -143,7 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stock",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also time each framework's stock idiom (bench/stock.py), parallel only",
+        help="with --cells full: also time each framework's stock idioms (bench/stock.py), parallel only",
     )
     ap.add_argument(
         "--phases",
@@ -309,7 +310,8 @@ def run_group(
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(args.samples) for _ in range(args.rounds + 1)]  # warm-up + rounds
     done = C.run_cells(cells, made, orders)
-    phases = PH.measure(cells, made, args.samples, args.keras_spe) if args.phases and done == args.rounds else []
+    measured = args.phases and done == args.rounds
+    phases = PH.measure(cells, made, args.samples, args.keras_spe, args.cells) if measured else []
     return cells, info, done, phases  # the models go once this returns
 
 

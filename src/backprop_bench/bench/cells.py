@@ -76,49 +76,46 @@ def framework_modes(keras_spe: list[int]) -> dict[str, list[Mode]]:
     }
 
 
-def default_modes(keras_spe: list[int]) -> dict[str, tuple[str, str, str | None]]:
-    """The default cell set's modes: {framework: (plain, fastest, stock idiom or None)}.
+def default_modes(keras_spe: list[int]) -> dict[str, tuple[str, str]]:
+    """Each framework's (plain, fastest) mode: what the default cell set, the phases and the scaling
+    curves time.
 
     fastest: the backend mode that was the framework's fastest in docs/results.md (Keras: the
-    largest steps_per_execution); stock: the framework's fastest stock idiom there (TensorFlow's
-    plain stock step took 10x its jit one, so only the jit one is kept). keras-jax and keras-torch
-    have no stock cells (framework_modes); keras-torch has one mode.
+    largest steps_per_execution); keras-torch has one mode, so both are fit.
     """
     top = max((n for n in keras_spe if n > 1), default=None)
     spe = f"-spe{top}" if top else ""
     return {
-        "numpy": ("plain", "fast", None),
-        "torch": ("eager", "compile", f"{STOCK}-eager"),
-        "tensorflow": ("function", "jit", f"{STOCK}-step-jit"),
-        "keras": ("fit", f"jit{spe}", f"{STOCK}-jit{spe}" if top else f"{STOCK}-fit"),
-        "jax": ("step-jit", "epoch-scan", f"{STOCK}-jit"),
-        "keras-jax": ("fit", f"fit{spe}", None),
-        "keras-torch": ("fit", "fit", None),
+        "numpy": ("plain", "fast"),
+        "torch": ("eager", "compile"),
+        "tensorflow": ("function", "jit"),
+        "keras": ("fit", f"jit{spe}"),
+        "jax": ("step-jit", "epoch-scan"),
+        "keras-jax": ("fit", f"fit{spe}"),
+        "keras-torch": ("fit", "fit"),
     }
 
 
 def in_default_set(cell: Cell, keras_spe: list[int], batches: list[int]) -> bool:
-    """Whether the default (quick) cell set keeps a cell of the full grid.
+    """Whether the default (quick, about 3 minutes) cell set keeps a cell of the full grid.
 
-    Kept: each framework's plain and fastest mode, parallel, at every batch; its stock idiom in the
-    main group only (a child group's backend framework is there for the Keras ratios); sequential
-    for the plain mode at the largest batch only (the seq/par ratio and goal 3, at the cheapest
-    epochs). docs/benchmark.md gives the reasons and the time.
+    Kept, parallel only: each framework's fastest mode at every batch, and its plain mode at the
+    smallest batch (the study's: the report's plain-mode ratios, the Keras-over-backend pairs, and
+    where per-step overhead shows most). The stock idioms, the sequential cells and the plain modes
+    at larger batches are in the full set. docs/benchmark.md gives the reasons and the time.
     """
-    plain, fastest, stock = default_modes(keras_spe)[cell.framework]
-    if cell.mode == stock:
-        return cell.group == MAIN
-    if cell.strategy == "sequential":
-        return cell.mode == plain and cell.batch == max(batches)
-    return cell.mode in (plain, fastest)
+    plain, fastest = default_modes(keras_spe)[cell.framework]
+    if cell.strategy != "parallel":
+        return False
+    return cell.mode == fastest or (cell.mode == plain and cell.batch == min(batches))
 
 
 def in_scaling_set(cell: Cell, keras_spe: list[int]) -> bool:
     """Whether --scaling times a cell: each framework's plain and fastest backend mode (default_modes),
     parallel, on the CPU (threads are a CPU's notion). No stock idiom: the curves compare a
     framework's modes with themselves across batch sizes and threads."""
-    plain, fastest, _ = default_modes(keras_spe)[cell.framework]
-    return cell.mode in (plain, fastest) and cell.strategy == "parallel" and cell.device == "cpu"
+    modes = default_modes(keras_spe)[cell.framework]
+    return cell.mode in modes and cell.strategy == "parallel" and cell.device == "cpu"
 
 
 def process_groups(frameworks: list[str], pairs: bool = True) -> dict[str, list[str]]:

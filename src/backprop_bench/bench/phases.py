@@ -1,9 +1,9 @@
 """Where the time of one training step goes: forward, backward, update and the rest.
 
-After a process group's rounds, each plain and fastest mode of the default set
-(cells.default_modes), parallel, is timed once more on its cell's own backend: the backend's
-phase_fns (backends/base.py), three calls on one fixed batch of the cell's size, already on the
-device, each run the way the mode runs its step (compiled where it compiles):
+After a process group's rounds, each plain and fastest mode (cells.default_modes), parallel, at
+every batch (the default cell set: at its smallest), is timed once more on its cell's own backend:
+the backend's phase_fns (backends/base.py), three calls on one fixed batch of the cell's size,
+already on the device, each run the way the mode runs its step (compiled where it compiles):
 
     forward   = t(forward)
     backward  = t(forward + backward) - t(forward)
@@ -41,12 +41,16 @@ WARMUP_CALLS = 3  # untimed calls first: tracing, compilation, first touch of th
 MAX_CALLS = 1 << 14  # a repeat never loops more calls than this, however fast the function
 
 
-def phase_cells(cells: list[Cell], keras_spe: list[int]) -> list[Cell]:
+def phase_cells(cells: list[Cell], keras_spe: list[int], cell_set: str = "full") -> list[Cell]:
     """The cells whose phases are measured: each framework's plain and fastest mode
-    (cells.default_modes), parallel strategy, every batch and group; a cell skipped for want
-    of a device is left out (the report lists it already)."""
+    (cells.default_modes), parallel strategy, every group, at every batch of the full set and at
+    the smallest batch of the default one (where per-step overhead shows most; a phase split costs
+    a compilation or three per cell); a cell skipped for want of a device is left out (the report
+    lists it already)."""
     modes = default_modes(keras_spe)
-    return [c for c in cells if c.strategy == "parallel" and c.mode in modes[c.framework][:2] and c.status != "skipped"]
+    todo = [c for c in cells if c.strategy == "parallel" and c.mode in modes[c.framework] and c.status != "skipped"]
+    smallest = min((c.batch for c in todo), default=None)
+    return [c for c in todo if cell_set == "full" or c.batch == smallest]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -133,11 +137,13 @@ def measure_cell(
     return out | split(samples, cell.epoch_seconds, steps)
 
 
-def measure(cells: list[Cell], made: dict[str, Model], n_samples: int, keras_spe: list[int]) -> list[dict]:
+def measure(
+    cells: list[Cell], made: dict[str, Model], n_samples: int, keras_spe: list[int], cell_set: str = "full"
+) -> list[dict]:
     """The phases of every phase_cells cell of one process group, on its built backends, after the rounds.
     Ctrl-C stops early: the cells not measured yet are reported failed, "interrupted"."""
     out: list[dict] = []
-    todo = phase_cells(cells, keras_spe)
+    todo = phase_cells(cells, keras_spe, cell_set)
     try:
         for cell in todo:
             out.append(measure_cell(cell, made.get(cell.name), n_samples))

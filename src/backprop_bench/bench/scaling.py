@@ -112,7 +112,7 @@ def curves(rows: list[dict], batches: list[int], keras_spe: list[int]) -> list[d
         ok = [r for r in mine.values() if r["status"] == "ok"]
         best = max(ok, key=lambda r: r["samples_per_second"]) if ok else None
         points = [{"batch": b} | _point(mine.get(b), best) for b in batches]
-        plain, fastest, _ = default_modes(keras_spe)[fw]
+        plain, _ = default_modes(keras_spe)[fw]
         out.append(
             {
                 "framework": fw,
