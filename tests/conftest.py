@@ -210,8 +210,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group("team-stack"))
-    # The modules with slow tests first, each kept whole (its module fixtures set up once): xdist
-    # hands out tests in this order, so the long ones start early and the many short ones fill in
-    # at the end, and the two workers finish together rather than one waiting on a late long test.
+    heavy_first(items)
+
+
+def heavy_first(items: list) -> None:
+    """The modules with slow tests first, each kept whole (its module fixtures set up once), in place:
+    xdist hands out tests in this order, so the long ones start early and the many short ones fill
+    in at the end, and the two workers finish together rather than one waiting on a late long test."""
     heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in heavy)  # stable: the order within stays

@@ -209,7 +209,7 @@ def test_an_experiments_exp_show_fits_160_columns(tmp_path):
         ).stdout
     )
     after = json.loads((repo / "reports/summary.json").read_text())
-    assert set(after) == {"acc", "x"} and set(after["x"]) == {"pt", "tf", "ks", "jx"}
+    assert set(after) == {"acc", "x"} and set(after["x"]) == {"pt", "tf", "ks", "jx", "kj"}  # kj: keras-on jax
     changed = {f"{group}.{k}" for group in ("acc", "x") for k in after[group] if after[group][k] != before[group][k]}
     assert {"acc.seq", "acc.par"} <= changed  # a second epoch moves the accuracy
     assert changed | {"train.epochs", "runs"} <= set(header), header  # runs: the changed dependency's hash
