@@ -15,7 +15,7 @@ import pytest
 
 from backprop_bench.backends import backend_class, make_backend
 from backprop_bench.backends.numpy_backend import NumpyBackend
-from backprop_bench.backends.numpy_fast import NumpyFastBackend
+from backprop_bench.backends.numpy_fast import ONE_THREAD_ROWS, NumpyFastBackend
 from backprop_bench.core.specs import InitSpec, MLPSpec, OptimizerSpec, init_params
 
 HEADS = [("softmax", "cross_entropy"), ("softmax", "mse"), ("sigmoid", "half_sse"), ("identity", "mse")]
@@ -78,3 +78,56 @@ def test_work_buffers_are_reused_across_epochs():
     assert b._train_ws is ws  # same batch size: no new allocation
     b.train_epoch(np.arange(20), 5)
     assert b._train_ws is not ws and b._train_ws.rows == 5
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize(("batch", "inside"), [(ONE_THREAD_ROWS, 1), (ONE_THREAD_ROWS + 1, 2)])
+def test_small_batches_train_on_one_blas_thread_and_the_pool_comes_back(batch, inside):
+    from threadpoolctl import threadpool_limits
+
+    spec = MLPSpec((6, 4, 3))
+    b = make_backend("numpy", spec, init_params(spec, InitSpec()), OptimizerSpec(), compile=True)
+    b.load(np.random.default_rng(0).random((200, 6)), np.arange(200) % 3)
+    losses = np.empty(-(-200 // batch), np.float32)
+    with threadpool_limits(2, user_api="blas"):  # two threads before, whatever the machine's default
+        steps = b.epoch_steps(np.arange(200), batch, losses)
+        for _, call in next(steps):
+            call()
+        assert set(_blas_threads()) == {inside}  # while the epoch's steps run
+        for ops in steps:
+            for _, call in ops:
+                call()
+        assert set(_blas_threads()) == {2}  # restored when the epoch ends
+        fns = b.phase_fns(np.arange(batch))
+        assert all(np.isfinite(float(fn())) for fn in fns)
+        assert set(_blas_threads()) == {2}  # a phase call restores them too
+        with pytest.raises(ZeroDivisionError):  # an epoch that stops at an error restores them too
+            for _ops in b.epoch_steps(np.arange(200), batch, losses):
+                raise ZeroDivisionError
+        assert set(_blas_threads()) == {2}
+
+
+def test_one_blas_thread_changes_no_number():
+    spec = MLPSpec((12, 9, 7, 5))
+    got = []
+    for batch in (ONE_THREAD_ROWS, ONE_THREAD_ROWS + 1):
+        runs = []
+        for cls in (NumpyBackend, NumpyFastBackend):
+            b = make_backend(
+                "numpy",
+                spec,
+                init_params(spec, InitSpec(seed=1), "float64"),
+                OptimizerSpec(lr=0.05),
+                dtype="float64",
+                compile=cls is NumpyFastBackend,
+            )
+            b.load(np.random.default_rng(0).random((300, 12)), np.arange(300) % 5)
+            runs.append([b.train_epoch(np.random.default_rng(e).permutation(300), batch) for e in range(2)])
+        got.append(runs)
+    for plain, fast in got:  # on one BLAS thread or not, the fast path agrees with the readable one
+        np.testing.assert_allclose(fast, plain, rtol=1e-12)

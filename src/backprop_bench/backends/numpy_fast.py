@@ -11,6 +11,7 @@ tests hold it to the plain backend's results bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -20,6 +21,13 @@ from backprop_bench.backends.numpy_backend import NumpyBackend, to_numpy
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params
 
 Op = tuple[str, Callable[[], object]]  # (label, zero-argument call); a step is a list of them
+
+# Batches of at most this many rows train on one BLAS thread (blas_threads). At 64 rows each
+# product is a few µs of work per thread, and on two threads the gradient one BLAS thread wrote
+# and the weights the other reads next cross between the cores at every step. Paired in one
+# process (2-core Xeon, 60,000 rows, 5 rounds): 0.358 s an epoch on one thread against 0.421 s
+# on two at batch 64, but 0.295 against 0.242 s at batch 256 (docs/benchmark.md).
+ONE_THREAD_ROWS = 64
 
 # ---------------------------------------------------------------- activations
 # Each works in place: forward turns z into a, backward turns dL/da into dL/dz using
@@ -385,6 +393,7 @@ class NumpyFastBackend(NumpyBackend):
         self.layers[-1].act = ACTIVATIONS[spec.output_activation](xp)  # run by output_ops
         self.optimizer = Optimizer(xp, self.opt_spec, self.flat, self.grads)
         self._train_ws: _Workspace | None = None
+        self._blas = None  # threadpoolctl's view of the BLAS pools, made on first use (blas_threads)
 
     def _load(self, x: np.ndarray, t: np.ndarray) -> None:
         """The train set with a ones column after the pixels (N, in + 1): a gathered batch is
@@ -462,12 +471,25 @@ class NumpyFastBackend(NumpyBackend):
             self._train_ws = _Workspace(self.xp, self.spec, rows, self.dtype, train=True)
         idx_all = self.xp.asarray(order.astype(np.intp))  # one host->device copy per epoch
         batch, built = _Batch(), {}
-        for step in range(len(losses)):
-            batch.idx, batch.step = idx_all[step * batch_size : (step + 1) * batch_size], step
-            n = len(batch.idx)
-            if n not in built:
-                built[n] = self.train_ops(self._train_ws, n, batch, losses)
-            yield built[n]
+        with self.blas_threads(rows):  # held while the caller runs the steps
+            for step in range(len(losses)):
+                batch.idx, batch.step = idx_all[step * batch_size : (step + 1) * batch_size], step
+                n = len(batch.idx)
+                if n not in built:
+                    built[n] = self.train_ops(self._train_ws, n, batch, losses)
+                yield built[n]
+
+    def blas_threads(self, rows: int) -> contextlib.AbstractContextManager:
+        """Within it, NumPy's BLAS on one thread when a batch has at most ONE_THREAD_ROWS rows
+        (CPU only; a pool already at one thread stays so); otherwise nothing changes. Leaving it
+        restores the threads as they were."""
+        if self.xp is not np or rows > ONE_THREAD_ROWS:
+            return contextlib.nullcontext()
+        if self._blas is None:  # threadpoolctl finds the loaded BLAS once (a scan of the process's libraries)
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController().select(user_api="blas")
+        return self._blas.limit(limits=1)
 
     def _epoch(self, order: np.ndarray, batch_size: int, masks: None) -> np.ndarray:
         losses = self.xp.empty(-(-len(order) // batch_size), self.dtype)  # stays on the device until the epoch ends
@@ -523,18 +545,22 @@ class NumpyFastBackend(NumpyBackend):
             *self._loss_ops(ws, n, losses, batch, lr=None, delta=True),
             *self._backward_ops(ws, n, update=False),
         ]
-        return tuple(_runner(ops, losses) for ops in (forward, forward_backward, step[2:]))
+        return tuple(
+            _runner(ops, losses, partial(self.blas_threads, n)) for ops in (forward, forward_backward, step[2:])
+        )
 
     def params(self) -> Params:
         return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]
 
 
-def _runner(ops: list[Op], out) -> Callable[[], object]:
-    """A zero-argument call running ops in order and returning out[0], the loss (what the caller waits on)."""
+def _runner(ops: list[Op], out, threads: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], object]:
+    """A zero-argument call running ops in order, within threads() (the epoch's BLAS threads), and
+    returning out[0], the loss (what the caller waits on)."""
 
     def run():
-        for _, call in ops:
-            call()
+        with threads():
+            for _, call in ops:
+                call()
         return out[0]
 
     return run
