@@ -131,3 +131,75 @@ def test_one_blas_thread_changes_no_number():
         got.append(runs)
     for plain, fast in got:  # on one BLAS thread or not, the fast path agrees with the readable one
         np.testing.assert_allclose(fast, plain, rtol=1e-12)
+
+
+def _sgd_backend(strategy: str, dtype: str, biases: bool = True, gemm: bool = True, optimizer: str = "sgd"):
+    spec = MLPSpec((12, 9, 7, 5), train_biases=biases)
+    b = make_backend(
+        "numpy",
+        spec,
+        init_params(spec, InitSpec(seed=1), dtype),
+        OptimizerSpec(optimizer, lr=0.05),
+        strategy=strategy,
+        dtype=dtype,
+        compile=True,
+    )
+    if not gemm:
+        b._gemm = None  # as on a NumPy whose BLAS has no CBLAS GEMM: the separate pass p -= g
+    b.load(np.random.default_rng(0).random((150, 12)), np.arange(150) % 5)
+    return b
+
+
+def _step_labels(b, batch: int = 32) -> list[str]:
+    losses = np.empty(-(-150 // batch), b.dtype)
+    return [label for label, _ in next(b.epoch_steps(np.arange(150), batch, losses))]
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+def test_plain_sgd_steps_inside_the_weight_gradient_gemm(strategy):
+    b = _sgd_backend(strategy, "float32")
+    labels = _step_labels(b)
+    inside = [label for label in labels if "sgd step inside" in label]
+    assert inside == [f"L{l} dW matmul (+ db), sgd step inside" for l in (2, 1, 0)]
+    assert not [label for label in labels if "p -= g" in label]  # no second pass over the weights
+    # sequential: a layer's step before the error goes through its W; parallel: after it
+    before = labels.index("L2 dW matmul (+ db), sgd step inside") < labels.index("L2 dx matmul")
+    assert before == (strategy == "sequential")
+    assert "sgemm" in b.info()["update"]
+    momentum = _sgd_backend(strategy, "float32", optimizer="momentum")
+    assert any(label.endswith("momentum update") for label in _step_labels(momentum))
+    assert "pass" in momentum.info()["update"]
+    no_gemm = _sgd_backend(strategy, "float32", gemm=False)
+    assert any(label.endswith("sgd p -= g") for label in _step_labels(no_gemm))
+    assert "pass" in no_gemm.info()["update"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+@pytest.mark.parametrize("biases", [True, False])
+def test_the_gemm_step_is_the_separate_pass_within_rounding(strategy, dtype, biases):
+    close = {"rtol": 1e-6, "atol": 1e-7} if dtype == "float32" else {"rtol": 1e-14, "atol": 1e-15}
+    runs = []
+    for gemm in (True, False):
+        b = _sgd_backend(strategy, dtype, biases, gemm)
+        losses = [b.train_epoch(np.random.default_rng(e).permutation(150), 32) for e in range(3)]
+        runs.append((losses, b.params()))
+    (losses, params), (losses_pass, params_pass) = runs
+    np.testing.assert_allclose(losses, losses_pass, **close)
+    for (w, bias), (w_pass, bias_pass) in zip(params, params_pass):
+        np.testing.assert_allclose(w, w_pass, **close)
+        np.testing.assert_allclose(bias, bias_pass, **close)
+        if not biases:  # untrained biases stay exactly where they started
+            np.testing.assert_array_equal(bias, bias_pass)
+
+
+def test_the_output_layer_works_class_major_and_answers_row_major():
+    b = _sgd_backend("parallel", "float64")
+    b.train_epoch(np.arange(150), 32)
+    ws = b._train_ws
+    assert ws.by_class(ws.p, 22).shape == (5, 22) and ws.by_class(ws.p, 22).flags.c_contiguous  # the short batch
+    assert ws.delta(2, 22).shape == (22, 5) and ws.delta(1, 22).shape == (22, 7)
+    x = np.random.default_rng(1).random((7, 12))
+    p = b.predict(x)
+    assert p.shape == (7, 5) and p.flags.c_contiguous
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)  # each sample's softmax, not each class's

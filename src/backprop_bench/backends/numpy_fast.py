@@ -5,8 +5,11 @@ into it with ``out=``; all parameters live in one flat vector so that one optimi
 updates a layer (sequential) or the whole net (parallel). A training step is prepared once
 per epoch as a flat list of labelled zero-argument calls (``Op``: mostly ``functools.partial``
 of a ufunc or ``matmul`` on fixed views), so running a step is one Python loop over C
-calls, and ``bench/npprofile.py`` can time every op of it. Selected by compile=True; the
-tests hold it to the plain backend's results bit for bit.
+calls, and ``bench/npprofile.py`` can time every op of it. Plain SGD's step on a layer runs
+inside its weight-gradient product, W -= a^T d as one BLAS GEMM with beta = 1 (numpy_gemm.py),
+and the output layer works class-major, (K, n), where softmax's reductions are cheap
+(_Workspace). Selected by compile=True; the tests hold it to the plain backend's results
+within float rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from functools import partial
 import numpy as np
 
 from backprop_bench.backends.numpy_backend import NumpyBackend, to_numpy
+from backprop_bench.backends.numpy_gemm import numpy_gemm
 from backprop_bench.core.specs import MLPSpec, OptimizerSpec, Params
 
 Op = tuple[str, Callable[[], object]]  # (label, zero-argument call); a step is a list of them
@@ -114,27 +118,32 @@ class Identity(Activation):
 
 
 class Softmax(Activation):
-    """Output only. Its forward also leaves log p in ``logp`` for a stable cross-entropy."""
+    """Output only, on class-major arrays (K, n): the output layer's (see _Workspace). Its
+    forward also leaves log p in ``logp`` for a stable cross-entropy."""
 
     name = "softmax"
 
     def output_ops(self, z, p, logp, col) -> list[Op]:
-        """z, p, logp: (n, K); col: (n, 1) scratch (the row max, then the row sum)."""
+        """z, p, logp: (K, n); col: (1, n) scratch (each sample's max, then its sum).
+
+        The reductions run over the outer axis, K rows of n, which NumPy vectorises along n;
+        over the inner axis of an (n, K) array they loop over n rows of 10, 5-6x slower at
+        n = 64-256. The ufuncs' own reduce skips np.max's Python wrapper (about 1 µs a call)."""
         xp = self.xp
         return [
-            ("softmax max", partial(xp.max, z, axis=1, keepdims=True, out=col)),
+            ("softmax max", partial(xp.maximum.reduce, z, axis=0, keepdims=True, out=col)),
             ("softmax shift", partial(xp.subtract, z, col, out=logp)),  # exp cannot overflow
             ("softmax exp", partial(xp.exp, logp, out=p)),
-            ("softmax sum", partial(xp.sum, p, axis=1, keepdims=True, out=col)),
+            ("softmax sum", partial(xp.add.reduce, p, axis=0, keepdims=True, out=col)),
             ("softmax divide", partial(xp.divide, p, col, out=p)),
             ("softmax log sum", partial(xp.log, col, out=col)),
             ("softmax log p", partial(xp.subtract, logp, col, out=logp)),
         ]
 
-    def backward(self, p, d, scratch):  # dL/dz_j = p_j (dL/dp_j - sum_k dL/dp_k p_k)
+    def backward(self, p, d, scratch):  # dL/dz_j = p_j (dL/dp_j - sum_k dL/dp_k p_k); (K, n)
         xp = self.xp
         xp.multiply(d, p, out=scratch)
-        d -= scratch.sum(axis=1, keepdims=True)
+        d -= scratch.sum(axis=0, keepdims=True)
         d *= p
 
 
@@ -162,12 +171,23 @@ class Dense:
         """a_in (n, in + 1), ones last -> z (n, out) = a_in @ Wb."""
         return [(f"L{l} fwd matmul (+ bias)", partial(self.xp.matmul, a_in, self.Wb, out=z))]
 
+    def affine_class_major_ops(self, l: int, a_in, z) -> list[Op]:
+        """a_in (n, in + 1), ones last -> z (out, n) = Wb^T a_in^T: the output layer's class-major z."""
+        return [(f"L{l} fwd matmul (+ bias)", partial(self.xp.matmul, self.Wb.T, a_in.T, out=z))]
+
     def grad_ops(self, l: int, a_in, d, dWb, biases: bool) -> list[Op]:
         """d = dL/dz (n, out) -> dWb = a_in^T d (in + 1, out): dW, then db = sum_n d. Without
         ``biases`` only dW (dWb[:-1]): the bias row of the gradient stays as it is (zero)."""
         if biases:
             return [(f"L{l} dW matmul (+ db)", partial(self.xp.matmul, a_in.T, d, out=dWb))]
         return [(f"L{l} dW matmul", partial(self.xp.matmul, a_in[:, :-1].T, d, out=dWb[:-1]))]
+
+    def descend_ops(self, l: int, a_in, d, biases: bool, gemm) -> list[Op]:
+        """Plain SGD's step on this layer in one GEMM, Wb -= a_in^T d (d holds the lr already:
+        lr_in_gradient), with no gradient buffer (numpy_gemm.py). Without ``biases`` only W."""
+        if biases:
+            return [(f"L{l} dW matmul (+ db), sgd step inside", gemm.minus_at_b(a_in, d, self.Wb))]
+        return [(f"L{l} dW matmul, sgd step inside", gemm.minus_at_b(a_in[:, :-1], d, self.W))]
 
     def propagate_ops(self, l: int, d, out) -> list[Op]:
         """dL/da_in = d @ W^T (n, in), through W as it is *now*: the strategy decides when."""
@@ -178,7 +198,7 @@ class Dense:
 
 
 def output_ops(xp, activation, z, p, logp, col) -> list[Op]:
-    """p = f(z) for the output layer; softmax also leaves log p in ``logp``. All (n, K), col (n, 1)."""
+    """p = f(z) for the output layer; softmax also leaves log p in ``logp``. All (K, n), col (1, n)."""
     if isinstance(activation, Softmax):
         return activation.output_ops(z, p, logp, col)
     return [("output copy", partial(xp.copyto, p, z)), *activation.forward_ops(p)]
@@ -187,9 +207,9 @@ def output_ops(xp, activation, z, p, logp, col) -> list[Op]:
 def loss_ops(xp, spec: MLPSpec, activation, p, logp, t, d, losses, batch: _Batch, lr: float | None) -> list[Op]:
     """The batch loss (mean over the n rows) into losses[batch.step] and, when d is not None,
     dL/dz of the output layer into d, times ``lr`` unless None (then every gradient below
-    is lr times itself: plain SGD's update is one pass, p -= g). p, logp, t, d: (n, K);
+    is lr times itself: plain SGD's update is one pass, p -= g). p, logp, t, d: (K, n);
     logp is scratch unless softmax."""
-    n = p.shape[0]
+    n = p.shape[1]
     if spec.loss != "cross_entropy":
 
         def squared():
@@ -211,8 +231,8 @@ def loss_ops(xp, spec: MLPSpec, activation, p, logp, t, d, losses, batch: _Batch
 
 def squared_loss_and_delta(xp, spec: MLPSpec, activation, p, logp, t, d, lr: float | None):
     """mse or half_sse (0-d array) and, when d is not None, dL/dz (times lr unless None) into d;
-    logp is scratch."""
-    n = p.shape[0]
+    p, logp, t, d: (K, n), logp is scratch."""
+    n = p.shape[1]
     # mse: mean_n mean_k (p - t)^2;  half_sse: mean_n 1/2 sum_k (p - t)^2
     scale = 1.0 / (n * spec.sizes[-1]) if spec.loss == "mse" else 0.5 / n
     diff = logp if d is None else d
@@ -320,27 +340,42 @@ class _Workspace:
     """Every array one batch of up to ``rows`` samples needs; batches use the [:n] views.
 
     inp[l] (rows, in_l + 1): layer l's input with its ones column (inp[0] = x; inp[l + 1]
-    holds layer l's z, then f(z), in place: ``hidden(l, n)``); t, p, z_out and logp (rows, K)
-    (logp doubles as scratch); col (rows, 1) (softmax's row max and sum); for training also
-    d[l] = dL/dz_l (rows, out_l) and a scratch (relu: its 0/1 mask) per hidden layer.
+    holds layer l's z, then f(z), in place: ``hidden(l, n)``); for training also d[l] =
+    dL/dz_l (rows, out_l) and a scratch (relu: its 0/1 mask) per hidden layer.
+
+    The output layer's arrays are class-major, (K, n) (``by_class``): z_out, p, logp (also
+    scratch), the targets t and its dL/dz; col (1, n) holds softmax's per-sample max and sum.
+    A step gathers its targets as rows into t_rows (rows, K) and copies them class-major into t:
+    gathered along the train set's (K, N) columns instead, each sample costs K cache misses.
+    Softmax reduces over the K classes of each sample, and over the outer axis that is a few
+    vectorised passes (Softmax.output_ops). Each is a flat buffer of K * rows, so a short last
+    batch's (K, n) is contiguous too; its dL/dz enters the products as the (n, K) view
+    ``delta(last, n)``, a transposed array BLAS takes as it is.
     """
 
     def __init__(self, xp, spec: MLPSpec, rows: int, dtype, train: bool):
-        self.rows = rows
+        self.rows, self.k = rows, spec.sizes[-1]
         outs = spec.sizes[1:]
-        k = spec.sizes[-1]
         self.inp = [xp.empty((rows, i + 1), dtype) for i in spec.sizes[:-1]]
         for a in self.inp:
             a[:, -1] = 1  # never written again: gathers bring the train set's own ones column
-        self.t, self.p = xp.empty((rows, k), dtype), xp.empty((rows, k), dtype)
-        self.z_out, self.logp = xp.empty((rows, k), dtype), xp.empty((rows, k), dtype)
-        self.col = xp.empty((rows, 1), dtype)
-        self.d = [xp.empty((rows, o), dtype) for o in outs] if train else None
+        self.t, self.p, self.z_out, self.logp = (xp.empty(self.k * rows, dtype) for _ in range(4))
+        self.col, self.t_rows = xp.empty(rows, dtype), xp.empty((rows, self.k), dtype)
+        self.d = [xp.empty((rows, o), dtype) for o in outs[:-1]] + [xp.empty(self.k * rows, dtype)] if train else None
         self.hidden_scratch = [xp.empty((rows, o), dtype) for o in outs[:-1]] if train else None
 
     def hidden(self, l: int, n: int):
         """Hidden layer l's z / f(z) (n, out_l): the next input without its ones column."""
         return self.inp[l + 1][:n, :-1]
+
+    def by_class(self, flat, n: int, k: int | None = None):
+        """The first n samples of an output-layer buffer, (K, n) contiguous (col: k=1)."""
+        k = self.k if k is None else k
+        return flat[: k * n].reshape(k, n)
+
+    def delta(self, l: int, n: int):
+        """dL/dz of layer l for n samples, (n, out_l); the output layer's is a transposed view."""
+        return self.d[l][:n] if l < len(self.d) - 1 else self.by_class(self.d[l], n).T
 
 
 class _Batch:
@@ -393,6 +428,7 @@ class NumpyFastBackend(NumpyBackend):
         self.layers[-1].act = ACTIVATIONS[spec.output_activation](xp)  # run by output_ops
         self.optimizer = Optimizer(xp, self.opt_spec, self.flat, self.grads)
         self._train_ws: _Workspace | None = None
+        self._gemm = False  # NumPy's BLAS GEMM (or None: there is none), looked up on first use (_sgd_gemm)
         self._blas = None  # threadpoolctl's view of the BLAS pools, made on first use (blas_threads)
 
     def _load(self, x: np.ndarray, t: np.ndarray) -> None:
@@ -407,7 +443,8 @@ class NumpyFastBackend(NumpyBackend):
     def _gather_op(self, src, out, batch: _Batch) -> Op:
         """out = src[batch.idx] (the rows of this step), without a temporary."""
         if self.xp is np:  # indices checked per epoch; clip avoids a copy
-            return lambda: np.take(src, batch.idx, axis=0, out=out, mode="clip")
+            take = src.take  # the method: np.take's Python wrapper costs about 1 µs a call
+            return lambda: take(batch.idx, axis=0, out=out, mode="clip")
         take = self.xp.take
         return lambda: take(src, batch.idx, axis=0, out=out)
 
@@ -421,39 +458,66 @@ class NumpyFastBackend(NumpyBackend):
             f_on = ws.inp[l + 1][:n] if layer.act.keeps_one else a
             ops += layer.affine_ops(l, ws.inp[l][:n], a) + _labelled(l, layer.act.forward_ops(f_on))
         last, out = len(self.layers) - 1, self.layers[-1]
-        ops += out.affine_ops(last, ws.inp[last][:n], ws.z_out[:n])
-        return ops + output_ops(self.xp, out.act, ws.z_out[:n], ws.p[:n], ws.logp[:n], ws.col[:n])
+        z, p, logp = (ws.by_class(buf, n) for buf in (ws.z_out, ws.p, ws.logp))
+        ops += out.affine_class_major_ops(last, ws.inp[last][:n], z)
+        return ops + output_ops(self.xp, out.act, z, p, logp, ws.by_class(ws.col, n, k=1))
 
     def _loss_ops(self, ws: _Workspace, n: int, losses, batch: _Batch, lr: float | None, delta: bool) -> list[Op]:
         """Batch loss into losses[batch.step]; with ``delta`` also dL/dz of the output layer
         (times lr unless None) in ws.d[-1]."""
-        d = ws.d[-1][:n] if delta else None
-        act = self.layers[-1].act
-        return loss_ops(self.xp, self.spec, act, ws.p[:n], ws.logp[:n], ws.t[:n], d, losses, batch, lr)
+        d = ws.by_class(ws.d[-1], n) if delta else None
+        p, logp, t = (ws.by_class(buf, n) for buf in (ws.p, ws.logp, ws.t))
+        return loss_ops(self.xp, self.spec, self.layers[-1].act, p, logp, t, d, losses, batch, lr)
 
     def _backward_ops(self, ws: _Workspace, n: int, update: bool) -> list[Op]:
         """Every gradient from ws.d[-1] (dL/dz of the output layer) down; with ``update`` also the
         optimizer's steps. The one place the strategies differ."""
-        last = len(self.layers) - 1
+        last, sequential = len(self.layers) - 1, self.strategy == "sequential"
+        fused = update and self._sgd_gemm() is not None  # each layer's step inside its weight-gradient GEMM
         ops = [("optimizer step count", self.optimizer.begin_step)] if update else []
         for l in range(last, -1, -1):
-            layer = self.layers[l]
-            ops += layer.grad_ops(l, ws.inp[l][:n], ws.d[l][:n], self.grad_views[l], self.spec.train_biases)
-            if update and self.strategy == "sequential":  # update layer l before the error goes through W[l]
-                ops += _labelled(l, self.optimizer.apply_ops(self.parts[l]))
+            layer, a_in, d = self.layers[l], ws.inp[l][:n], ws.delta(l, n)
+            if fused:
+                step = layer.descend_ops(l, a_in, d, self.spec.train_biases, self._gemm)
+            else:
+                step = layer.grad_ops(l, a_in, d, self.grad_views[l], self.spec.train_biases)
+                if update and sequential:
+                    step += _labelled(l, self.optimizer.apply_ops(self.parts[l]))
+            if sequential or not fused:  # sequential: layer l changes before the error goes through W[l]
+                ops += step
             if l > 0:  # ws.d[l] -> ws.d[l-1] = dL/dz_{l-1}: through W[l], then the hidden activation
-                d_prev, act = ws.d[l - 1][:n], self.layers[l - 1].act
-                ops += layer.propagate_ops(l, ws.d[l][:n], d_prev)
+                d_prev, act = ws.delta(l - 1, n), self.layers[l - 1].act
+                ops += layer.propagate_ops(l, d, d_prev)
                 ops += _labelled(l - 1, act.backward_ops(ws.hidden(l - 1, n), d_prev, ws.hidden_scratch[l - 1][:n]))
-        if update and self.strategy == "parallel":  # every gradient from the pre-step weights: one update pass
+            if fused and not sequential:  # parallel: W[l] changes once the error has gone through it
+                ops += step
+        if update and not sequential and not fused:  # every gradient from the pre-step weights: one update pass
             ops += self.optimizer.apply_ops(slice(None))
         return ops
+
+    def _sgd_gemm(self):
+        """NumPy's BLAS GEMM when plain SGD's steps can run inside it (CPU; numpy_gemm.py), else None.
+
+        Read when a step's Ops are built, like lr_in_gradient: the lr sits in dL/dz, so the step
+        W -= lr dL/dW is W -= a_in^T d, GEMM with alpha = -1 and beta = 1."""
+        if self.xp is not np or self.optimizer.lr_in_gradient() is None:
+            return None
+        if self._gemm is False:  # not looked up yet
+            self._gemm = numpy_gemm(self.dtype)
+        return self._gemm
+
+    def _gather_ops(self, ws: _Workspace, n: int, batch: _Batch) -> list[Op]:
+        """The step's samples into the workspace: x with its ones column, t class-major."""
+        return [
+            ("gather x", self._gather_op(self._x, ws.inp[0][:n], batch)),
+            ("gather t", self._gather_op(self._t, ws.t_rows[:n], batch)),
+            ("gather t, class-major copy", partial(self.xp.copyto, ws.by_class(ws.t, n), ws.t_rows[:n].T)),
+        ]
 
     def train_ops(self, ws: _Workspace, n: int, batch: _Batch, losses) -> list[Op]:
         """One optimizer step on the n rows batch.idx of the train set; its loss into losses[batch.step]."""
         return [
-            ("gather x", self._gather_op(self._x, ws.inp[0][:n], batch)),
-            ("gather t", self._gather_op(self._t, ws.t[:n], batch)),
+            *self._gather_ops(ws, n, batch),
             *self._forward_ops(ws, n),
             *self._loss_ops(ws, n, losses, batch, self.optimizer.lr_in_gradient(), delta=True),
             *self._backward_ops(ws, n, update=True),
@@ -505,18 +569,19 @@ class NumpyFastBackend(NumpyBackend):
         ops = self._forward_ops(ws, n)
         loss = self.xp.empty(1, self.dtype)
         if t is not None:
-            ws.t[...] = self.xp.asarray(t)
+            ws.by_class(ws.t, n)[...] = self.xp.asarray(t).T
             ops += self._loss_ops(ws, n, loss, _Batch(), lr=None, delta=False)
         for _, call in ops:
             call()
-        return to_numpy(ws.p).copy(), float("nan") if t is None else float(loss[0] * n)
+        p = np.ascontiguousarray(to_numpy(ws.by_class(ws.p, n)).T)  # (n, K)
+        return p, float("nan") if t is None else float(loss[0] * n)
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, masks: None = None) -> tuple[float, list]:
         """Loss and [(dL/dW, dL/db or None)] at the current weights, no update (for tests)."""
         n = len(x)
         ws = _Workspace(self.xp, self.spec, n, self.dtype, train=True)
         ws.inp[0][:, :-1] = self.xp.asarray(np.asarray(x, self.dtype))
-        ws.t[...] = self.xp.asarray(self._targets(y))
+        ws.by_class(ws.t, n)[...] = self.xp.asarray(self._targets(y)).T
         loss = self.xp.empty(1, self.dtype)
         ops = self._forward_ops(ws, n) + self._loss_ops(ws, n, loss, _Batch(), lr=None, delta=True)
         for _, call in ops + self._backward_ops(ws, n, update=False):
@@ -527,8 +592,9 @@ class NumpyFastBackend(NumpyBackend):
 
     def _phase_fns(self, x_rows: np.ndarray):
         """On a workspace of its own, the batch gathered into it once. forward: the forward pass and
-        the loss; forward_backward: that and every gradient; step: train_ops without its two gathers
-        (the update one pass over the flat parameter vector)."""
+        the loss; forward_backward: that and every gradient, into the gradient buffers; step: train_ops
+        without its gathers (plain SGD's step inside the weight-gradient GEMMs where it runs so in an
+        epoch, so step - forward_backward is what the step adds to those products)."""
         n = len(x_rows)
         ws, batch, losses = (
             _Workspace(self.xp, self.spec, n, self.dtype, train=True),
@@ -536,8 +602,8 @@ class NumpyFastBackend(NumpyBackend):
             self.xp.empty(1, self.dtype),
         )
         batch.idx, batch.step = self.xp.asarray(x_rows.astype(np.intp)), 0
-        step = self.train_ops(ws, n, batch, losses)
-        for _, call in step[:2]:  # the gathers: once, here
+        gathers, step = self._gather_ops(ws, n, batch), self.train_ops(ws, n, batch, losses)
+        for _, call in gathers:  # once, here
             call()
         forward = self._forward_ops(ws, n) + self._loss_ops(ws, n, losses, batch, lr=None, delta=False)
         forward_backward = [
@@ -546,11 +612,24 @@ class NumpyFastBackend(NumpyBackend):
             *self._backward_ops(ws, n, update=False),
         ]
         return tuple(
-            _runner(ops, losses, partial(self.blas_threads, n)) for ops in (forward, forward_backward, step[2:])
+            _runner(ops, losses, partial(self.blas_threads, n))
+            for ops in (forward, forward_backward, step[len(gathers) :])
         )
 
     def params(self) -> Params:
         return [(to_numpy(layer.W).copy(), to_numpy(layer.b).copy()) for layer in self.layers]
+
+    def _info(self) -> dict[str, str]:
+        """NumpyBackend's, and on the CPU where the optimizer's step runs (a run tag)."""
+        info = super()._info()
+        if self.xp is np:
+            gemm = self._sgd_gemm()
+            info["update"] = (
+                f"sgd inside the weight-gradient GEMM ({gemm.symbol}, beta=1)"
+                if gemm is not None
+                else f"{self.optimizer.name}: a pass over the flat parameters"
+            )
+        return info
 
 
 def _runner(ops: list[Op], out, threads: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], object]:
