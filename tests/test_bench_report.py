@@ -272,3 +272,27 @@ def test_plain_vs_numpy_pairs_each_plain_mode_with_numpys_in_the_main_group_only
         "rounds": 3,
     }
     assert report.plain_vs_numpy(rows, 256) == []  # no NumPy cell at batch 256
+
+
+def test_numpy_at_xlas_line_is_judged_paired_and_against_its_floor():
+    def cell(framework, mode, batch, seconds, **extra):
+        return _row(framework, mode, "parallel", batch, sorted(seconds)[1]) | {"epoch_seconds": seconds, **extra}
+
+    rows = [
+        # round by round NumPy is 0.95x, 0.98x and 1.10x XLA at 256: its median epoch is the slower one
+        cell("numpy", "fast", 256, [0.19, 0.196, 0.22], ceiling_fraction=0.8),
+        cell("tensorflow", "jit", 256, [0.20, 0.20, 0.20]),
+        cell("numpy", "fast", 64, [0.36, 0.36, 0.36]),
+        cell("tensorflow", "jit", 64, [0.30, 0.30, 0.30]),
+    ]
+    by_start = _by_start(report.evaluate_goals(rows))
+    b256 = by_start("NumPy fast <= 1x TF XLA's epoch at batch 256")
+    assert b256["met"] is True and "0.98x over 3 rounds (0.95-1.10)" in b256["detail"]
+    b64 = by_start("NumPy fast <= 1.15x TF XLA's epoch at batch 64")
+    assert b64["met"] is False and "1.20x" in b64["detail"]
+    floor = by_start("NumPy fast <= 1.3x its own matmul floor")
+    assert floor["met"] is True and "1.25x" in floor["detail"] and "0.157 s" in floor["detail"]
+    elsewhere = [r | {"group": "keras-jax"} if r["framework"] == "tensorflow" else r for r in rows]
+    unpaired = _by_start(report.evaluate_goals(elsewhere))("NumPy fast <= 1.15x")
+    assert unpaired["met"] is None and "one process" in unpaired["detail"]  # two processes: no paired ratio
+    assert _by_start(report.evaluate_goals(rows[2:]))("NumPy fast <= 1.3x")["met"] is None  # no b256 cell

@@ -29,6 +29,8 @@ GOAL_NUMPY_OVER_TORCH_B64 = 2.0  # NumPy samples/s over torch eager's, batch 64,
 GOAL_SEQ_OVER_PAR = 1.15  # sequential epoch time over parallel, per framework, worst mode/batch
 GOAL_WITHIN_BEST = 1.2  # a backend's mode over its framework's fastest configuration (stock included)
 GOAL_FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")  # the frameworks with a stock idiom to beat
+GOAL_NUMPY_OVER_XLA = {256: 1.0, 64: 1.15}  # NumPy fast's epoch over TF XLA's (tensorflow-jit), paired, parallel
+GOAL_NUMPY_OVER_FLOOR_B256 = 1.3  # NumPy fast's epoch over its own matmul floor (1 / % ceiling), batch 256
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
@@ -227,6 +229,40 @@ def evaluate_goals(
     for fw in GOAL_FRAMEWORKS:
         out.append(_within_best(rows, fw, device, plain_only=False))
         out.append(_within_best(rows, fw, device, plain_only=True))
+    return out + _numpy_at_xla(rows, device)
+
+
+def _numpy_at_xla(rows: list[dict], device: str) -> list[dict]:
+    """NumPy's fast path against TF XLA (paired, the two cells of one process) and its own floor."""
+    out = []
+    for batch, most in sorted(GOAL_NUMPY_OVER_XLA.items(), reverse=True):
+        fast = _mode(_ok(rows, framework="numpy", strategy="parallel", batch=batch, device=device), "fast")
+        xla = _mode(_ok(rows, framework="tensorflow", strategy="parallel", batch=batch, device=device), "jit")
+        paired = fast and xla and fast["group"] == xla["group"] and fast.get("epoch_seconds")
+        ratios = round_ratios(fast["epoch_seconds"], xla["epoch_seconds"]) if paired else []
+        mid = statistics.median(ratios) if ratios else None
+        out.append(
+            {
+                "goal": f"NumPy fast <= {most:g}x TF XLA's epoch at batch {batch} (parallel, paired)",
+                "met": None if mid is None else mid <= most,
+                "detail": "not measured (needs numpy-fast and tensorflow-jit in one process)"
+                if mid is None
+                else f"{mid:.2f}x over {len(ratios)} rounds ({min(ratios):.2f}-{max(ratios):.2f}); "
+                f"medians {fast['median_epoch_seconds']:.3f} s against {xla['median_epoch_seconds']:.3f} s",
+            }
+        )
+    fast = _mode(_ok(rows, framework="numpy", strategy="parallel", batch=256, device=device), "fast")
+    share = None if fast is None else fast.get("ceiling_fraction")  # the floor's share of the epoch
+    out.append(
+        {
+            "goal": f"NumPy fast <= {GOAL_NUMPY_OVER_FLOOR_B256:g}x its own matmul floor at batch 256 (parallel)",
+            "met": None if not share else 1 / share <= GOAL_NUMPY_OVER_FLOOR_B256,
+            "detail": "not measured"
+            if not share
+            else f"{1 / share:.2f}x (epoch {fast['median_epoch_seconds']:.3f} s, "
+            f"the step's products alone {fast['median_epoch_seconds'] * share:.3f} s)",
+        }
+    )
     return out
 
 
