@@ -228,3 +228,9 @@ def test_a_child_group_measures_its_phases_in_its_own_process(tmp_path):
     }
     assert all(e["status"] == "ok" and e["floor_seconds"] > 0 for e in got.values())  # the floor: the parent's peak
     assert "| keras-torch-fit b64 [keras-torch] |" in (tmp_path / "bench.md").read_text()
+
+
+def test_modes_whose_phases_are_not_the_epochs_pieces_say_so():
+    assert "inside the weight-gradient GEMMs" in phases.note("numpy", "fast")  # update may read negative
+    assert "lax.scan" in phases.note("jax", "epoch-scan") and "tf.function" in phases.note("tensorflow", "jit")
+    assert phases.note("numpy", "plain") == phases.note("torch", "eager") == ""

@@ -181,6 +181,8 @@ def note(framework: str, mode: str) -> str:
         return "step: jax.jit(train_step), one step per call" + calls
     if framework == "keras-torch":
         return "step: one train_step; fit's loop, data adapter and callbacks are in rest"
+    if framework == "numpy" and mode == "fast":
+        return "plain SGD's step runs inside the weight-gradient GEMMs (update < 0: they write no gradient buffer)"
     return ""
 
 
