@@ -280,7 +280,8 @@ class Optimizer:
             a[...] = 0
 
     def lr_in_gradient(self) -> float | None:
-        """The lr for the loss to put into dL/dz (plain SGD: then its update is p -= g), or None.
+        """The lr for the loss to put into dL/dz (plain SGD: then its update is p -= g, or on the
+        CPU no pass at all, inside the weight-gradient GEMM: NumpyFastBackend._sgd_gemm), or None.
 
         Read when a step's Ops are built (once an epoch): set_lr comes between epochs."""
         return self.lr if self.name == "sgd" else None
