@@ -431,7 +431,6 @@ class NumpyFastBackend(NumpyBackend):
         self.layers[-1].act = ACTIVATIONS[spec.output_activation](xp)  # run by output_ops
         self.optimizer = Optimizer(xp, self.opt_spec, self.flat, self.grads)
         self._train_ws: _Workspace | None = None
-        self._gemm = False  # NumPy's BLAS GEMM (or None: there is none), looked up on first use (_sgd_gemm)
         self._blas = None  # threadpoolctl's view of the BLAS pools, made on first use (blas_threads)
 
     def _load(self, x: np.ndarray, t: np.ndarray) -> None:
@@ -476,12 +475,13 @@ class NumpyFastBackend(NumpyBackend):
         """Every gradient from ws.d[-1] (dL/dz of the output layer) down; with ``update`` also the
         optimizer's steps. The one place the strategies differ."""
         last, sequential = len(self.layers) - 1, self.strategy == "sequential"
-        fused = update and self._sgd_gemm() is not None  # each layer's step inside its weight-gradient GEMM
+        gemm = self._sgd_gemm() if update else None
+        fused = gemm is not None  # each layer's step inside its weight-gradient GEMM
         ops = [("optimizer step count", self.optimizer.begin_step)] if update else []
         for l in range(last, -1, -1):
             layer, a_in, d = self.layers[l], ws.inp[l][:n], ws.delta(l, n)
             if fused:
-                step = layer.descend_ops(l, a_in, d, self.spec.train_biases, self._gemm)
+                step = layer.descend_ops(l, a_in, d, self.spec.train_biases, gemm)
             else:
                 step = layer.grad_ops(l, a_in, d, self.grad_views[l], self.spec.train_biases)
                 if update and sequential:
@@ -505,9 +505,7 @@ class NumpyFastBackend(NumpyBackend):
         W -= lr dL/dW is W -= a_in^T d, GEMM with alpha = -1 and beta = 1."""
         if self.xp is not np or self.optimizer.lr_in_gradient() is None:
             return None
-        if self._gemm is False:  # not looked up yet
-            self._gemm = numpy_gemm(self.dtype)
-        return self._gemm
+        return numpy_gemm(self.dtype)  # looked up and checked once per dtype
 
     def _gather_ops(self, ws: _Workspace, n: int, batch: _Batch) -> list[Op]:
         """The step's samples into the workspace: x with its ones column, t class-major."""
