@@ -238,16 +238,15 @@ def _numpy_at_xla(rows: list[dict], device: str) -> list[dict]:
     for batch, most in sorted(GOAL_NUMPY_OVER_XLA.items(), reverse=True):
         fast = _mode(_ok(rows, framework="numpy", strategy="parallel", batch=batch, device=device), "fast")
         xla = _mode(_ok(rows, framework="tensorflow", strategy="parallel", batch=batch, device=device), "jit")
-        paired = fast and xla and fast["group"] == xla["group"] and fast.get("epoch_seconds")
-        ratios = round_ratios(fast["epoch_seconds"], xla["epoch_seconds"]) if paired else []
-        mid = statistics.median(ratios) if ratios else None
+        one_process = fast and xla and fast["group"] == xla["group"] and fast.get("epoch_seconds")
+        r = _paired(fast, xla) if one_process else None
         out.append(
             {
                 "goal": f"NumPy fast <= {most:g}x TF XLA's epoch at batch {batch} (parallel, paired)",
-                "met": None if mid is None else mid <= most,
+                "met": None if r is None else r["median"] <= most,
                 "detail": "not measured (needs numpy-fast and tensorflow-jit in one process)"
-                if mid is None
-                else f"{mid:.2f}x over {len(ratios)} rounds ({min(ratios):.2f}-{max(ratios):.2f}); "
+                if r is None
+                else f"{r['median']:.2f}x over {r['rounds']} rounds ({r['min']:.2f}-{r['max']:.2f}); "
                 f"medians {fast['median_epoch_seconds']:.3f} s against {xla['median_epoch_seconds']:.3f} s",
             }
         )
